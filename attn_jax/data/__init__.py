@@ -1,0 +1,1 @@
+"""Datasets (the embedded cluttered_digits TFDS builder), grain input pipelines and transforms."""

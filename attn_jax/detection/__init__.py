@@ -1,0 +1,1 @@
+"""Anchors, box coding, target matching, detection losses and NMS, all in JAX."""

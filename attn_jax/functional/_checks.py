@@ -1,0 +1,67 @@
+"""Trace-time argument checks: bad input raises ValueError naming the argument and its shape."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+FULLY_MASKED_MODES = ("zero", "uniform", "nan")
+
+
+def check_rank(name: str, shape: Sequence[int], min_rank: int, layout: str) -> None:
+    """Raise unless `shape` has at least `min_rank` dims; `layout` documents the expected form."""
+    if len(shape) < min_rank:
+        raise ValueError(f"{name} must have shape {layout} (rank >= {min_rank}); got shape {tuple(shape)}")
+
+
+def check_exact_shape(name: str, shape: Sequence[int], expected: Sequence[int], layout: str) -> None:
+    """Raise unless `shape == expected`."""
+    if tuple(shape) != tuple(expected):
+        raise ValueError(f"{name} must have shape {layout} = {tuple(expected)}; got shape {tuple(shape)}")
+
+
+def check_dim(name: str, shape: Sequence[int], axis: int, size: int, why: str) -> None:
+    """Raise unless `shape[axis] == size`; `why` says which other argument fixes the size."""
+    if shape[axis] != size:
+        raise ValueError(f"{name} has size {shape[axis]} on axis {axis} (shape {tuple(shape)}) but {why}")
+
+
+def broadcast_batch(named_shapes: dict[str, tuple[tuple[int, ...], int]]) -> tuple[int, ...]:
+    """Broadcast the leading (batch) dims of several arrays.
+
+    `named_shapes` maps an argument name to (full shape, number of trailing core dims).
+    Returns the broadcast batch shape or raises a ValueError listing every shape.
+    """
+    batches = {k: s[: len(s) - core] for k, (s, core) in named_shapes.items()}
+    try:
+        return tuple(np.broadcast_shapes(*batches.values()))
+    except ValueError:
+        listing = ", ".join(f"{k} {named_shapes[k][0]}" for k in named_shapes)
+        raise ValueError(f"leading batch dims do not broadcast: {listing}") from None
+
+
+def check_mask(mask_shape: Sequence[int], target: Sequence[int]) -> None:
+    """Raise unless a mask of `mask_shape` broadcasts to `target` (..., m, n)."""
+    try:
+        out = np.broadcast_shapes(tuple(mask_shape), tuple(target))
+    except ValueError:
+        out = None
+    if out is None or tuple(out) != tuple(target):
+        raise ValueError(
+            f"mask of shape {tuple(mask_shape)} is not broadcastable to scores shape {tuple(target)}"
+        )
+
+
+def check_fully_masked(mode: str) -> None:
+    """Raise unless `mode` is one of FULLY_MASKED_MODES."""
+    if mode not in FULLY_MASKED_MODES:
+        raise ValueError(f"fully_masked must be one of {FULLY_MASKED_MODES}; got {mode!r}")
+
+
+def check_chunk_size(chunk_size) -> None:
+    """Raise unless `chunk_size` is None or a positive Python int."""
+    if chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")

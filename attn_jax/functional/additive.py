@@ -1,0 +1,143 @@
+"""Additive (Bahdanau) attention of the seed, sections 3-4.
+
+    e_i     = w_a . tanh(q W_q + h_i W_k + b)
+    alpha_i = softmax over valid i of e_i
+    c       = sum_i alpha_i v_i          (v defaults to h)
+
+The per-example math is written for one (m, n) problem and vmapped over any number of
+broadcast leading batch dims. Projections are computed once per query and once per key.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.functional import _checks
+from attn_jax.functional.context import attention_context
+from attn_jax.functional.softmax import _masked_softmax_f32
+
+
+def _validate(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) -> tuple[int, ...]:
+    """Check every argument of the additive family; return the broadcast batch shape."""
+    _checks.check_rank("query", jnp.shape(query), 2, "(..., m, d_q)")
+    _checks.check_rank("keys", jnp.shape(keys), 2, "(..., n, d_k)")
+    _checks.check_rank("w_q", jnp.shape(w_q), 2, "(d_q, a)")
+    if jnp.ndim(w_q) != 2:
+        raise ValueError(f"w_q must have shape (d_q, a); got shape {jnp.shape(w_q)}")
+    d_q, a = jnp.shape(w_q)
+    d_k = jnp.shape(keys)[-1]
+    _checks.check_dim("query", jnp.shape(query), -1, d_q, f"w_q has d_q = {d_q} (w_q shape {(d_q, a)})")
+    _checks.check_exact_shape("w_k", jnp.shape(w_k), (d_k, a), "(d_k, a)")
+    _checks.check_exact_shape("w_a", jnp.shape(w_a), (a,), "(a,)")
+    if bias is not None:
+        _checks.check_exact_shape("bias", jnp.shape(bias), (a,), "(a,)")
+    shapes = {"query": (jnp.shape(query), 2), "keys": (jnp.shape(keys), 2)}
+    if values is not None:
+        _checks.check_rank("values", jnp.shape(values), 2, "(..., n, d_v)")
+        n = jnp.shape(keys)[-2]
+        _checks.check_dim("values", jnp.shape(values), -2, n, f"keys have n = {n} positions")
+        shapes["values"] = (jnp.shape(values), 2)
+    batch = _checks.broadcast_batch(shapes)
+    if mask is not None:
+        m, n = jnp.shape(query)[-2], jnp.shape(keys)[-2]
+        _checks.check_mask(jnp.shape(mask), batch + (m, n))
+    return batch
+
+
+def _project(x, w, dtype=jnp.float32):
+    """x (..., p, d) @ w (d, a) -> (..., p, a), accumulated in float32."""
+    return jnp.matmul(x, w, preferred_element_type=dtype).astype(dtype)
+
+
+def _scores_from_projections(q_proj, k_proj, w_a):
+    """Per-example e[i, j] = w_a . tanh(q_proj[i] + k_proj[j]); (m, a), (n, a) -> (m, n) float32."""
+    hidden = jnp.tanh(q_proj[:, None, :] + k_proj[None, :, :])
+    return jnp.einsum("mna,a->mn", hidden, w_a.astype(jnp.float32))
+
+
+def _batched(fn, batch_shape, *arrays):
+    """Apply per-example `fn` over broadcast leading dims `batch_shape` (one vmap over a flat batch)."""
+    flat = []
+    for x in arrays:
+        core = x.shape[len(x.shape) - 2 :]
+        x = jnp.broadcast_to(x, batch_shape + core)
+        flat.append(x.reshape((math.prod(batch_shape),) + core))
+    out = jax.vmap(fn)(*flat)
+    return out.reshape(batch_shape + out.shape[1:])
+
+
+def _scores_f32(query, keys, w_q, w_k, w_a, bias, batch_shape):
+    """float32 additive scores (..., m, n) of already-validated arguments."""
+    q_proj = _project(query, w_q)
+    if bias is not None:
+        q_proj = q_proj + bias.astype(jnp.float32)
+    k_proj = _project(keys, w_k)  # once per key, not per (query, key) pair
+    score_fn = lambda qp, kp: _scores_from_projections(qp, kp, w_a)
+    return _batched(score_fn, batch_shape, q_proj, k_proj)
+
+
+def additive_scores(query, keys, w_q, w_k, w_a, *, bias=None):
+    """Additive attention scores e = w_a . tanh(q W_q + h W_k + b).
+
+    query (..., m, d_q); keys (..., n, d_k); w_q (d_q, a); w_k (d_k, a); w_a (a,); bias (a,) or None.
+    Returns (..., m, n) in the inputs' result dtype (accumulated in float32).
+    """
+    batch = _validate(query, keys, w_q, w_k, w_a, bias)
+    out_dtype = jnp.result_type(query.dtype, keys.dtype)
+    return _scores_f32(query, keys, w_q, w_k, w_a, bias, batch).astype(out_dtype)
+
+
+def additive_attention(
+    query,
+    keys,
+    values=None,
+    *,
+    w_q,
+    w_k,
+    w_a,
+    bias=None,
+    mask=None,
+    chunk_size: int | None = None,
+    fully_masked: str = "zero",
+    return_weights: bool = True,
+):
+    """The seed's additive attention: scores, masked softmax, context.
+
+    query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default: keys); w_q (d_q, a);
+    w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n), True = may attend.
+    Returns (context (..., m, d_v), weights (..., m, n) or None). Softmax and reductions run in
+    float32; outputs are in the inputs' dtype. `chunk_size=k` bounds memory by processing keys k at
+    a time (see `attn_jax.functional.chunked`).
+    """
+    _checks.check_fully_masked(fully_masked)
+    _checks.check_chunk_size(chunk_size)
+    values = keys if values is None else values
+    batch = _validate(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
+    if chunk_size is not None:
+        from attn_jax.functional.chunked import chunked_additive_attention
+
+        context, weights = chunked_additive_attention(
+            query,
+            keys,
+            values,
+            w_q,
+            w_k,
+            w_a,
+            bias,
+            mask,
+            chunk_size,
+            fully_masked,
+            return_weights,
+            batch,
+        )
+    else:
+        scores = _scores_f32(query, keys, w_q, w_k, w_a, bias, batch)
+        weights = _masked_softmax_f32(scores, mask, fully_masked)
+        context = attention_context(weights, values.astype(jnp.float32))
+        weights = weights if return_weights else None
+    context = context.astype(out_dtype)
+    return context, (None if weights is None else weights.astype(out_dtype))

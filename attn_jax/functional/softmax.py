@@ -1,0 +1,48 @@
+"""Masked, numerically stable softmax with explicit handling of fully-masked rows."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.functional import _checks
+
+
+def masked_softmax(scores: jax.Array, mask: jax.Array | None = None, *, fully_masked: str = "zero"):
+    """Softmax over the last axis, restricted to positions where `mask` is True.
+
+    scores: (..., m, n) any float dtype; mask: bool broadcastable to scores (True = may attend).
+    Computed in float32 (row max subtracted, so any finite scores are safe) and returned in the
+    scores' dtype. Masked positions get exactly 0. Rows with no valid position follow
+    `fully_masked`: "zero" (all zeros, finite gradients), "uniform" (1/n each) or "nan".
+    """
+    _checks.check_fully_masked(fully_masked)
+    _checks.check_rank("scores", jnp.shape(scores), 1, "(..., n)")
+    if mask is not None:
+        _checks.check_mask(jnp.shape(mask), jnp.shape(scores))
+    weights = _masked_softmax_f32(scores.astype(jnp.float32), mask, fully_masked)
+    return weights.astype(scores.dtype)
+
+
+def _masked_softmax_f32(scores, mask, fully_masked: str):
+    """float32 core of masked_softmax; arguments are assumed checked."""
+    if mask is None:
+        return jax.nn.softmax(scores, axis=-1)
+    mask = jnp.broadcast_to(mask, scores.shape)
+    row_max = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True)
+    row_valid = jnp.isfinite(row_max)  # False only where every position is masked
+    row_max = jax.lax.stop_gradient(jnp.where(row_valid, row_max, 0.0))
+    # Masked entries are replaced before exp so neither value nor gradient can overflow.
+    shifted = jnp.where(mask, scores - row_max, 0.0)
+    unnormalised = jnp.where(mask, jnp.exp(shifted), 0.0)
+    denom = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    weights = unnormalised / jnp.where(row_valid, denom, 1.0)
+    return apply_fully_masked(weights, row_valid, fully_masked)
+
+
+def apply_fully_masked(weights, row_valid, fully_masked: str):
+    """Replace rows where `row_valid` (..., m, 1) is False according to `fully_masked`."""
+    if fully_masked == "zero":
+        return weights  # already exactly zero
+    fill = 1.0 / weights.shape[-1] if fully_masked == "uniform" else jnp.nan
+    return jnp.where(row_valid, weights, jnp.asarray(fill, weights.dtype))

@@ -1,0 +1,1 @@
+"""Fused Pallas kernels for additive attention (GPU/TPU; interpret mode on CPU)."""

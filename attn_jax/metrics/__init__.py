@@ -1,0 +1,1 @@
+"""Evaluation metrics: accuracy, mAP, mIoU and attention localisation."""

@@ -1,0 +1,1 @@
+"""The seed's three task models: classifier, detector and segmenter."""

@@ -1,0 +1,1 @@
+"""Flax linen attention modules, a registry of them by name, and backbones."""

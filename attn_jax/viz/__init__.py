@@ -1,0 +1,1 @@
+"""Attention-map capture, overlays and post-hoc explanations (Grad-CAM, rollout)."""
