@@ -165,6 +165,7 @@ def make_pipeline(
         raise ValueError(f"max_boxes must be >= 1, got {max_boxes}")
     if worker_count < 0 or read_threads < 1:
         raise ValueError(f"need worker_count >= 0 and read_threads >= 1, got {worker_count}, {read_threads}")
+    ops = _operations(adapter, task, train, image_size, max_boxes, augment, batch)
     source = load_source(adapter, split, data_dir)
     shard_options = grain.sharding.ShardOptions(index, count, drop_remainder=True)
     sampler = grain.samplers.IndexSampler(
@@ -174,7 +175,6 @@ def make_pipeline(
         num_epochs=num_epochs if (num_epochs is not None or train) else 1,
         seed=seed,
     )
-    ops = _operations(adapter, task, train, image_size, max_boxes, augment, batch)
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
