@@ -20,6 +20,8 @@ with `np.random.default_rng([seed, s, c])`. Files are array_record, so `tfds.dat
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import os
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -153,6 +155,13 @@ def prepare(config: str | ClutteredDigitsConfig = "default", data_dir: str | Non
         raise ValueError(f"unknown cluttered_digits config {config!r}; known: {names}")
     data_dir = data_dir or default_data_dir()
     builder = ClutteredDigits(config=config, data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-        builder.download_and_prepare()
+    if builder.is_prepared():
+        return builder
+    lock_path = os.path.join(data_dir, f".cluttered_digits-{builder.builder_config.name}.lock")
+    os.makedirs(data_dir, exist_ok=True)
+    with open(lock_path, "w") as lock:  # several processes (pytest-xdist, hosts) may ask at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        builder = ClutteredDigits(config=config, data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare()
     return builder

@@ -126,6 +126,14 @@ def _operations(adapter, task, train, image_size, max_boxes, augment, batch):
     return ops
 
 
+def _mark_absl_flags_parsed() -> None:
+    """grain's worker processes read absl flags; outside `absl.app.run` they were never parsed."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
 def make_pipeline(
     dataset: str | cd.ClutteredDigitsConfig,
     split: str,
@@ -175,6 +183,8 @@ def make_pipeline(
         num_epochs=num_epochs if (num_epochs is not None or train) else 1,
         seed=seed,
     )
+    if worker_count > 0:
+        _mark_absl_flags_parsed()
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,

@@ -95,8 +95,8 @@ def _digits_adapter(cfg: cd.ClutteredDigitsConfig) -> Adapter:
         tasks={"classification": 10, "detection": 10, "segmentation": 11},
         image_shape=(cfg.canvas_size, cfg.canvas_size, cfg.channels),
         splits=("train", "test"),
-        mean=(0.1,) * cfg.channels,
-        std=(0.25,) * cfg.channels,
+        mean=(0.06,) * cfg.channels,  # measured: 0.051 / 0.149 (default), 0.068 / 0.173 (detection)
+        std=(0.16,) * cfg.channels,
         augment=("crop",),
         canonicalize=_digits_record,
         config=cfg,

@@ -1,14 +1,14 @@
-"""Per-example NumPy transforms as grain operations (deterministic per-record randomness from grain).
+"""NumPy transforms as grain operations (randomness from grain: deterministic per record/batch and seed).
 
-Every transform takes and returns the canonical example dict:
-    image       uint8 (H, W, C)            (float32 after `Normalize`)
+The canonical example dict that dataset adapters produce (sources.py):
+    image       uint8 (H, W, C)
     label       int ()
     boxes       float32 (k, 4)             normalised (ymin, xmin, ymax, xmax)
     box_labels  int64 (k,)
     mask        uint8 (H, W)               0 = background, class + 1 on object pixels
 Keys other than image are optional. `Prepare` works per example (canonicalise, resize, pad boxes);
 augmentation and normalisation work on whole batches, vectorised. Boxes and masks move together with the
-image, so a tight box stays tight after a crop or a flip.
+image: a tight box stays tight after a flip, and after a crop unless the crop clips it.
 """
 
 from __future__ import annotations
