@@ -8,7 +8,7 @@ import tensorflow_datasets as tfds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attn_jax.data import dataset_info, make_pipeline, prepare
+from attn_jax.data import ClutteredDigitsConfig, dataset_info, make_pipeline, prepare
 from attn_jax.data import transforms as T
 from attn_jax.data.sources import get_adapter
 
@@ -254,3 +254,17 @@ def test_real_dataset_adapters_with_mock_data(tmp_path, name, task, size, shapes
 def test_varying_size_dataset_needs_image_size(tmp_path):
     with pytest.raises(ValueError, match="oxford_iiit_pet.*varying size: pass image_size"):
         make_pipeline("oxford_iiit_pet", "train", batch_size=8, data_dir=str(tmp_path), num_devices=1)
+
+
+def test_custom_config_rgb_canvas(tmp_path):
+    cfg = ClutteredDigitsConfig(
+        name="rgb48", canvas_size=48, channels=3, max_digits=4, num_train=40, num_test=8
+    )
+    loader = make_pipeline(
+        cfg, "train", batch_size=8, task="segmentation", train=True,
+        data_dir=str(tmp_path), num_devices=1, shard_index=0, shard_count=1,
+    )  # fmt: skip
+    batch = next(iter(loader))
+    assert batch["image"].shape == (8, 48, 48, 3) and batch["mask"].shape == (8, 48, 48)
+    assert batch["mask"].max() > 0
+    assert dataset_info(cfg, task="detection").num_examples == {"train": 40, "test": 8}
