@@ -75,6 +75,16 @@ def test_builds_and_reads_without_tensorflow(tmp_path):
     assert "tensorflow" not in sys.modules
 
 
+def test_concurrent_builds_into_one_data_dir(tmp_path):
+    code = f"from attn_jax.data import prepare; prepare('tiny', {str(tmp_path)!r})"
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE) for _ in "ab"]
+    errors = [p.communicate(timeout=300)[1].decode()[-2000:] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errors
+    source = tfds.data_source("cluttered_digits/tiny", split="test", data_dir=str(tmp_path), download=False)
+    assert len(source) == 64
+
+
 @pytest.mark.parametrize("name", ["tiny", "tiny_detection"])
 def test_features_shapes_and_dtypes(built, name):
     _, sources = built

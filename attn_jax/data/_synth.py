@@ -77,17 +77,17 @@ def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
     hi = np.clip(lo + 1, 0, n_in - 1)
     w_hi = np.clip(pos - np.floor(pos), 0.0, 1.0)
     w_hi = np.where(pos < 0, 0.0, w_hi)
-    m = np.zeros((n_out, n_in), np.float32)
+    m = np.zeros((n_out, n_in), np.float64)
     np.add.at(m, (np.arange(n_out), lo), 1.0 - w_hi)
     np.add.at(m, (np.arange(n_out), hi), w_hi)
     return m
 
 
-def resize_bilinear(images: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+def resize_bilinear(images: np.ndarray, out_h: int, out_w: int, dtype=np.float32) -> np.ndarray:
     """Bilinear resize of (..., H, W) arrays to (..., out_h, out_w) by two interpolation matmuls."""
-    rh = _interp_matrix(images.shape[-2], out_h)
-    rw = _interp_matrix(images.shape[-1], out_w)
-    return np.einsum("ph,...hw,qw->...pq", rh, images.astype(np.float32), rw)
+    rh = _interp_matrix(images.shape[-2], out_h).astype(dtype)
+    rw = _interp_matrix(images.shape[-1], out_w).astype(dtype)
+    return np.einsum("ph,...hw,qw->...pq", rh, images.astype(dtype), rw)
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,7 +95,9 @@ def upscaled_digits(size: int) -> np.ndarray:
     """All source digits upscaled to (1797, size, size), a zero border first so strokes fade out."""
     images, _ = source_digits()
     padded = np.pad(images, ((0, 0), (1, 1), (1, 1)))
-    return np.clip(resize_bilinear(padded, size, size), 0.0, 1.0)
+    # float64, rounded: last-bit BLAS differences between machines vanish, so masks and images match.
+    up = np.round(resize_bilinear(padded, size, size, dtype=np.float64), 6)
+    return np.clip(up, 0.0, 1.0).astype(np.float32)
 
 
 def _paste_max(canvas, n_idx, ys, xs, patches):

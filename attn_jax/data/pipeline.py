@@ -162,8 +162,10 @@ def make_pipeline(
     box_valid bool (b, max_boxes); segmentation adds mask int32 (b, H, W) (0 = background, class + 1).
     train=True: shuffled with `seed`, augmented (`augment`, default per dataset), repeats num_epochs
     (None = forever), drops the last partial batch. train=False: fixed order, one epoch by default, no
-    augmentation, the last batch zero-padded and every batch carries "valid" bool (b,).
-    Iterator state: `it.get_state()` / `it.set_state(state)` resume exactly. cluttered_digits is built
+    augmentation, the last batch zero-padded and every batch carries "valid" bool (b,). Shards are equal:
+    with shard_count > 1, up to shard_count - 1 trailing records are left out so all processes step together.
+    Iterator state: `it.get_state()` / `it.set_state(state)` resume exactly (with the same worker_count:
+    worker_count > 0 runs the transforms in grain worker processes). cluttered_digits is built
     into data_dir on first use; real datasets must be prepared (FileNotFoundError says how).
     """
     adapter = get_adapter(dataset, task)
