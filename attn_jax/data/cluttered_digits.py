@@ -1,0 +1,167 @@
+"""`cluttered_digits`: the embedded default TFDS dataset (no download, no TensorFlow needed).
+
+scikit-learn's 1,797 bundled 8x8 handwritten digits, upscaled and placed on a cluttered canvas (clutter =
+fragments of other digits of the same split), in the tradition of cluttered MNIST. One dataset serves
+classification (`label`), detection (`boxes`, `box_labels`) and segmentation (`mask`).
+
+Features of every example:
+    image       uint8 (H, W, C)    C = 1 (default) or 3
+    label       int64 ()           class of the main digit (the first box)
+    boxes       float32 (k, 4)     normalised (ymin, xmin, ymax, xmax), tight around each digit's mask pixels
+    box_labels  int64 (k,)         digit class of each box
+    source_ids  int64 (k,)         index of each digit in sklearn.datasets.load_digits() (identity)
+    mask        uint8 (H, W)       0 = background, class + 1 on digit pixels (clutter is background)
+
+Source digits are split by identity (80% / 20%) between "train" and "test". Examples are a
+deterministic function of (config, version): built in chunks of `CHUNK` examples, chunk c of split s drawn
+with `np.random.default_rng([seed, s, c])`. Files are array_record, so `tfds.data_source` reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from attn_jax.data import _synth
+from attn_jax.data._paths import default_data_dir
+
+CHUNK = 1000
+_SPLIT_CODES = {"train": 0, "test": 1}
+
+
+@dataclasses.dataclass(eq=False)
+class ClutteredDigitsConfig(tfds.core.BuilderConfig):
+    """A cluttered_digits variant: canvas side, channels, digits per image, clutter, split sizes, seed."""
+
+    canvas_size: int = 64
+    channels: int = 1
+    min_digits: int = 1
+    max_digits: int = 1
+    num_clutter: int = 6
+    num_train: int = 50_000
+    num_test: int = 10_000
+    seed: int = 0
+
+    @property
+    def spec(self) -> _synth.SynthSpec:
+        return _synth.SynthSpec(
+            canvas_size=self.canvas_size,
+            channels=self.channels,
+            min_digits=self.min_digits,
+            max_digits=self.max_digits,
+            num_clutter=self.num_clutter,
+        )
+
+    @property
+    def num_examples(self) -> dict[str, int]:
+        return {"train": self.num_train, "test": self.num_test}
+
+
+BUILDER_CONFIGS = [
+    ClutteredDigitsConfig(
+        name="default",
+        description="Classification: one digit + 6 clutter fragments on 64x64, 50k train / 10k test.",
+    ),
+    ClutteredDigitsConfig(
+        name="detection",
+        description="Detection / segmentation: 1-3 digits + clutter on 64x64, 50k train / 10k test.",
+        max_digits=3,
+    ),
+    ClutteredDigitsConfig(
+        name="tiny",
+        description="For tests: one digit + 2 fragments on 32x32, 256 train / 64 test.",
+        canvas_size=32,
+        num_clutter=2,
+        num_train=256,
+        num_test=64,
+    ),
+    ClutteredDigitsConfig(
+        name="tiny_detection",
+        description="For tests: 1-3 digits + 2 fragments on 32x32, 256 train / 64 test.",
+        canvas_size=32,
+        max_digits=3,
+        num_clutter=2,
+        num_train=256,
+        num_test=64,
+    ),
+]
+
+
+class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
+    """TFDS builder for cluttered_digits. Build with `file_format="array_record"` (see `prepare`)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    BUILDER_CONFIGS = BUILDER_CONFIGS
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        # TFDS's own lookup probes `importlib_resources`, which is not a dependency; the file is enough.
+        return epath.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        cfg = self.builder_config
+        side = cfg.canvas_size
+        zlib = tfds.features.Encoding.ZLIB
+        features = tfds.features.FeaturesDict(
+            {
+                "image": tfds.features.Tensor(
+                    shape=(side, side, cfg.channels), dtype=np.uint8, encoding=zlib
+                ),
+                "label": tfds.features.Tensor(shape=(), dtype=np.int64),
+                "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+                "box_labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+                "source_ids": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+                "mask": tfds.features.Tensor(shape=(side, side), dtype=np.uint8, encoding=zlib),
+            }
+        )
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=__doc__,
+            features=features,
+            supervised_keys=("image", "label"),
+            homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # everything is generated from data shipped inside scikit-learn
+        return {split: self._generate_examples(split) for split in _SPLIT_CODES}
+
+    def _generate_examples(self, split: str):
+        cfg = self.builder_config
+        pool = _synth.split_identities(cfg.seed)[split]
+        total = cfg.num_examples[split]
+        for chunk, start in enumerate(range(0, total, CHUNK)):
+            rng = np.random.default_rng([cfg.seed, _SPLIT_CODES[split], chunk])
+            examples = _synth.synthesize(rng, pool, min(CHUNK, total - start), cfg.spec)
+            for offset, example in enumerate(examples):
+                yield start + offset, example
+
+
+def prepare(config: str | ClutteredDigitsConfig = "default", data_dir: str | None = None) -> ClutteredDigits:
+    """Build `config` into `data_dir` once (progress bar), return the prepared builder.
+
+    config: a name from BUILDER_CONFIGS ("default", "detection", "tiny", "tiny_detection") or a
+    ClutteredDigitsConfig of your own (e.g. a 96x96 canvas). data_dir: None = default_data_dir().
+    """
+    names = [c.name for c in BUILDER_CONFIGS]
+    if isinstance(config, str) and config not in names:
+        raise ValueError(f"unknown cluttered_digits config {config!r}; known: {names}")
+    data_dir = data_dir or default_data_dir()
+    builder = ClutteredDigits(config=config, data_dir=data_dir, file_format="array_record")
+    if builder.is_prepared():
+        return builder
+    lock_path = os.path.join(data_dir, f".cluttered_digits-{builder.builder_config.name}.lock")
+    os.makedirs(data_dir, exist_ok=True)
+    with open(lock_path, "w") as lock:  # several processes (pytest-xdist, hosts) may ask at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        builder = ClutteredDigits(config=config, data_dir=data_dir, file_format="array_record")
+        if not builder.is_prepared():
+            builder.download_and_prepare()
+    return builder
