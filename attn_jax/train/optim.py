@@ -10,8 +10,9 @@ OPTIMIZERS = ("adamw", "sgd")
 def make_schedule(lr: float, total_steps: int, warmup_steps: int = 0, end_factor: float = 0.0):
     """Linear warmup from 0 to `lr` over warmup_steps, then cosine decay to lr * end_factor at total_steps."""
     if total_steps < 1 or not 0 <= warmup_steps <= total_steps:
-        raise ValueError(f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {total_steps=}, "
-                         f"{warmup_steps=}")  # fmt: skip
+        raise ValueError(
+            f"need total_steps >= 1 and 0 <= warmup_steps <= total_steps, got {total_steps=}, {warmup_steps=}"
+        )
     if warmup_steps == 0:
         return optax.cosine_decay_schedule(lr, total_steps, alpha=end_factor)
     return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, total_steps, end_value=lr * end_factor)

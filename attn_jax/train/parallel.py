@@ -39,8 +39,10 @@ def shard_batch(batch: dict, mesh: Mesh):
     local = len(mesh.local_devices)
     for key, value in batch.items():
         if np.shape(value)[:1] == () or np.shape(value)[0] % local:
-            raise ValueError(f"batch[{key!r}] has shape {np.shape(value)}: first axis must divide by the "
-                             f"{local} local devices of the mesh")  # fmt: skip
+            raise ValueError(
+                f"batch[{key!r}] has shape {np.shape(value)}: first axis must divide by the "
+                f"{local} local devices of the mesh"
+            )
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 

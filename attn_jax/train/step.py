@@ -65,6 +65,7 @@ def train_step(
     params = optax.apply_updates(state.params, updates)
     metrics = lax.psum(sums, axis_name)
     metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(params)
     new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     return new, metrics
 
