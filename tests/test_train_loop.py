@@ -90,8 +90,17 @@ def test_leftover_temporary_and_truncated_steps_are_skipped(finished_run, data_d
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoint(data_dir, tmp_path):
-    cfg = tiny_config(data_dir, optimizer="sgd", lr=1e38, clip_norm=0.0, warmup_steps=0, momentum=0.0,
-                      checkpoint_every_steps=1, log_every_steps=1, keep_latest=50)  # fmt: skip
+    cfg = tiny_config(
+        data_dir,
+        optimizer="sgd",
+        lr=1e38,
+        clip_norm=0.0,
+        warmup_steps=0,
+        momentum=0.0,
+        checkpoint_every_steps=1,
+        log_every_steps=1,
+        keep_latest=50,
+    )
     with pytest.raises(loop.NonFiniteLossError, match="non-finite training loss") as err:
         loop.train_and_evaluate(cfg, str(tmp_path))
     assert "Last good checkpoint" in str(err.value)

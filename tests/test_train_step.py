@@ -90,8 +90,14 @@ def test_naive_pmean_under_shard_map_would_scale_the_gradient():
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
 def test_one_device_shard_map_and_pmap_agree_after_several_steps(opt):
-    tx = make_optimizer(opt, lr=0.1 if opt == "sgd" else 1e-2, total_steps=10, warmup_steps=1,
-                        weight_decay=1e-4, clip_norm=10.0)  # fmt: skip
+    tx = make_optimizer(
+        opt,
+        lr=0.1 if opt == "sgd" else 1e-2,
+        total_steps=10,
+        warmup_steps=1,
+        weight_decay=1e-4,
+        clip_norm=10.0,
+    )
     batches = _batches(4)
     one, m_one = _run_shard_map(tx, batches, 1)
     many, m_many = _run_shard_map(tx, batches, N_DEV)
@@ -100,8 +106,10 @@ def test_one_device_shard_map_and_pmap_agree_after_several_steps(opt):
     for other in (many, pm):
         _assert_trees_close(other.params, one.params)
         _assert_trees_close(other.batch_stats, one.batch_stats)
-    assert not np.allclose(jax.device_get(_state(TinyNet(), tx, batches[0]).params["Dense_0"]["kernel"]),
-                           one.params["Dense_0"]["kernel"])  # fmt: skip
+    assert not np.allclose(
+        jax.device_get(_state(TinyNet(), tx, batches[0]).params["Dense_0"]["kernel"]),
+        one.params["Dense_0"]["kernel"],
+    )
     for m in (m_many, m_pm):
         np.testing.assert_allclose(m["loss"], m_one["loss"], rtol=1e-5)
         assert m["correct"] == m_one["correct"]
