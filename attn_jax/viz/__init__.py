@@ -1,1 +1,18 @@
-"""Attention-map capture, overlays and post-hoc explanations (Grad-CAM, rollout)."""
+"""Attention-map capture, overlays and post-hoc explanations (Grad-CAM, rollout).
+
+`capture_attention(model, variables, images)` returns path -> AttentionMap at image resolution;
+`save_overlay` / `attention_grid` draw them; `python -m attn_jax.viz` is the command line.
+"""
+
+from attn_jax.viz.capture import AttentionMap, capture_attention, infer_kind, upsample
+from attn_jax.viz.draw import attention_grid, overlay_rgb, save_overlay
+
+__all__ = [
+    "AttentionMap",
+    "attention_grid",
+    "capture_attention",
+    "infer_kind",
+    "overlay_rgb",
+    "save_overlay",
+    "upsample",
+]
