@@ -6,13 +6,18 @@
 
 from attn_jax.viz.capture import AttentionMap, capture_attention, infer_kind, upsample
 from attn_jax.viz.draw import attention_grid, overlay_rgb, save_overlay
+from attn_jax.viz.explain import attention_rollout, conv_layers, grad_cam, rollout_map
 
 __all__ = [
     "AttentionMap",
     "attention_grid",
+    "attention_rollout",
     "capture_attention",
+    "conv_layers",
+    "grad_cam",
     "infer_kind",
     "overlay_rgb",
+    "rollout_map",
     "save_overlay",
     "upsample",
 ]
