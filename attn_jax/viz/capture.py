@@ -115,12 +115,16 @@ def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()) -> list[tuple[str, jax
     return out
 
 
+def _apply(model: nn.Module, variables, images, apply_kwargs: tuple):
+    out, state = model.apply(variables, images, mutable=["intermediates"], **dict(apply_kwargs))
+    return out, state.get("intermediates", {})
+
+
 def _apply_sown(model: nn.Module, variables, images, apply_kwargs: tuple) -> dict:
-    _, state = model.apply(variables, images, mutable=["intermediates"], **dict(apply_kwargs))
-    return state.get("intermediates", {})
+    return _apply(model, variables, images, apply_kwargs)[1]
 
 
-_sown = jax.jit(_apply_sown, static_argnums=(0, 3))
+_run = jax.jit(_apply, static_argnums=(0, 3))
 
 
 def _call_order(model: nn.Module, variables, images, apply_kwargs: tuple) -> list[str]:
@@ -141,20 +145,23 @@ def capture_attention(
     images: jax.Array,
     *,
     kinds: Mapping[str, str] | None = None,
+    with_output: bool = False,
     **apply_kwargs,
-) -> dict[str, AttentionMap]:
+) -> dict[str, AttentionMap] | tuple[dict[str, AttentionMap], object]:
     """Every attention map `model` sows on `images` (B, H, W, C), by module path, in call order.
 
     variables: the model's variables (an "intermediates" entry is dropped first); apply_kwargs go to
     `model.apply` (e.g. train=False) and must be hashable. kinds: path -> kind overrides for maps whose
-    kind the shape leaves open (see `infer_kind`). Raises ValueError for a map that fits no kind.
+    kind the shape leaves open (see `infer_kind`). with_output=True also returns the model's output
+    (maps, output) from the same call. Raises ValueError for a map that fits no kind.
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
     variables = {k: v for k, v in variables.items() if k != "intermediates"}
     image_hw = tuple(images.shape[1:3])
     apply_kwargs = tuple(sorted(apply_kwargs.items()))
-    sown = dict(_flatten(_sown(model, variables, images, apply_kwargs)))
+    output, sown = _run(model, variables, images, apply_kwargs)
+    sown = dict(_flatten(sown))
     order = _call_order(model, variables, images, apply_kwargs)
     kinds = dict(kinds or {})
     unknown = set(kinds) - set(sown)
@@ -167,4 +174,4 @@ def capture_attention(
         grid = to_grid(raw, kind, image_hw)
         image = None if grid is None else upsample(grid, image_hw)
         out[path] = AttentionMap(path, kind, raw, None if grid is None else tuple(grid.shape[1:]), image)
-    return out
+    return (out, output) if with_output else out
