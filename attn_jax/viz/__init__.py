@@ -6,7 +6,7 @@
 
 from attn_jax.viz.capture import AttentionMap, capture_attention, infer_kind, upsample
 from attn_jax.viz.draw import attention_grid, overlay_rgb, save_overlay
-from attn_jax.viz.explain import attention_rollout, conv_layers, grad_cam, rollout_map
+from attn_jax.viz.explain import attention_rollout, conv_layers, grad_cam, last_conv, rollout_map
 
 __all__ = [
     "AttentionMap",
@@ -15,6 +15,7 @@ __all__ = [
     "capture_attention",
     "conv_layers",
     "grad_cam",
+    "last_conv",
     "infer_kind",
     "overlay_rgb",
     "rollout_map",

@@ -51,6 +51,15 @@ def conv_layers(model: nn.Module, variables: Mapping, images: jax.Array, **apply
     return [p for p, m in called.items() if isinstance(m, nn.Conv)]
 
 
+def last_conv(model: nn.Module, variables: Mapping, images: jax.Array, under: str = "backbone", **kw) -> str:
+    """Path of the last `nn.Conv` called under module path `under` (Grad-CAM's usual layer)."""
+    convs = conv_layers(model, variables, images, **kw)
+    found = [p for p in convs if p == under or p.startswith(under + "/")]
+    if not found:
+        raise ValueError(f"no conv layer under {under!r}; conv layers: {convs}")
+    return found[-1]
+
+
 def _logits_and_layer(model, layer, apply_kwargs, variables, images, delta):
     """Model logits (B, K) and the output of module `layer` (first call), with `delta` added to it."""
     acts = []
