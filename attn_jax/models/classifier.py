@@ -1,0 +1,42 @@
+"""The seed's §5.1 AttentionClassifier."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from attn_jax.models._attend import make_attention
+
+Dtype = Any
+
+
+class AttentionClassifier(nn.Module):
+    """backbone -> attention gate -> global average pool -> linear classifier.
+
+    ``model.apply(variables, images, train=bool)``: images (B, H, W, C_in) -> logits (B, num_classes)
+    float32. ``attention`` names a registry entry (`attn_jax.nn.available_attention()`), built with
+    ``attention_kwargs``. Seed: ``features * sigmoid(conv1x1(features))``, ``adaptive_avg_pool2d`` and
+    ``nn.Linear``. Deliberate difference: the seed's ``.squeeze()`` drops the batch axis when B == 1;
+    here the output is always (B, num_classes).
+    """
+
+    backbone: nn.Module
+    num_classes: int
+    attention: str = "spatial"
+    attention_kwargs: Mapping[str, Any] | None = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images, train: bool = False):
+        features = self.backbone(images, train=train)
+        attend = make_attention(self.attention, self.attention_kwargs, self.dtype, self.param_dtype)
+        weighted = attend(features, train=train)
+        pooled = jnp.mean(weighted, axis=(1, 2))
+        logits = nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="classifier"
+        )(pooled)
+        return logits.astype(jnp.float32)
