@@ -18,10 +18,15 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from attn_jax.functional import _checks
-from attn_jax.functional.additive import _project, _validate
+from attn_jax.functional.additive import _validate
 from attn_jax.kernels import _additive_kernels as K
 
 _GPU_BLOCKS = {"bq": 32, "bk": 32, "ba": 4}  # tile sizes for the Triton lowering (powers of two)
+
+
+def _project(x, w):
+    """x (..., p, d) @ w (d, a) -> (..., p, a) float32 (the kernels compute in float32)."""
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(jnp.float32)
 
 
 def _use_interpret(interpret: bool | None) -> bool:
