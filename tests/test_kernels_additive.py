@@ -167,3 +167,5 @@ def test_gpu_tiles_are_powers_of_two_and_cover_the_problem():
     assert cfg.m_pad >= 100 and cfg.m_pad % cfg.bq == 0
     assert cfg.n_pad >= 4097 and cfg.n_pad % cfg.bk == 0
     assert cfg.a_pad >= 200 and cfg.a_pad % cfg.ba == 0
+    small = make_config(m=5, n=11, a=7, d_v=6, has_mask=False, interpret=False, block_q=2, block_k=4)
+    assert small.bq == 16 and small.bk == 16 and small.dv_pad == 16

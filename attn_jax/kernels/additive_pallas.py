@@ -52,10 +52,10 @@ def make_config(m, n, a, d_v, has_mask, *, interpret, block_q=None, block_k=None
         bk = block_k or min(_pow2(n), 128)
         ba = block_a or _pow2(a)
         floor = 1
-    else:
-        bq = block_q or max(16, min(_GPU_BLOCKS["bq"], _pow2(m)))
-        bk = block_k or max(16, min(_GPU_BLOCKS["bk"], _pow2(n)))
-        ba = block_a or min(_GPU_BLOCKS["ba"], _pow2(a))
+    else:  # requested tiles are rounded up to what Triton accepts
+        bq = _pow2(block_q or min(_GPU_BLOCKS["bq"], _pow2(m)), 16)
+        bk = _pow2(block_k or min(_GPU_BLOCKS["bk"], _pow2(n)), 16)
+        ba = _pow2(block_a or min(_GPU_BLOCKS["ba"], _pow2(a)))
         floor = 16
     a_pad = _round_up(_pow2(a) if not interpret else a, ba)
     return K.KernelConfig(
