@@ -48,15 +48,28 @@ def _close(got, want, name, rtol=2e-5):
 CASES = {
     # lead dims, m, n, d_q, d_k, d_v, a, mask probability, blocks (q, k, a)
     "plain": ((2,), 4, 8, 3, 5, 6, 8, None, {}),
-    "ragged_masked_tiled": ((2,), 5, 11, 3, 4, 6, 7, 0.6, {"block_q": 2, "block_k": 4, "block_a": 2}),
+    # n = 11 keys in 3 splits of 2 blocks of 4: the last split sees only padding
+    "ragged_masked_split": (
+        (2,),
+        5,
+        11,
+        3,
+        4,
+        6,
+        7,
+        0.6,
+        {"block_q": 2, "block_k": 4, "block_a": 2, "key_splits": 3},
+    ),
+    # tiles >= 16 take the matmul path (smaller ones a broadcast sum)
+    "matmul_tiles": ((1,), 16, 20, 3, 3, 16, 4, 0.9, {"block_k": 16}),
     "leading_dims_tiled": ((2, 3), 3, 6, 4, 4, 2, 5, 0.7, {"block_q": 2, "block_k": 4}),
 }
 
 
 @pytest.mark.parametrize(
     "case, return_weights",
-    [(c, True) for c in CASES] + [("ragged_masked_tiled", False)],
-    ids=list(CASES) + ["ragged_masked_tiled-context_only"],
+    [(c, True) for c in CASES] + [("ragged_masked_split", False)],
+    ids=list(CASES) + ["ragged_masked_split-context_only"],
 )
 def test_outputs_and_gradients_match_xla(case, return_weights):
     lead, m, n, d_q, d_k, d_v, a, mask_p, blocks = CASES[case]
@@ -159,13 +172,17 @@ def test_bad_input_raises_value_error(change, match):
 
 
 def test_gpu_tiles_are_powers_of_two_and_cover_the_problem():
-    """The Triton lowering needs power-of-two tiles >= 16 for its matmuls; padding must cover m, n, a."""
+    """The Triton lowering needs power-of-two tiles (>= 16 keys); padding must cover m, n, a."""
     cfg = make_config(m=100, n=4097, a=200, d_v=24, has_mask=True, interpret=False)
     for tile in (cfg.bq, cfg.bk, cfg.ba, cfg.a_pad, cfg.dv_pad):
         assert tile & (tile - 1) == 0, cfg
-    assert cfg.bq >= 16 and cfg.bk >= 16 and cfg.dv_pad >= 24
+    assert cfg.bq == 32 and cfg.bk >= 16 and cfg.dv_pad >= 24
     assert cfg.m_pad >= 100 and cfg.m_pad % cfg.bq == 0
     assert cfg.n_pad >= 4097 and cfg.n_pad % cfg.bk == 0
     assert cfg.a_pad >= 200 and cfg.a_pad % cfg.ba == 0
-    small = make_config(m=5, n=11, a=7, d_v=6, has_mask=False, interpret=False, block_q=2, block_k=4)
-    assert small.bq == 16 and small.bk == 16 and small.dv_pad == 16
+    small = make_config(m=5, n=11, a=7, d_v=6, has_mask=False, interpret=False, block_q=3, block_k=4)
+    assert small.bq == 4 and small.bk == 16 and small.dv_pad == 8
+    # one query row per example (W3: B=4, m=1, n=4096): keys are split to give the GPU enough programs
+    decode = make_config(m=1, n=4096, a=256, d_v=256, has_mask=False, interpret=False, batch=4)
+    assert decode.bq == 1 and decode.splits > 1 and decode.n_pad % (decode.bk * decode.splits) == 0
+    assert decode.ba * decode.bq * decode.bk <= 4096

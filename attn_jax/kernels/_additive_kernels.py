@@ -5,6 +5,8 @@ dim is a leading slice: qT (a_pad, m_pad), kT (a_pad, n_pad) per batch element. 
 key block) tile the score e = sum_a w_a * tanh(q + k) is accumulated over attention-dim chunks of
 `ba`, so the largest live tensor is (ba, bq, bk); the (m, n, a) tensor never exists. Everything is
 float32. Rows with no valid key get lse = +inf, so their weights, context and gradients are zero.
+A key split (grid axis 2 of the forward and dq kernels) covers `blocks_per_split` key blocks, so short
+problems (few batch x query blocks) still fill the GPU; XLA combines the per-split partials.
 """
 
 from __future__ import annotations
@@ -30,8 +32,13 @@ class KernelConfig:
     dv_pad: int
     has_mask: bool
     interpret: bool
+    splits: int = 1  # key range split over this many programs (partials combined in XLA)
     num_warps: int = 4
     num_stages: int = 2
+
+    @property
+    def blocks_per_split(self) -> int:
+        return self.n_pad // (self.bk * self.splits)
 
 
 def _scores(q_ref, k_ref, wa_ref, qs, ks, cfg: KernelConfig):
@@ -57,24 +64,34 @@ def _valid(mask_ref, rows, cols, k_start, cfg: KernelConfig):
 
 
 def _dot(a, b, contract):
-    """2-D float32 matmul contracting dims `contract` = (dim of a, dim of b)."""
-    dims = (((contract[0],), (contract[1],)), ((), ()))
-    return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+    """2-D float32 matmul contracting dims `contract` = (dim of a, dim of b).
+
+    Triton's matmul needs every dim >= 16; smaller tiles (e.g. one query row) use a broadcast sum.
+    """
+    if min(a.shape + b.shape) >= 16:
+        dims = (((contract[0],), (contract[1],)), ((), ()))
+        return lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+    a = a if contract[0] == 1 else a.T  # (M, K)
+    b = b if contract[1] == 0 else b.T  # (K, N)
+    return jnp.sum(a[:, :, None] * b[None, :, :], axis=1)
 
 
 def forward_kernel(*refs, cfg: KernelConfig, write_scores: bool):
-    """Grid (batch, query block). Online softmax over key blocks; writes context, lse (and scores)."""
+    """Grid (batch, query block, key split). Online softmax over this split's key blocks; writes the
+    unnormalised context, the running max and the normaliser (and the scores)."""
     q_ref, k_ref, v_ref, wa_ref = refs[:4]
     mask_ref = refs[4] if cfg.has_mask else None
-    ctx_ref, lse_ref = refs[4 + cfg.has_mask : 6 + cfg.has_mask]
-    s_ref = refs[6 + cfg.has_mask] if write_scores else None
+    acc_ref, m_ref, l_ref = refs[4 + cfg.has_mask : 7 + cfg.has_mask]
+    s_ref = refs[7 + cfg.has_mask] if write_scores else None
     all_q = slice(None)
+    first = pl.program_id(2) * cfg.blocks_per_split
 
     def step(j, carry):
         acc, m_prev, l_prev = carry
-        ks = pl.ds(j * cfg.bk, cfg.bk)
+        k_start = (first + j) * cfg.bk
+        ks = pl.ds(k_start, cfg.bk)
         s = _scores(q_ref, k_ref, wa_ref, all_q, ks, cfg)
-        valid = _valid(mask_ref, all_q, ks, j * cfg.bk, cfg)
+        valid = _valid(mask_ref, all_q, ks, k_start, cfg)
         if valid is not None:
             s = jnp.where(valid, s, -jnp.inf)
         if write_scores:
@@ -91,10 +108,10 @@ def forward_kernel(*refs, cfg: KernelConfig, write_scores: bool):
         jnp.full((cfg.bq,), -jnp.inf, jnp.float32),
         jnp.zeros((cfg.bq,), jnp.float32),
     )
-    acc, m_i, l_i = lax.fori_loop(0, cfg.n_pad // cfg.bk, step, init)
-    live = l_i > 0.0
-    ctx_ref[...] = acc / jnp.where(live, l_i, 1.0)[:, None]
-    lse_ref[...] = jnp.where(live, m_i + jnp.log(jnp.where(live, l_i, 1.0)), jnp.inf)
+    acc, m_i, l_i = lax.fori_loop(0, cfg.blocks_per_split, step, init)
+    acc_ref[...] = acc
+    m_ref[...] = m_i
+    l_ref[...] = l_i
 
 
 def _score_grad(refs, qs, ks, k_start, cfg):
@@ -128,7 +145,8 @@ def _tanh_chunks(q_ref, k_ref, qs, ks, ds, cfg, on_chunk):
 
 
 def dq_kernel(*refs, cfg: KernelConfig, has_dw: bool):
-    """Grid (batch, query block): dqT (a_pad, bq) = w_a * sum over keys of ds * (1 - tanh^2)."""
+    """Grid (batch, query block, key split): this split's share of dqT (a_pad, bq),
+    w_a * sum over its keys of ds * (1 - tanh^2)."""
     q_ref, k_ref, v_ref, wa_ref = refs[:4]
     rest = list(refs[4:])
     mask_ref = rest.pop(0) if cfg.has_mask else None
@@ -137,18 +155,20 @@ def dq_kernel(*refs, cfg: KernelConfig, has_dw: bool):
     dq_ref = rest[-1]
     dq_ref[...] = jnp.zeros(dq_ref.shape, jnp.float32)
     all_q = slice(None)
+    first = pl.program_id(2) * cfg.blocks_per_split
 
     def on_chunk(sl, t, g):
         dq_ref[sl, :] = dq_ref[sl, :] + wa_ref[sl][:, None] * jnp.sum(g, axis=2)
 
     def step(j, carry):
-        ks = pl.ds(j * cfg.bk, cfg.bk)
+        k_start = (first + j) * cfg.bk
+        ks = pl.ds(k_start, cfg.bk)
         refs_ = (q_ref, k_ref, v_ref, wa_ref, mask_ref, dc_ref, lse_ref, delta_ref, dw_ref)
-        _, ds = _score_grad(refs_, all_q, ks, j * cfg.bk, cfg)
+        _, ds = _score_grad(refs_, all_q, ks, k_start, cfg)
         _tanh_chunks(q_ref, k_ref, all_q, ks, ds, cfg, on_chunk)
         return carry
 
-    lax.fori_loop(0, cfg.n_pad // cfg.bk, step, 0)
+    lax.fori_loop(0, cfg.blocks_per_split, step, 0)
 
 
 def dk_kernel(*refs, cfg: KernelConfig, has_dw: bool):

@@ -21,7 +21,7 @@ from attn_jax.functional import _checks
 from attn_jax.functional.additive import _validate
 from attn_jax.kernels import _additive_kernels as K
 
-_GPU_BLOCKS = {"bq": 32, "bk": 32, "ba": 4}  # tile sizes for the Triton lowering (powers of two)
+_GPU_BLOCKS = {"bq": 32, "bk": 32}  # default tiles for the Triton lowering (powers of two)
 
 
 def _project(x, w):
@@ -44,31 +44,44 @@ def _pow2(x: int, minimum: int = 1) -> int:
     return max(minimum, 1 << max(0, (x - 1).bit_length()))
 
 
-def make_config(m, n, a, d_v, has_mask, *, interpret, block_q=None, block_k=None, block_a=None):
-    """Choose tiles and padded extents. Triton needs power-of-two tiles (>= 16 for its matmuls);
-    interpret mode prefers few, large tiles (each grid step and loop trip costs Python-level work)."""
+def _gpu_cores() -> int:
+    """Streaming multiprocessors of the default GPU (a guess of 132 when JAX does not say)."""
+    return int(getattr(jax.devices()[0], "core_count", 0) or 132)
+
+
+def make_config(m, n, a, d_v, has_mask, *, interpret, batch=1, block_q=None, block_k=None, block_a=None,
+                key_splits=None):  # fmt: skip
+    """Choose tiles, key splits and padded extents.
+
+    Triton needs power-of-two tiles (>= 16 keys); the largest live tile (ba, bq, bk) is kept near 4096
+    elements, and keys are split so that batch x query blocks x splits fills the GPU twice over.
+    Interpret mode prefers few, large tiles (every grid step and loop trip costs interpreter work).
+    """
     if interpret:
         bq = block_q or min(_pow2(m), 64)
         bk = block_k or min(_pow2(n), 128)
         ba = block_a or _pow2(a)
-        floor = 1
+        a_pad, dv_pad = _round_up(a, ba), d_v
+        splits = key_splits or 1
     else:  # requested tiles are rounded up to what Triton accepts
-        bq = _pow2(block_q or min(_GPU_BLOCKS["bq"], _pow2(m)), 16)
+        bq = _pow2(block_q or min(_GPU_BLOCKS["bq"], _pow2(m)))
         bk = _pow2(block_k or min(_GPU_BLOCKS["bk"], _pow2(n)), 16)
-        ba = _pow2(block_a or min(_GPU_BLOCKS["ba"], _pow2(a)))
-        floor = 16
-    a_pad = _round_up(_pow2(a) if not interpret else a, ba)
+        ba = _pow2(block_a or max(1, min(_pow2(a), 4096 // (bq * bk))))
+        a_pad, dv_pad = _round_up(_pow2(a), ba), _pow2(d_v)
+        programs = batch * -(-m // bq)
+        splits = key_splits or max(1, min(-(-n // bk), -(-2 * _gpu_cores() // programs)))
     return K.KernelConfig(
         bq=bq,
         bk=bk,
         ba=ba,
         n=n,
         m_pad=_round_up(m, bq),
-        n_pad=_round_up(n, bk),
+        n_pad=_round_up(n, bk * splits),
         a_pad=a_pad,
-        dv_pad=_pow2(d_v, floor) if not interpret else d_v,
+        dv_pad=dv_pad,
         has_mask=has_mask,
         interpret=interpret,
+        splits=splits,
     )
 
 
@@ -92,16 +105,17 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, cfg, name):
 
 
 def _specs(cfg, by_query: bool):
-    """BlockSpecs of (qT, kT, v, w_a[, mask]) for a grid over query blocks or over key blocks."""
+    """BlockSpecs of (qT, kT, v, w_a[, mask]) for a grid (batch, query block, key split) or a grid
+    (batch, key block)."""
     a, mp, np_, dv = cfg.a_pad, cfg.m_pad, cfg.n_pad, cfg.dv_pad
     if by_query:
         specs = [
-            pl.BlockSpec((None, a, cfg.bq), lambda b, i: (b, 0, i)),
-            pl.BlockSpec((None, a, np_), lambda b, i: (b, 0, 0)),
-            pl.BlockSpec((None, np_, dv), lambda b, i: (b, 0, 0)),
-            pl.BlockSpec((a,), lambda b, i: (0,)),
+            pl.BlockSpec((None, a, cfg.bq), lambda b, i, s: (b, 0, i)),
+            pl.BlockSpec((None, a, np_), lambda b, i, s: (b, 0, 0)),
+            pl.BlockSpec((None, np_, dv), lambda b, i, s: (b, 0, 0)),
+            pl.BlockSpec((a,), lambda b, i, s: (0,)),
         ]
-        mask = pl.BlockSpec((None, cfg.bq, np_), lambda b, i: (b, i, 0))
+        mask = pl.BlockSpec((None, cfg.bq, np_), lambda b, i, s: (b, i, 0))
     else:
         specs = [
             pl.BlockSpec((None, a, mp), lambda b, j: (b, 0, 0)),
@@ -114,25 +128,42 @@ def _specs(cfg, by_query: bool):
 
 
 def _forward(qT, kT, v, w_a, mask, cfg, write_scores):
-    """Run the forward kernel -> (context (B, m_pad, dv_pad), lse (B, m_pad), scores or None)."""
-    batch = qT.shape[0]
+    """Forward kernel + split combine -> (context (B, m_pad, dv_pad), lse (B, m_pad), scores or None)."""
+    batch, sp = qT.shape[0], cfg.splits
     f32 = jnp.float32
     out_shape = [
-        jax.ShapeDtypeStruct((batch, cfg.m_pad, cfg.dv_pad), f32),
-        jax.ShapeDtypeStruct((batch, cfg.m_pad), f32),
+        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad, cfg.dv_pad), f32),
+        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad), f32),
+        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad), f32),
     ]
+    row_spec = pl.BlockSpec((None, None, cfg.bq), lambda b, i, s: (b, s, i))
     out_specs = [
-        pl.BlockSpec((None, cfg.bq, cfg.dv_pad), lambda b, i: (b, i, 0)),
-        pl.BlockSpec((None, cfg.bq), lambda b, i: (b, i)),
+        pl.BlockSpec((None, None, cfg.bq, cfg.dv_pad), lambda b, i, s: (b, s, i, 0)),
+        row_spec,
+        row_spec,
     ]
     if write_scores:
         out_shape.append(jax.ShapeDtypeStruct((batch, cfg.m_pad, cfg.n_pad), f32))
-        out_specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i: (b, i, 0)))
+        out_specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i, s: (b, i, 0)))
     kernel = functools.partial(K.forward_kernel, cfg=cfg, write_scores=write_scores)
-    grid = (batch, cfg.m_pad // cfg.bq)
+    grid = (batch, cfg.m_pad // cfg.bq, sp)
     args = (qT, kT, v, w_a) + ((mask,) if cfg.has_mask else ())
     outs = _call(kernel, grid, _specs(cfg, True), out_specs, out_shape, cfg, "additive_fwd")(*args)
-    return outs[0], outs[1], (outs[2] if write_scores else None)
+    ctx, lse = _combine_splits(*outs[:3])
+    return ctx, lse, (outs[3] if write_scores else None)
+
+
+def _combine_splits(acc, m_s, l_s):
+    """Merge per-split online-softmax partials (B, S, m, ...) -> normalised context and lse (+inf where
+    a row has no valid key)."""
+    m_max = jnp.max(m_s, axis=1)
+    m_safe = jnp.where(m_max == -jnp.inf, 0.0, m_max)
+    scale = jnp.exp(m_s - m_safe[:, None])  # 0 for splits that saw no valid key
+    total = jnp.sum(scale * l_s, axis=1)
+    live = total > 0.0
+    ctx = jnp.sum(scale[..., None] * acc, axis=1) / jnp.where(live, total, 1.0)[..., None]
+    lse = jnp.where(live, m_safe + jnp.log(jnp.where(live, total, 1.0)), jnp.inf)
+    return ctx, lse
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
@@ -166,18 +197,19 @@ def _fused_bwd(cfg, with_weights, res, cotangents):
 
 
 def _backward_dq(args, batch, cfg, has_dw):
+    """dq kernel over (batch, query block, key split); the per-split partials are summed here."""
+    row = pl.BlockSpec((None, cfg.bq), lambda b, i, s: (b, i))
     specs = _specs(cfg, True) + [
-        pl.BlockSpec((None, cfg.bq, cfg.dv_pad), lambda b, i: (b, i, 0)),
-        pl.BlockSpec((None, cfg.bq), lambda b, i: (b, i)),
-        pl.BlockSpec((None, cfg.bq), lambda b, i: (b, i)),
-    ]
+        pl.BlockSpec((None, cfg.bq, cfg.dv_pad), lambda b, i, s: (b, i, 0)), row, row,
+    ]  # fmt: skip
     if has_dw:
-        specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i: (b, i, 0)))
-    out_spec = pl.BlockSpec((None, cfg.a_pad, cfg.bq), lambda b, i: (b, 0, i))
-    out_shape = jax.ShapeDtypeStruct((batch, cfg.a_pad, cfg.m_pad), jnp.float32)
+        specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i, s: (b, i, 0)))
+    out_spec = pl.BlockSpec((None, None, cfg.a_pad, cfg.bq), lambda b, i, s: (b, s, 0, i))
+    out_shape = jax.ShapeDtypeStruct((batch, cfg.splits, cfg.a_pad, cfg.m_pad), jnp.float32)
     kernel = functools.partial(K.dq_kernel, cfg=cfg, has_dw=has_dw)
-    grid = (batch, cfg.m_pad // cfg.bq)
-    return _call(kernel, grid, specs, out_spec, out_shape, cfg, "additive_bwd_dq")(*args)
+    grid = (batch, cfg.m_pad // cfg.bq, cfg.splits)
+    parts = _call(kernel, grid, specs, out_spec, out_shape, cfg, "additive_bwd_dq")(*args)
+    return jnp.sum(parts, axis=1)
 
 
 def _backward_dk(args, batch, cfg, has_dw):
@@ -243,6 +275,7 @@ def pallas_additive_attention(
     block_q: int | None = None,
     block_k: int | None = None,
     block_a: int | None = None,
+    key_splits: int | None = None,
 ):
     """Fused-kernel additive attention; arguments and results as `attn_jax.additive_attention`.
 
@@ -250,7 +283,9 @@ def pallas_additive_attention(
     w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n).
     Returns (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype; all kernel
     arithmetic is float32. `interpret=None` picks Triton on GPU, interpret mode elsewhere;
-    block_q / block_k / block_a override the tile sizes (query rows, keys, attention-dim chunk).
+    block_q / block_k / block_a override the tile sizes (query rows, keys, attention-dim chunk) and
+    key_splits the number of programs sharing one query block's keys (default: 1 in interpret mode,
+    enough to fill the GPU otherwise).
     """
     _checks.check_fully_masked(fully_masked)
     values = keys if values is None else values
@@ -258,8 +293,8 @@ def pallas_additive_attention(
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
     cfg = make_config(
-        m, n, a, d_v, mask is not None, interpret=_use_interpret(interpret),
-        block_q=block_q, block_k=block_k, block_a=block_a,
+        m, n, a, d_v, mask is not None, interpret=_use_interpret(interpret), batch=math.prod(batch),
+        block_q=block_q, block_k=block_k, block_a=block_a, key_splits=key_splits,
     )  # fmt: skip
     q_proj = _project(query, w_q)
     if bias is not None:
