@@ -15,14 +15,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# W1-W3 from issue 2; L is the large shape of issue 8. d = d_q = d_k = d_v.
+# W1-W3 from issue 2; L is the large shape of issue 8. d = d_q = d_k = d_v. "chunk": the chunk size the
+# chunked XLA path uses there (W1-W3 as tuned in benchmarks/attention.py).
 SHAPES = {
-    "W1": {"B": 64, "m": 1, "n": 196, "d": 512, "a": 512},
-    "W2": {"B": 8, "m": 64, "n": 1024, "d": 256, "a": 128},
-    "W3": {"B": 4, "m": 1, "n": 4096, "d": 256, "a": 256},
-    "L": {"B": 32, "m": 256, "n": 4096, "d": 256, "a": 256},
+    "W1": {"B": 64, "m": 1, "n": 196, "d": 512, "a": 512, "chunk": 196},
+    "W2": {"B": 8, "m": 64, "n": 1024, "d": 256, "a": 128, "chunk": 16},
+    "W3": {"B": 4, "m": 1, "n": 4096, "d": 256, "a": 256, "chunk": 512},
+    "L": {"B": 32, "m": 256, "n": 4096, "d": 256, "a": 256, "chunk": 16},
 }
-SWEEP = {"B": 8, "m": 64, "d": 128, "a": 128}  # time vs n, n from the runner
+SWEEP = {"B": 8, "m": 64, "d": 128, "a": 128, "chunk": 16}  # time vs n, n from the runner
 IMPLS = ("naive", "unchunked", "chunked", "pallas")
 
 
@@ -69,7 +70,7 @@ def naive_formula(q, h, v, w_q, w_k, w_a, bias):
     return jnp.einsum("bmn,bnd->bmd", jax.nn.softmax(scores, axis=-1).astype(v.dtype), v)
 
 
-def attention_fn(impl: str, chunk_size: int = 256):
+def attention_fn(impl: str, chunk_size: int = 16):
     """(q, h, v, w_q, w_k, w_a, bias) -> context for one implementation name."""
     if impl == "naive":
         return naive_formula
@@ -86,12 +87,13 @@ def attention_fn(impl: str, chunk_size: int = 256):
     return fn
 
 
-def attention_case(shape="W2", impl="unchunked", mode="fwd", dtype="float32", n=None, chunk_size=256):
+def attention_case(shape="W2", impl="unchunked", mode="fwd", dtype="float32", n=None, chunk_size=None):
     """Builder: jitted forward or forward+backward of one implementation on one shape."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}; got {impl!r}")
-    args = _inputs(shape_dims(shape, n), dtype)
-    fn = attention_fn(impl, chunk_size)
+    dims = shape_dims(shape, n)
+    args = _inputs(dims, dtype)
+    fn = attention_fn(impl, chunk_size or dims.get("chunk", 16))
     if mode == "fwd":
         return jax.jit(fn), args
     cot = jax.random.normal(jax.random.key(9), args[0].shape[:2] + args[2].shape[-1:], args[0].dtype)

@@ -65,6 +65,17 @@ def _rates(dtypes) -> dict:
     return rates
 
 
+def _efficiency(dims, mode, dtype, seconds, rates) -> dict:
+    """Achieved TFLOP/s and Gtanh/s, and time over the lower bound flops/matmul rate + tanh/tanh rate."""
+    counts = attention_counts(dims, mode)
+    bound = counts["flops"] / rates[f"matmul_{dtype}"] + counts["tanh"] / rates["tanh"]
+    return {
+        "tflops": counts["flops"] / seconds / 1e12,
+        "gtanh": counts["tanh"] / seconds / 1e9,
+        "x_bound": seconds / bound,
+    }
+
+
 def attention_rows(shapes, dtypes, impls, modes, rates, args, n=None) -> list[dict]:
     rows = []
     for shape in shapes:
@@ -75,13 +86,7 @@ def attention_rows(shapes, dtypes, impls, modes, rates, args, n=None) -> list[di
                     kw = {"shape": shape, "impl": impl, "mode": mode, "dtype": dtype, "n": n}
                     row = {**kw, **dims, **_run("benchmarks.cases:attention_case", kw, args)}
                     if "median_s" in row:
-                        counts = attention_counts(dims, mode)
-                        bound = counts["flops"] / rates[f"matmul_{dtype}"] + counts["tanh"] / rates["tanh"]
-                        row.update(
-                            tflops=counts["flops"] / row["median_s"] / 1e12,
-                            gtanh=counts["tanh"] / row["median_s"] / 1e9,
-                            x_bound=row["median_s"] / bound,
-                        )
+                        row.update(_efficiency(dims, mode, dtype, row["median_s"], rates))
                     rows.append(row)
                     print(f"  {shape} {dtype} {impl} {mode}: {row.get('median_ms', 'error')}", flush=True)
     return rows
@@ -103,7 +108,7 @@ def model_rows(attentions, batch, device_counts, args) -> list[dict]:
     return rows
 
 
-def torch_rows(shapes, modes, args) -> list[dict]:
+def torch_rows(shapes, modes, rates, args) -> list[dict]:
     rows = []
     for shape in shapes:
         for compiled in (False, True):
@@ -114,6 +119,7 @@ def torch_rows(shapes, modes, args) -> list[dict]:
                     res = torch_peer.measure(shape_dims(shape), mode, compiled, warmup=args.warmup,
                                              repeats=args.repeats)  # fmt: skip
                     row.update(res, median_ms=1e3 * res["median_s"], touched_mb=_mb(res["touched_bytes"]))
+                    row.update(_efficiency(shape_dims(shape), mode, "float32", res["median_s"], rates))
                 except RuntimeError as e:
                     row["error"] = str(e)
                 rows.append(row)
@@ -155,7 +161,12 @@ def _parse(argv):
     impls = ["naive", "unchunked", "chunked"] + (["pallas"] if on_gpu else [])
     p.add_argument("--impls", nargs="+", default=impls)
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"])
-    p.add_argument("--sweep-n", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096])
+    p.add_argument(
+        "--sweep-n",
+        nargs="+",
+        type=int,
+        default=[256, 512, 1024, 2048, 4096] if on_gpu else [256, 512, 1024, 2048],
+    )
     p.add_argument("--batch", type=int, default=64, help="images per model forward / train step")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
@@ -181,7 +192,9 @@ def main(argv=None) -> dict:
         counts = [c for c in (1, 8) if c <= len(jax.devices())]
         results["models"] = model_rows(["spatial", "additive"], args.batch, counts, args)
     if "torch" in args.sections and torch_peer.available():
-        results["torch"] = torch_rows(args.shapes if not args.quick else ["W2"], args.modes, args)
+        results["torch"] = torch_rows(
+            args.shapes if not args.quick else ["W2"], args.modes, results["rates"], args
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     for key in ("attention", "sweep", "torch"):
         if results.get(key):
