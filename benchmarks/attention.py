@@ -26,11 +26,11 @@ from benchmarks import harness  # noqa: E402
 
 # name: (B, m, n, d, a) and the chunk size used for it
 SHAPES = {
-    "W1": ((64, 1, 196, 512, 512), 196),
+    "W1": ((64, 1, 196, 512, 512), 32),
     "W2": ((8, 64, 1024, 256, 128), 16),
-    "W3": ((4, 1, 4096, 256, 256), 512),
+    "W3": ((4, 1, 4096, 256, 256), 256),
 }
-BIG = ((8, 256, 65536, 256, 128), 16)  # naive tanh tensor alone: 8*256*65536*128*4 B = 64 GiB
+BIG = ((8, 256, 32768, 256, 128), 16)  # naive tanh tensor alone: 8*256*32768*128*4 B = 32 GiB
 IMPLS = ("naive", "unchunked", "chunked")
 
 
