@@ -30,7 +30,7 @@ from benchmarks import harness  # noqa: E402
 SHAPES = {
     "W1": ((64, 1, 196, 512, 512), 98),
     "W2": ((8, 64, 1024, 256, 128), 16),
-    "W3": ((4, 1, 4096, 256, 256), 256),
+    "W3": ((4, 1, 4096, 256, 256), 1024),
 }
 BIG = ((8, 256, 32768, 256, 128), 16)  # naive tanh tensor alone: 8*256*32768*128*4 B = 32 GiB
 IMPLS = ("naive", "unchunked", "chunked")
