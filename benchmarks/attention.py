@@ -10,7 +10,7 @@ measured in the case's own process just before and after its timed calls (mean o
 shared, loaded machine affects the time and its bound alike; fwd+bwd counts 3x the matmul flops and
 the tanh evaluations once.
 Error = relative L2 error against a float64 evaluation (context; fwd+bwd: worst over all gradients).
-Writes benchmarks/results/attention_cpu.json (or --out).
+Writes benchmarks/results/attention_cpu.json (--quick: attention_cpu_quick.json; or --out).
 """
 
 from __future__ import annotations
@@ -190,8 +190,10 @@ def main(argv=None):
     parser.add_argument("--shapes", default=None, help="comma-separated subset of W1,W2,W3")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-big", action="store_true")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention_cpu.json"))
+    parser.add_argument("--out", default=None, help="JSON path (default results/attention_cpu[_quick].json)")
     args = parser.parse_args(argv)
+    default_out = "attention_cpu_quick.json" if args.quick else "attention_cpu.json"
+    args.out = args.out or str(Path(__file__).parent / "results" / default_out)
     names = ["W2"] if args.quick else (args.shapes.split(",") if args.shapes else list(SHAPES))
     repeats = args.repeats or (5 if args.quick else 10)
     print(f"load average at start {os.getloadavg()}", flush=True)
