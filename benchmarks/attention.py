@@ -6,9 +6,11 @@
 Each case runs in a fresh process (benchmarks/harness.py): median of back-to-back calls after
 warm-up, compiled temporaries (XLA memory_analysis) and memory first touched by one call (RSS rise).
 Lower bound (LB) = matmul flops / measured matmul rate + tanh count / measured fused-tanh rate, both
-measured here, in this process; fwd+bwd counts 3x the matmul flops and the tanh evaluations once.
+measured in the case's own process just before and after its timed calls (mean of the two), so a
+shared, loaded machine affects the time and its bound alike; fwd+bwd counts 3x the matmul flops and
+the tanh evaluations once.
 Error = relative L2 error against a float64 evaluation (context; fwd+bwd: worst over all gradients).
-Writes benchmarks/results/attention_cpu.json (or --out).
+Writes benchmarks/results/attention_cpu.json (--quick: attention_cpu_quick.json; or --out).
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from benchmarks import harness  # noqa: E402
 
 # name: (B, m, n, d, a) and the chunk size used for it
 SHAPES = {
-    "W1": ((64, 1, 196, 512, 512), 196),
+    "W1": ((64, 1, 196, 512, 512), 98),
     "W2": ((8, 64, 1024, 256, 128), 16),
-    "W3": ((4, 1, 4096, 256, 256), 512),
+    "W3": ((4, 1, 4096, 256, 256), 1024),
 }
-BIG = ((8, 256, 65536, 256, 128), 16)  # naive tanh tensor alone: 8*256*65536*128*4 B = 64 GiB
+BIG = ((8, 256, 32768, 256, 128), 16)  # naive tanh tensor alone: 8*256*32768*128*4 B = 32 GiB
 IMPLS = ("naive", "unchunked", "chunked")
 
 
@@ -104,7 +106,8 @@ def relative_error(shape, impl: str, mode: str, chunk_size: int) -> float:
         fn64, args64 = build_case(shape, impl, mode, chunk_size, "float64")
         args64 = jax.tree.map(lambda x32, x64: x32.astype(x64.dtype), args32, args64)  # same values
         out64 = jax.tree.leaves(fn64(*args64))
-    errs = [np.linalg.norm(np.float64(a) - b) / np.linalg.norm(b) for a, b in zip(out32, out64)]
+    out32, out64 = [np.asarray(x, np.float64) for x in out32], [np.asarray(x) for x in out64]
+    errs = [np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(out32, out64)]
     return float(max(errs))
 
 
@@ -122,13 +125,19 @@ def lower_bound(shape, mode: str, rates: dict) -> float:
     return flops / rates["matmul_flops_per_s"] + tanh / rates["tanh_per_s"]
 
 
-def run_row(name, shape, impl, mode, k, rates, repeats, skip_error):
+def _mean_rates(probes):
+    return {key: float(np.mean([p[key] for p in probes])) for key in probes[0]}
+
+
+def run_row(name, shape, impl, mode, k, repeats, skip_error):
     res = harness.measure_case(
         "benchmarks.attention:build_case",
         dict(shape=shape, impl=impl, mode=mode, chunk_size=k),
         warmup=2,
         repeats=repeats,
+        probe="benchmarks.attention:measure_rates",
     )
+    rates = _mean_rates(res["probes"])  # measured in the same process, just before and after
     lb = lower_bound(shape, mode, rates)
     row = dict(
         shape=name, mode=mode, impl=impl, chunk=k if impl == "chunked" else None,
@@ -136,16 +145,17 @@ def run_row(name, shape, impl, mode, k, rates, repeats, skip_error):
         temp_mb=None if res["temp_bytes"] is None else res["temp_bytes"] / 2**20,
         touched_mb=None if res["touched_bytes"] is None else res["touched_bytes"] / 2**20,
         rel_err=None if skip_error else relative_error(shape, impl, mode, k),
-        times_ms=[1e3 * t for t in res["times"]],
+        times_ms=[1e3 * t for t in res["times"]], rates=rates,
     )  # fmt: skip
     print(f"  {name} {mode:8s} {impl:9s} {row['ms']:9.2f} ms  {row['x_lb']:.2f}x LB", flush=True)
     return row
 
 
-def big_case(rates) -> list[dict]:
+def big_case() -> list[dict]:
     """Compile-only memory for the naive path at BIG; the chunked path is compiled and run."""
     shape, k = BIG
     rows = []
+    rates = measure_rates()
     for impl in ("naive", "chunked"):
         mem = harness.compile_only("benchmarks.attention:build_case", dict(shape=shape, impl=impl, mode="fwd",
                                                                               chunk_size=k))  # fmt: skip
@@ -180,23 +190,25 @@ def main(argv=None):
     parser.add_argument("--shapes", default=None, help="comma-separated subset of W1,W2,W3")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-big", action="store_true")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention_cpu.json"))
+    parser.add_argument("--out", default=None, help="JSON path (default results/attention_cpu[_quick].json)")
     args = parser.parse_args(argv)
+    default_out = "attention_cpu_quick.json" if args.quick else "attention_cpu.json"
+    args.out = args.out or str(Path(__file__).parent / "results" / default_out)
     names = ["W2"] if args.quick else (args.shapes.split(",") if args.shapes else list(SHAPES))
     repeats = args.repeats or (5 if args.quick else 10)
-    rates = measure_rates()
-    lb_line = ", ".join(f"{k} {v:.3g}" for k, v in rates.items())
-    print(f"rates: {lb_line}; load average {os.getloadavg()}", flush=True)
+    print(f"load average at start {os.getloadavg()}", flush=True)
     rows = []
     for name in names:
         shape, k = SHAPES[name]
         for mode in ("fwd", "fwd+bwd"):
             for impl in IMPLS:
-                rows.append(run_row(name, shape, impl, mode, k, rates, repeats, skip_error=args.quick))
+                rows.append(run_row(name, shape, impl, mode, k, repeats, skip_error=args.quick))
     if not (args.quick or args.no_big):
-        rows += big_case(rates)
+        rows += big_case()
     harness.print_table(rows, COLUMNS)
-    path = harness.write_json(args.out, rows, rates=rates, shapes={k: v[0] for k, v in SHAPES.items()})
+    print(f"load average at end {os.getloadavg()}")
+    shapes = {k: v[0] for k, v in SHAPES.items()} | {"BIG": BIG[0]}
+    path = harness.write_json(args.out, rows, shapes=shapes)
     print(f"wrote {path}")
 
 

@@ -9,6 +9,7 @@ a fresh Python process (spawned, so nothing compiled or allocated earlier leaks 
     touched_bytes    peak RSS rise during the first call (memory first touched per call; Linux
                      /proc VmHWM, reset before the call; host memory, so meaningful on CPU only)
     median_s, times  median and all wall times of back-to-back calls after `warmup` calls
+    probes           results of the optional `probe` function, called before and after the timing
 
 `compile_only(builder, kwargs)` lowers and compiles without running (for sizes that cannot fit).
 `matmul_rate()` and `fused_tanh_rate()` measure this machine's rates for lower-bound estimates;
@@ -70,9 +71,10 @@ def _block(out):
     return jax.block_until_ready(out)
 
 
-def _measure_in_process(builder: str, kwargs: dict, warmup: int, repeats: int) -> dict:
+def _measure_in_process(builder: str, kwargs: dict, warmup: int, repeats: int, probe=None) -> dict:
     """Compile, touch-measure one call, then time `repeats` back-to-back calls (in this process)."""
     fn, args = _resolve(builder)(**kwargs)
+    probes = [] if probe is None else [_resolve(probe)()]
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - t0
@@ -93,7 +95,10 @@ def _measure_in_process(builder: str, kwargs: dict, warmup: int, repeats: int) -
         t0 = time.perf_counter()
         _block(compiled(*args))
         times.append(time.perf_counter() - t0)
+    if probe is not None:
+        probes.append(_resolve(probe)())
     return {
+        "probes": probes,
         "compile_s": compile_s,
         "temp_bytes": temp,
         "touched_bytes": touched,
@@ -102,23 +107,32 @@ def _measure_in_process(builder: str, kwargs: dict, warmup: int, repeats: int) -
     }
 
 
-def _child(queue, builder, kwargs, warmup, repeats):
+def _child(queue, builder, kwargs, warmup, repeats, probe):
     try:
-        queue.put(("ok", _measure_in_process(builder, kwargs, warmup, repeats)))
+        queue.put(("ok", _measure_in_process(builder, kwargs, warmup, repeats, probe)))
     except BaseException as e:  # report any failure to the parent instead of hanging it
         queue.put(("error", f"{type(e).__name__}: {e}"))
 
 
 def measure_case(
-    builder: str, kwargs: dict | None = None, *, warmup: int = 3, repeats: int = 10, timeout: float = 600
+    builder: str,
+    kwargs: dict | None = None,
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    timeout: float = 600,
+    probe: str | None = None,
 ) -> dict:
     """Measure a case in a fresh spawned process; returns the dict described in the module docstring.
 
+    probe: optional "module:function" (no arguments, returns a JSON-able value) called in the child
+    just before and just after the timed calls, e.g. to measure machine rates under the same load;
+    its two results are returned under "probes".
     Raises RuntimeError with the child's error message if the case fails or times out.
     """
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, builder, dict(kwargs or {}), warmup, repeats))
+    proc = ctx.Process(target=_child, args=(queue, builder, dict(kwargs or {}), warmup, repeats, probe))
     proc.start()
     try:
         status, payload = queue.get(timeout=timeout)

@@ -14,8 +14,21 @@ def build_matmul(size: int):
     return jax.jit(lambda x: jnp.sum(jnp.sort(jnp.tanh(x @ x) @ x))), (x,)
 
 
+def probe_pid():
+    """A probe: which process ran it."""
+    import os
+
+    return os.getpid()
+
+
 def test_measure_case_fresh_process():
-    res = harness.measure_case("tests.test_bench_harness:build_matmul", {"size": 256}, warmup=1, repeats=3)
+    res = harness.measure_case(
+        "tests.test_bench_harness:build_matmul", {"size": 256}, warmup=1, repeats=3,
+        probe="tests.test_bench_harness:probe_pid",
+    )  # fmt: skip
+    import os
+
+    assert res["probes"][0] == res["probes"][1] != os.getpid()  # run twice, in one fresh process
     assert len(res["times"]) == 3 and all(t > 0 for t in res["times"])
     assert min(res["times"]) <= res["median_s"] <= max(res["times"])
     assert res["temp_bytes"] >= 256 * 256 * 4  # at least the (size, size) intermediate

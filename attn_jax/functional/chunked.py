@@ -3,7 +3,7 @@
 Neither pass keeps the (..., m, n, a) tanh tensor. The forward pass scans over blocks of keys with
 a running max, running sum and running context (online softmax / log-sum-exp); it keeps only the
 per-row log-sum-exp, the context and (for `return_weights`) the (m, n) scores. A block holds a few
-chunks of k = chunk_size keys (about BLOCK_TARGET keys), so the softmax bookkeeping and the context
+chunks of k = chunk_size keys (m * K about BLOCK_SCORES), so the softmax bookkeeping and the context
 matmul run on big blocks while tanh is evaluated k keys at a time. The backward pass scans the
 blocks again, recomputing tanh for one (m, k, a) chunk at a time, and accumulates d(q W_q) and
 d w_a across chunks. Projections q W_q + b and h W_k are computed once, outside the
@@ -36,12 +36,12 @@ def _unchunk(x, axis: int):
     return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
 
 
-BLOCK_TARGET = 256  # keys per online-softmax step (a multiple of chunk_size): few steps, big matmuls
+BLOCK_SCORES = 16384  # (m, K) scores per online-softmax step: few steps, big matmuls, small buffers
 
 
-def _block_size(chunk_size: int, n: int) -> int:
-    """Keys per scan step: a multiple of chunk_size near BLOCK_TARGET, no larger than needed for n."""
-    block = chunk_size * max(1, BLOCK_TARGET // chunk_size)
+def _block_size(chunk_size: int, m: int, n: int) -> int:
+    """Keys per scan step K: a multiple of chunk_size with m * K near BLOCK_SCORES, at most ~n."""
+    block = chunk_size * max(1, BLOCK_SCORES // (m * chunk_size))
     return min(block, -(-n // chunk_size) * chunk_size)
 
 
@@ -76,7 +76,7 @@ def _prepare(k_proj, values, mask, block: int, n: int):
 def _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_scores):
     """Online-softmax forward of one example. Returns context (m, d_v), lse (m,), scores (m, n) | None."""
     m, n = q_proj.shape[0], k_proj.shape[0]
-    block = _block_size(chunk_size, n)
+    block = _block_size(chunk_size, m, n)
     k_blocks, v_blocks, valid_blocks = _prepare(k_proj, values, mask, block, n)
 
     def step(carry, xs):
@@ -143,7 +143,7 @@ def _core_bwd(chunk_size, return_weights, residuals, cotangents):
     delta = jnp.sum(d_context * context, axis=-1)
     if return_weights:
         delta = delta + jnp.sum(d_weights * weights, axis=-1)
-    block = _block_size(chunk_size, n)
+    block = _block_size(chunk_size, m, n)
     k_blocks, v_blocks, valid_blocks = _prepare(k_proj, values, mask, block, n)
     num_blocks, num_chunks = k_blocks.shape[0], block // chunk_size
     if return_weights:
