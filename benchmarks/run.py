@@ -134,7 +134,7 @@ def plot_sweep(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = sorted({r["mode"] for r in rows}, reverse=True)
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
     fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for impl in dict.fromkeys(r["impl"] for r in rows):
@@ -146,7 +146,8 @@ def plot_sweep(rows, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     dims = {k: rows[0][k] for k in ("B", "m", "d", "a")}
-    fig.suptitle(f"additive attention, {dims}, {jax.devices()[0].device_kind}")
+    load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    fig.suptitle(f"additive attention, {dims}, {jax.devices()[0].device_kind}{load}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
