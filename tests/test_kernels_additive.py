@@ -191,9 +191,11 @@ def test_gpu_tiles_are_powers_of_two_and_cover_the_problem():
 
 
 @pytest.mark.parametrize(
-    "lead, m, n, masked", [((2,), 5, 40, True), ((4,), 1, 300, False)], ids=["tiles_masked", "one_query"]
+    "lead, m, n, masked, fast",
+    [((2,), 5, 40, True, False), ((4,), 1, 300, False, True)],
+    ids=["tiles_masked", "one_query_fast_tanh"],
 )
-def test_kernels_lower_to_triton_for_gpu(lead, m, n, masked):
+def test_kernels_lower_to_triton_for_gpu(lead, m, n, masked, fast):
     """Without a GPU: the forward and both backward kernels lower through Pallas' Triton backend (the
     step before PTX compilation), for the matmul tiles and for the one-query (broadcast-sum) tiles."""
     from jax import export
@@ -202,8 +204,9 @@ def test_kernels_lower_to_triton_for_gpu(lead, m, n, masked):
 
     def loss(q, h, v, w_q, w_k, w_a, b):
         ctx, w = pallas_additive_attention(
-            q, h, v, w_q=w_q, w_k=w_k, w_a=w_a, bias=b, mask=mask, interpret=False, return_weights=masked
-        )
+            q, h, v, w_q=w_q, w_k=w_k, w_a=w_a, bias=b, mask=mask, interpret=False, return_weights=masked,
+            fast_tanh=fast,
+        )  # fmt: skip
         return jnp.sum(ctx) + (jnp.sum(w * w) if masked else 0.0)
 
     triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
@@ -211,3 +214,4 @@ def test_kernels_lower_to_triton_for_gpu(lead, m, n, masked):
     exported = export.export(grad, platforms=["cuda"], disabled_checks=[triton])(*args)
     names = re.findall(r'xla\.gpu\.triton.*?name = "(\w+)"', exported.mlir_module())
     assert sorted(names) == ["additive_bwd_dk", "additive_bwd_dq", "additive_fwd"]
+    assert ("tanh.approx.f32" in exported.mlir_module()) == fast
