@@ -13,6 +13,7 @@ on GPU (elsewhere it runs in interpret mode, which measures the interpreter, not
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -88,8 +89,15 @@ def attention_rows(shapes, dtypes, impls, modes, rates, args, n=None) -> list[di
                     if "median_s" in row:
                         row.update(_efficiency(dims, mode, dtype, row["median_s"], rates))
                     rows.append(row)
+                    _append_partial(args.out, row)
                     print(f"  {shape} {dtype} {impl} {mode}: {row.get('median_ms', 'error')}", flush=True)
     return rows
+
+
+def _append_partial(out: Path, row: dict) -> None:
+    """Keep every finished row in out/partial.jsonl, so a run cut short by a time limit leaves data."""
+    with open(out / "partial.jsonl", "a") as f:
+        f.write(json.dumps(row, default=float) + "\n")
 
 
 def model_rows(attentions, batch, device_counts, args) -> list[dict]:
@@ -180,7 +188,9 @@ def _parse(argv):
 
 def main(argv=None) -> dict:
     args = _parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     results = {"rates": _rates(args.dtypes)}
+    (args.out / "partial.jsonl").write_text(json.dumps({"rates": results["rates"]}) + "\n")
     print(f"measured rates: {results['rates']}", flush=True)
     if "attention" in args.sections:
         results["attention"] = attention_rows(args.shapes, args.dtypes, args.impls, args.modes,
@@ -196,7 +206,6 @@ def main(argv=None) -> dict:
         results["torch"] = torch_rows(
             args.shapes if not args.quick else ["W2"], args.modes, results["rates"], args
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     for key in ("attention", "sweep", "torch"):
         if results.get(key):
             print(f"\n### {key}\n")
