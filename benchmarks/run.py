@@ -13,6 +13,7 @@ on GPU (elsewhere it runs in interpret mode, which measures the interpreter, not
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -88,8 +89,15 @@ def attention_rows(shapes, dtypes, impls, modes, rates, args, n=None) -> list[di
                     if "median_s" in row:
                         row.update(_efficiency(dims, mode, dtype, row["median_s"], rates))
                     rows.append(row)
+                    _append_partial(args.out, row)
                     print(f"  {shape} {dtype} {impl} {mode}: {row.get('median_ms', 'error')}", flush=True)
     return rows
+
+
+def _append_partial(out: Path, row: dict) -> None:
+    """Keep every finished row in out/partial.jsonl, so a run cut short by a time limit leaves data."""
+    with open(out / "partial.jsonl", "a") as f:
+        f.write(json.dumps(row, default=float) + "\n")
 
 
 def model_rows(attentions, batch, device_counts, args) -> list[dict]:
@@ -134,7 +142,7 @@ def plot_sweep(rows, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = sorted({r["mode"] for r in rows}, reverse=True)
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
     fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for impl in dict.fromkeys(r["impl"] for r in rows):
@@ -146,7 +154,8 @@ def plot_sweep(rows, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     dims = {k: rows[0][k] for k in ("B", "m", "d", "a")}
-    fig.suptitle(f"additive attention, {dims}, {jax.devices()[0].device_kind}")
+    load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    fig.suptitle(f"additive attention, {dims}, {jax.devices()[0].device_kind}{load}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -158,7 +167,7 @@ def _parse(argv):
     p.add_argument("--sections", nargs="+", default=["attention", "sweep", "models", "torch"])
     p.add_argument("--shapes", nargs="+", default=["W1", "W2", "W3", "L"] if on_gpu else ["W1", "W2", "W3"])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"] if on_gpu else ["float32"])
-    impls = ["naive", "unchunked", "chunked"] + (["pallas"] if on_gpu else [])
+    impls = ["naive", "unchunked", "chunked"] + (["pallas", "pallas_fast"] if on_gpu else [])
     p.add_argument("--impls", nargs="+", default=impls)
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"])
     p.add_argument(
@@ -179,7 +188,9 @@ def _parse(argv):
 
 def main(argv=None) -> dict:
     args = _parse(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     results = {"rates": _rates(args.dtypes)}
+    (args.out / "partial.jsonl").write_text(json.dumps({"rates": results["rates"]}) + "\n")
     print(f"measured rates: {results['rates']}", flush=True)
     if "attention" in args.sections:
         results["attention"] = attention_rows(args.shapes, args.dtypes, args.impls, args.modes,
@@ -195,7 +206,6 @@ def main(argv=None) -> dict:
         results["torch"] = torch_rows(
             args.shapes if not args.quick else ["W2"], args.modes, results["rates"], args
         )
-    args.out.mkdir(parents=True, exist_ok=True)
     for key in ("attention", "sweep", "torch"):
         if results.get(key):
             print(f"\n### {key}\n")

@@ -1,5 +1,7 @@
 """The fused Pallas kernel (interpret mode on CPU) equals the XLA path: outputs and every gradient."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,3 +188,30 @@ def test_gpu_tiles_are_powers_of_two_and_cover_the_problem():
     decode = make_config(m=1, n=4096, a=256, d_v=256, has_mask=False, interpret=False, batch=4)
     assert decode.bq == 1 and decode.splits > 1 and decode.n_pad % (decode.bk * decode.splits) == 0
     assert decode.ba * decode.bq * decode.bk <= 4096
+
+
+@pytest.mark.parametrize(
+    "lead, m, n, masked, fast",
+    [((2,), 5, 40, True, False), ((4,), 1, 300, False, True)],
+    ids=["tiles_masked", "one_query_fast_tanh"],
+)
+def test_kernels_lower_to_triton_for_gpu(lead, m, n, masked, fast):
+    """Without a GPU: the forward and both backward kernels lower through Pallas' Triton backend (the
+    step before PTX compilation), for the matmul tiles and for the one-query (broadcast-sum) tiles."""
+    from jax import export
+
+    args, mask = _problem(8, lead, m, n, 8, 8, 16, 12, 0.5 if masked else None)
+
+    def loss(q, h, v, w_q, w_k, w_a, b):
+        ctx, w = pallas_additive_attention(
+            q, h, v, w_q=w_q, w_k=w_k, w_a=w_a, bias=b, mask=mask, interpret=False, return_weights=masked,
+            fast_tanh=fast,
+        )  # fmt: skip
+        return jnp.sum(ctx) + (jnp.sum(w * w) if masked else 0.0)
+
+    triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+    grad = jax.jit(jax.grad(loss, argnums=range(7)))
+    exported = export.export(grad, platforms=["cuda"], disabled_checks=[triton])(*args)
+    names = re.findall(r'xla\.gpu\.triton.*?name = "(\w+)"', exported.mlir_module())
+    assert sorted(names) == ["additive_bwd_dk", "additive_bwd_dq", "additive_fwd"]
+    assert ("tanh.approx.f32" in exported.mlir_module()) == fast

@@ -33,6 +33,7 @@ class KernelConfig:
     has_mask: bool
     interpret: bool
     splits: int = 1  # key range split over this many programs (partials combined in XLA)
+    fast_tanh: bool = False  # GPU only: PTX tanh.approx.f32 (about 2^-11 relative error)
     num_warps: int = 4
     num_stages: int = 2
 
@@ -41,12 +42,21 @@ class KernelConfig:
         return self.n_pad // (self.bk * self.splits)
 
 
+def _tanh(x, cfg: KernelConfig):
+    """tanh, or the GPU's one-instruction approximation when asked for (interpret mode: exact)."""
+    if cfg.fast_tanh and not cfg.interpret:
+        from jax.experimental.pallas import triton as plgpu
+
+        return plgpu.approx_tanh(x)
+    return jnp.tanh(x)
+
+
 def _scores(q_ref, k_ref, wa_ref, qs, ks, cfg: KernelConfig):
     """e[i, j] = sum_a w_a[a] tanh(qT[a, i] + kT[a, j]) for the (qs, ks) tile -> (bq, bk) float32."""
 
     def chunk(c, acc):
         sl = pl.ds(c * cfg.ba, cfg.ba)
-        t = jnp.tanh(q_ref[sl, qs][:, :, None] + k_ref[sl, ks][:, None, :])  # (ba, bq, bk)
+        t = _tanh(q_ref[sl, qs][:, :, None] + k_ref[sl, ks][:, None, :], cfg)  # (ba, bq, bk)
         return acc + jnp.sum(wa_ref[sl][:, None, None] * t, axis=0)
 
     return lax.fori_loop(0, cfg.a_pad // cfg.ba, chunk, jnp.zeros((cfg.bq, cfg.bk), jnp.float32))
@@ -137,7 +147,7 @@ def _tanh_chunks(q_ref, k_ref, qs, ks, ds, cfg, on_chunk):
 
     def chunk(c, carry):
         sl = pl.ds(c * cfg.ba, cfg.ba)
-        t = jnp.tanh(q_ref[sl, qs][:, :, None] + k_ref[sl, ks][:, None, :])  # (ba, bq, bk)
+        t = _tanh(q_ref[sl, qs][:, :, None] + k_ref[sl, ks][:, None, :], cfg)  # (ba, bq, bk)
         on_chunk(sl, t, ds[None, :, :] * (1.0 - t * t))
         return carry
 

@@ -50,7 +50,7 @@ def _gpu_cores() -> int:
 
 
 def make_config(m, n, a, d_v, has_mask, *, interpret, batch=1, block_q=None, block_k=None, block_a=None,
-                key_splits=None):  # fmt: skip
+                key_splits=None, fast_tanh=False):  # fmt: skip
     """Choose tiles, key splits and padded extents.
 
     Triton needs power-of-two tiles (>= 16 keys); the largest live tile (ba, bq, bk) is kept near 4096
@@ -82,6 +82,7 @@ def make_config(m, n, a, d_v, has_mask, *, interpret, batch=1, block_q=None, blo
         has_mask=has_mask,
         interpret=interpret,
         splits=splits,
+        fast_tanh=fast_tanh,
     )
 
 
@@ -276,6 +277,7 @@ def pallas_additive_attention(
     block_k: int | None = None,
     block_a: int | None = None,
     key_splits: int | None = None,
+    fast_tanh: bool = False,
 ):
     """Fused-kernel additive attention; arguments and results as `attn_jax.additive_attention`.
 
@@ -285,7 +287,8 @@ def pallas_additive_attention(
     arithmetic is float32. `interpret=None` picks Triton on GPU, interpret mode elsewhere;
     block_q / block_k / block_a override the tile sizes (query rows, keys, attention-dim chunk) and
     key_splits the number of programs sharing one query block's keys (default: 1 in interpret mode,
-    enough to fill the GPU otherwise).
+    enough to fill the GPU otherwise). `fast_tanh=True` uses the GPU's tanh.approx.f32 (faster, about
+    2^-11 relative error; no effect in interpret mode).
     """
     _checks.check_fully_masked(fully_masked)
     values = keys if values is None else values
@@ -294,7 +297,7 @@ def pallas_additive_attention(
     m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
     cfg = make_config(
         m, n, a, d_v, mask is not None, interpret=_use_interpret(interpret), batch=math.prod(batch),
-        block_q=block_q, block_k=block_k, block_a=block_a, key_splits=key_splits,
+        block_q=block_q, block_k=block_k, block_a=block_a, key_splits=key_splits, fast_tanh=fast_tanh,
     )  # fmt: skip
     q_proj = _project(query, w_q)
     if bias is not None:
