@@ -20,7 +20,8 @@ from experiments.localization import main as experiment_main
 def test_experiment_writes_table_json_figure_and_cli_draws_its_runs(tmp_path, capsys):
     workdir = str(tmp_path / "loc")
     experiment_main(["--workdir", workdir, "--config", "tiny"])
-    report = json.load(open(os.path.join(workdir, "localization.json")))
+    with open(os.path.join(workdir, "localization.json")) as f:
+        report = json.load(f)
     methods = [r["method"] for r in report["rows"]]
     assert methods == ["spatial", "Grad-CAM (spatial model)", "se", "uniform map (chance)"]
     rows = {r["method"]: r for r in report["rows"]}
@@ -30,7 +31,8 @@ def test_experiment_writes_table_json_figure_and_cli_draws_its_runs(tmp_path, ca
     assert rows["se"]["pointing_game"] is None  # channel attention has no map to score
     chance = rows["uniform map (chance)"]
     assert 0.0 < chance["energy"] < chance["pointing_game"] < 1.0  # mask area < box area
-    table = open(os.path.join(workdir, "localization.md")).read()
+    with open(os.path.join(workdir, "localization.md")) as f:
+        table = f.read()
     assert table.count("\n") == 2 + len(methods) and "| se | " in table
     assert mpimg.imread(os.path.join(workdir, "localization.png")).shape[0] > 100
     assert os.path.exists(os.path.join(workdir, "spatial", "config.json"))
