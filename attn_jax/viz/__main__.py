@@ -2,9 +2,11 @@
 
     python -m attn_jax.viz --workdir runs/localization --out attention.png
     python -m attn_jax.viz --attention spatial,cbam --num-images 4 --grad-cam   # untrained models
+    python -m attn_jax.viz --config experiments/configs/classification.py:cbam --workdir DIR  # attn-jax train
 
 For each attention family, the run in WORKDIR/<family>/ (written by experiments/localization.py) is
-loaded; without one the family's model is drawn untrained, and the figure's title says so.
+loaded; with --config, WORKDIR is one `attn-jax train` run of that config (its latest checkpoint), drawn
+for the config's attention family. Families without a run are drawn untrained and the title says so.
 """
 
 from __future__ import annotations
@@ -19,13 +21,22 @@ from attn_jax.nn import available_attention
 from attn_jax.viz.capture import capture_attention
 from attn_jax.viz.draw import attention_grid
 from attn_jax.viz.explain import grad_cam, last_conv
-from attn_jax.viz.runs import classifier, eval_batches, image_shape, init_variables, load_run
+from attn_jax.viz.runs import (
+    classifier,
+    eval_batches,
+    image_shape,
+    init_variables,
+    load_config,
+    load_run,
+    load_train_run,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m attn_jax.viz", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", help="directory of runs, one per family (WORKDIR/<family>/)")
-    p.add_argument("--attention", default="spatial,additive,cbam,gate,nonlocal,se", help="comma-separated")
+    p.add_argument("--config", help="experiment config PATH[:ARG] of an `attn-jax train` run in --workdir")
+    p.add_argument("--attention", default=None, help="comma-separated families (default: all with a map)")
     p.add_argument("--dataset", default="cluttered_digits")
     p.add_argument("--split", default="test")
     p.add_argument("--data-dir", default=None)
@@ -38,8 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _model(family: str, args, shape):
-    run_dir = os.path.join(args.workdir, family) if args.workdir else None
+def _model(family: str, args, shape, train_run):
+    if train_run is not None and family == train_run[0]:
+        return *train_run[1:], True
+    run_dir = os.path.join(args.workdir, family) if args.workdir and train_run is None else None
     if run_dir and os.path.exists(os.path.join(run_dir, "config.json")):
         model, variables, _ = load_run(run_dir)
         return model, variables, True
@@ -57,7 +70,16 @@ def _family_map(model, variables, images) -> np.ndarray | None:
 
 def main(argv=None) -> str:
     args = _parser().parse_args(argv)
-    families = [f.strip() for f in args.attention.split(",") if f.strip()]
+    train_run = None
+    if args.config:
+        if not args.workdir:
+            raise SystemExit("--config needs --workdir (the `attn-jax train` run to draw)")
+        config = load_config(args.config)
+        model, variables, _ = load_train_run(config, args.workdir)
+        train_run = (config.model.attention, model, variables)
+        args.dataset = config.dataset
+    default = train_run[0] if train_run else "spatial,additive,cbam,gate,nonlocal,se"
+    families = [f.strip() for f in (args.attention or default).split(",") if f.strip()]
     unknown = sorted(set(families) - set(available_attention()))
     if unknown or args.num_images < 1:
         raise SystemExit(
@@ -68,7 +90,7 @@ def main(argv=None) -> str:
     images = jnp.asarray(batch["image"])
     columns, untrained = {}, []
     for family in families:
-        model, variables, trained = _model(family, args, shape)
+        model, variables, trained = _model(family, args, shape, train_run)
         untrained += [] if trained else [family]
         columns[family] = _family_map(model, variables, images)
         if args.grad_cam and family == families[0]:

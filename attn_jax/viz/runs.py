@@ -1,12 +1,14 @@
 """Classifier runs the viz tools draw and score: build by attention family, save / load, eval batches.
 
 A run directory holds `config.json` (family, backbone widths and stride, classes, image shape) and an
-orbax checkpoint of the model variables in `checkpoint/`. Eval batches come from the data pipeline's
+orbax checkpoint of the model variables in `checkpoint/`; runs of `attn-jax train` (the train package's
+checkpoints plus the experiment config) load with `load_train_run`. Eval batches come from the data pipeline's
 segmentation view so the digit's mask (and its tight box) are known for every image.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -56,6 +58,44 @@ def load_run(run_dir: str):
     with ocp.StandardCheckpointer() as ckpt:
         variables = ckpt.restore(os.path.join(os.path.abspath(run_dir), "checkpoint"), target)
     return model, dict(variables), config
+
+
+def load_config(spec: str):
+    """An experiment config from "path/to/config.py[:arg]" (its get_config(arg)), as `attn-jax train`."""
+    path, _, arg = spec.partition(":")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path!r} not found")
+    module_spec = importlib.util.spec_from_file_location("_viz_experiment_config", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def load_train_run(config, workdir: str):
+    """(model, variables, step) of the latest checkpoint an `attn-jax train` run wrote in
+    workdir/checkpoints (opened read-only); FileNotFoundError when there is none."""
+    from attn_jax.train.checkpoint import with_shardings
+    from attn_jax.train.factory import build_model, build_optimizer
+    from attn_jax.train.state import abstract_train_state
+
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {directory!r}")
+    meta = dataset_info(config.dataset, task="classification", data_dir=config.get("data_dir"))
+    model = build_model(config.model, meta.num_classes, bn_axis_name=None)
+    sample = jnp.zeros((1, *meta.image_shape), jnp.float32)
+    abstract = abstract_train_state(model, build_optimizer(config), sample)
+    abstract = with_shardings(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    options = ocp.CheckpointManagerOptions(read_only=True)
+    handlers = {"state": ocp.StandardCheckpointHandler()}
+    with ocp.CheckpointManager(directory, item_handlers=handlers, options=options) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"no finished checkpoint in {directory!r}")
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
+            "state"
+        ]
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, step
 
 
 def digit_regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
