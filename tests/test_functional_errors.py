@@ -65,9 +65,12 @@ def test_pallas_dispatch_passes_the_contract(fake_pallas):
     assert len(fake_pallas) == 1
 
 
-def test_auto_uses_pallas_only_on_accelerators(fake_pallas, monkeypatch):
+def test_auto_uses_pallas_only_on_gpu(fake_pallas, monkeypatch):
     ref, _ = additive_attention(Q, H, **P)
     ctx, _ = additive_attention(Q, H, **P, implementation="auto")  # CPU: XLA
+    assert jnp.allclose(ctx, ref) and not fake_pallas
+    monkeypatch.setattr(additive.jax, "default_backend", lambda: "tpu")  # kernel would only interpret there
+    ctx, _ = additive_attention(Q, H, **P, implementation="auto")
     assert jnp.allclose(ctx, ref) and not fake_pallas
     monkeypatch.setattr(additive.jax, "default_backend", lambda: "gpu")
     ctx, _ = additive_attention(Q, H, **P, implementation="auto")

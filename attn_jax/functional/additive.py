@@ -107,12 +107,15 @@ def _pallas_kernel():
 
 
 def _resolve_implementation(implementation: str) -> str:
-    """'xla' | 'pallas' | 'auto' -> 'xla' or 'pallas' ('auto': Pallas on GPU/TPU when importable)."""
+    """'xla' | 'pallas' | 'auto' -> 'xla' or 'pallas' ('auto': Pallas on GPU when importable).
+
+    The kernel lowers through Pallas' Triton backend; on TPU it would run in interpret mode, so 'auto' keeps
+    XLA there."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
     if implementation != "auto":
         return implementation
-    if jax.default_backend() not in ("gpu", "tpu"):
+    if jax.default_backend() != "gpu":
         return "xla"
     try:
         _pallas_kernel()
@@ -144,7 +147,7 @@ def additive_attention(
     float32 (float64 for float64 inputs); outputs are in the inputs' dtype. `chunk_size=k` bounds
     memory by processing keys k at a time (see `attn_jax.functional.chunked`). `implementation`:
     "xla" (default), "pallas" (fused kernel of attn_jax.kernels; it tiles keys itself, so
-    `chunk_size` is ignored) or "auto" (Pallas on GPU/TPU when available, else XLA).
+    `chunk_size` is ignored) or "auto" (Pallas on GPU when available, else XLA).
     """
     _checks.check_fully_masked(fully_masked)
     _checks.check_chunk_size(chunk_size)
