@@ -70,6 +70,20 @@ def test_registry_lists_every_entry_and_rejects_unknown_names():
         _make("classifier", "bogus").init(jax.random.key(0), _images())
 
 
+def test_models_are_hashable_and_check_their_arguments():
+    model = AttentionClassifier(
+        SmallCNN([4, 8], stride=4), 3, attention="se", attention_kwargs={"reduction": 2}
+    )
+    assert hash(model) == hash(model.clone())  # usable as a static jit argument
+    assert model.backbone.features == (4, 8)
+    with pytest.raises(ValueError, match="images must have shape"):
+        model.init(jax.random.key(0), jnp.zeros((16, 16, 1)))
+    with pytest.raises(ValueError, match="num_anchors must be >= 1"):
+        AttentionDetector(SmallCNN(), num_classes=3, num_anchors=0)
+    with pytest.raises(ValueError, match="unknown attention 'bogus'"):
+        AttentionSegmenter(SmallCNN(), Decoder(), 2, attention="bogus")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_attention_module_shapes_and_map(name):
     x = jax.random.normal(jax.random.key(1), (2, 6, 4, 8))
