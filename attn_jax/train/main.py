@@ -1,0 +1,67 @@
+"""`attn-jax train` / `python experiments/run.py`: absl flags around `train_and_evaluate`.
+
+attn-jax train --config experiments/configs/classification.py:spatial --config.lr=3e-3 --workdir runs/x
+attn-jax eval  --config experiments/configs/classification.py --workdir runs/x   # latest checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])")
+_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/<config name>-<time>)")
+
+
+def _workdir(config) -> str:
+    if _WORKDIR.value:
+        return _WORKDIR.value
+    name = config.get("name", "run").replace(",", "-")
+    return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _quiet() -> None:
+    """orbax logs every save at INFO under absl; keep warnings (unless -v/--verbosity was given)."""
+    if flags.FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)
+
+
+def train_main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _quiet()
+    from attn_jax.train.loop import train_and_evaluate
+
+    config = _CONFIG.value
+    if config is None:
+        raise app.UsageError("--config is required, e.g. --config experiments/configs/classification.py")
+    workdir = _workdir(config)
+    summary = train_and_evaluate(config, workdir)
+    print(json.dumps(summary, indent=2))
+    if summary["stop_reason"] == "done":
+        print(
+            f"test accuracy {summary['test_accuracy']:.4f} after {summary['step']} steps "
+            f"({summary['wall_time_s']:.0f} s); outputs in {summary['workdir']}"
+        )
+    else:
+        print(f"stopped by SIGTERM at step {summary['step']}; checkpoint saved in {summary['workdir']}")
+
+
+def eval_main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _quiet()
+    from attn_jax.train.loop import evaluate_checkpoint
+
+    if _CONFIG.value is None or not _WORKDIR.value:
+        raise app.UsageError("eval needs --config and --workdir (a directory with checkpoints/)")
+    print(json.dumps(evaluate_checkpoint(_CONFIG.value, _WORKDIR.value), indent=2))
+
+
+def run(command: str, argv: list[str]) -> None:
+    """Parse flags from argv (argv[0] = program name) and run "train" or "eval"."""
+    app.run({"train": train_main, "eval": eval_main}[command], argv=argv)

@@ -1,0 +1,67 @@
+"""Metric output: one JSONL file per run, TensorBoard events (tensorboardX, no TensorFlow), a tqdm bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+
+def reduce_sums(sums: dict) -> dict:
+    """(sum, count) metric dict -> means: loss, accuracy (plus any other key divided by count)."""
+    sums = {k: float(np.asarray(v)) for k, v in sums.items()}
+    count = max(sums.pop("count", 0.0), 1.0)
+    out = {"loss": sums.pop("loss") / count, "accuracy": sums.pop("correct") / count}
+    out.update({k: v / count for k, v in sums.items()})
+    return out
+
+
+class MetricWriter:
+    """Writes scalars to <workdir>/metrics.jsonl and TensorBoard events in <workdir>/tb (process 0 only)."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True):
+        self.active = jax.process_index() == 0
+        self._tb = None
+        if not self.active:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - closed in close()
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+
+    def write(self, step: int, prefix: str, scalars: dict) -> None:
+        if not self.active:
+            return
+        record = {"step": int(step), "split": prefix, "time": time.time()}
+        record.update({k: float(v) for k, v in scalars.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in scalars.items():
+                if math.isfinite(float(v)):
+                    self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
+
+    def close(self) -> None:
+        if self.active:
+            self._jsonl.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def progress_bar(total: int, initial: int, enabled: bool = True):
+    """A tqdm bar over steps showing rate and ETA (process 0 only); set_postfix adds the loss."""
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="step",
+        dynamic_ncols=True,
+        smoothing=0.1,
+        disable=not enabled or jax.process_index() != 0,
+    )

@@ -1,0 +1,104 @@
+"""Reliability: SIGTERM saves and exits cleanly; SIGKILL at a random step, then restart, resumes from the
+latest finalised checkpoint; the final state is bitwise equal to an uninterrupted run (CPU)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.test_train_loop import CONFIG, ROOT, classification
+
+STEPS = 12
+RUN = os.path.join(ROOT, "experiments", "run.py")
+FLAGS = {
+    "num_train_steps": STEPS,
+    "checkpoint_every_steps": 2,
+    "log_every_steps": 1,
+    "eval_every_steps": 0,
+    "num_devices": 2,
+    "png_examples": 0,
+    "progress": False,
+    "keep_latest": 3,
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _start(workdir, data_dir):
+    cmd = [
+        sys.executable,
+        RUN,
+        f"--config={CONFIG}:spatial,tiny",
+        f"--workdir={workdir}",
+        f"--config.data_dir={data_dir}",
+        *(f"--config.{k}={v}" for k, v in FLAGS.items()),
+    ]
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(proc, workdir, step, timeout=600):
+    """Block until the run has logged `step` (or later); return the highest logged step."""
+    path, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended early (rc={proc.returncode}):\n{proc.stdout.read()[-3000:]}")
+        if os.path.exists(path):
+            steps = [json.loads(line)["step"] for line in open(path) if line.strip()]
+            if steps and max(steps) >= step:
+                return max(steps)
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"step {step} not reached in {timeout} s")
+
+
+def _final_state(workdir):
+    return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(STEPS), "state"))
+
+
+def test_sigterm_then_sigkill_then_restart_equals_uninterrupted_run(data_dir, tmp_path):
+    from attn_jax.train import loop
+
+    reference = str(tmp_path / "reference")
+    cfg = classification.get_config("spatial,tiny")
+    cfg.data_dir = data_dir
+    cfg.update(FLAGS)
+    loop.train_and_evaluate(cfg, reference)
+
+    workdir = str(tmp_path / "interrupted")
+    proc = _start(workdir, data_dir)
+    _wait_for_step(proc, workdir, 2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["stop_reason"] == "sigterm" and 2 <= summary["step"] < STEPS, summary
+    assert os.path.isdir(os.path.join(workdir, "checkpoints", str(summary["step"])))
+
+    kill_at = random.Random().randint(summary["step"] + 1, STEPS - 2)
+    proc = _start(workdir, data_dir)
+    killed_after = _wait_for_step(proc, workdir, kill_at)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+    proc = _start(workdir, data_dir)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "resumed from checkpoint step" in out
+    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    assert summary["stop_reason"] == "done" and 0 < summary["resumed_from"] <= killed_after, summary
+
+    want, got = _final_state(reference), _final_state(workdir)
+    assert jax.tree.structure(want) == jax.tree.structure(got)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), want, got)

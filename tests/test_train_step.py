@@ -1,0 +1,142 @@
+"""Data-parallel train step: exact gradients, and 1-device == shard_map == pmap after several steps."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from attn_jax.train import parallel, step
+from attn_jax.train.optim import make_optimizer
+from attn_jax.train.state import create_train_state
+from tests._train_models import TinyNet
+
+N_DEV = 8
+
+
+def _batches(n, size=16, hw=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        {
+            "image": rng.normal(size=(size, hw, hw, 1)).astype(np.float32),
+            "label": rng.integers(0, 10, size=(size,)).astype(np.int32),
+        }
+        for _ in range(n)
+    ]
+
+
+def _state(model, tx, batch):
+    return create_train_state(model, tx, jax.random.PRNGKey(0), jnp.asarray(batch["image"][:2]))
+
+
+def _run_shard_map(tx, batches, num_devices):
+    model = TinyNet(bn_axis_name="data")
+    mesh = parallel.make_mesh(num_devices)
+    fn = parallel.shard_map_step(functools.partial(step.train_step, model=model, tx=tx), mesh)
+    state = parallel.replicate(_state(model, tx, batches[0]), mesh)
+    for b in batches:
+        state, metrics = fn(state, parallel.shard_batch(b, mesh))
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+def _run_pmap(tx, batches):
+    model = TinyNet(bn_axis_name="data")
+    fn = parallel.pmap_step(functools.partial(step.train_step, model=model, tx=tx))
+    state = _state(model, tx, batches[0])
+    for b in batches:
+        state, metrics = fn(state, parallel.split_for_pmap(b))
+    return jax.device_get(state), jax.device_get(metrics)
+
+
+def _assert_trees_close(a, b, rtol=2e-5, atol=2e-6):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
+
+
+def test_devices_are_simulated():
+    assert jax.device_count() == N_DEV
+
+
+def test_gradient_equals_single_device_full_batch_gradient():
+    batch = _batches(1)[0]
+    model_ref = TinyNet()  # BatchNorm over the whole batch, no axis
+    tx = optax.sgd(1.0)  # params - new_params == gradient
+    state = _state(model_ref, tx, batch)
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, 0), 0)
+    ref_grads, (ref_stats, ref_sums) = jax.grad(step.loss_and_updates, has_aux=True)(
+        state.params, state.batch_stats, batch, rng, model=model_ref
+    )
+    new_state, metrics = _run_shard_map(tx, [batch], N_DEV)
+    grads = jax.tree.map(lambda p, q: p - q, jax.device_get(state.params), new_state.params)
+    _assert_trees_close(grads, ref_grads, atol=1e-6)
+    _assert_trees_close(new_state.batch_stats, ref_stats)
+    assert metrics["count"] == 16
+    np.testing.assert_allclose(metrics["loss"], ref_sums["loss"], rtol=1e-5)
+
+
+def test_naive_pmean_under_shard_map_would_scale_the_gradient():
+    """The trap the step avoids: grad w.r.t. an unvarying input is already summed by autodiff."""
+    mesh = parallel.make_mesh(N_DEV)
+    w, x = jnp.array([1.0, -2.0]), jnp.arange(16.0).reshape(8, 2)
+    loss = lambda w, x: jnp.mean((x @ w) ** 2)
+    naive = lambda w, x: lax.pmean(jax.grad(loss)(w, x), "data")
+    fn = jax.jit(jax.shard_map(naive, mesh=mesh, in_specs=(P(), P("data")), out_specs=P()))
+    got = fn(parallel.replicate(w, mesh), parallel.shard_batch({"x": np.asarray(x)}, mesh)["x"])
+    np.testing.assert_allclose(got, N_DEV * jax.grad(loss)(w, x), rtol=1e-6)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adamw"])
+def test_one_device_shard_map_and_pmap_agree_after_several_steps(opt):
+    tx = make_optimizer(
+        opt,
+        lr=0.1 if opt == "sgd" else 1e-2,
+        total_steps=10,
+        warmup_steps=1,
+        weight_decay=1e-4,
+        clip_norm=10.0,
+    )
+    batches = _batches(4)
+    one, m_one = _run_shard_map(tx, batches, 1)
+    many, m_many = _run_shard_map(tx, batches, N_DEV)
+    pm, m_pm = _run_pmap(tx, batches)
+    assert int(one.step) == int(many.step) == int(pm.step) == 4
+    for other in (many, pm):
+        _assert_trees_close(other.params, one.params)
+        _assert_trees_close(other.batch_stats, one.batch_stats)
+    assert not np.allclose(
+        jax.device_get(_state(TinyNet(), tx, batches[0]).params["Dense_0"]["kernel"]),
+        one.params["Dense_0"]["kernel"],
+    )
+    for m in (m_many, m_pm):
+        np.testing.assert_allclose(m["loss"], m_one["loss"], rtol=1e-5)
+        assert m["correct"] == m_one["correct"]
+
+
+def test_eval_step_ignores_padding():
+    model = TinyNet(bn_axis_name="data")
+    batch = _batches(1)[0]
+    tx = optax.sgd(0.1)
+    state = _state(model, tx, batch)
+    mesh = parallel.make_mesh(N_DEV)
+    fn = parallel.shard_map_eval(functools.partial(step.eval_step, model=model), mesh)
+    valid = np.arange(16) < 11
+    padded = dict(batch, valid=valid)
+    got = jax.device_get(fn(parallel.replicate(state, mesh), parallel.shard_batch(padded, mesh)))
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"][:11])
+    want = step.classification_sums(logits, jnp.asarray(batch["label"][:11]))
+    assert got["count"] == 11
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+    assert got["correct"] == want["correct"]
+
+
+def test_shard_batch_rejects_indivisible_batch():
+    with pytest.raises(ValueError, match="divide"):
+        parallel.shard_batch({"image": np.zeros((6, 2))}, parallel.make_mesh(N_DEV))
+
+
+def test_unknown_optimizer_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        make_optimizer("lamb", lr=0.1, total_steps=10)
