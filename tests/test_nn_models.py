@@ -161,6 +161,9 @@ def test_additive_pools_with_its_weights_and_accepts_a_query():
     expected = jnp.einsum("bmn,bnc->bmc", alpha, x.reshape(2, 15, 6))
     np.testing.assert_allclose(context, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(jnp.mean(y, axis=(1, 2)), context[:, 0], rtol=1e-5, atol=1e-6)
+    chunked = create_attention("additive", attention_dim=4, chunk_size=4)  # same params, keys 4 at a time
+    y_chunked = jax.jit(chunked.apply)(variables, x)
+    np.testing.assert_allclose(y_chunked, y, rtol=1e-5, atol=1e-6)
     query = jax.random.normal(jax.random.key(2), (2, 3, 7))  # three given queries of size 7
     given = create_attention("additive", attention_dim=4)
     v2 = jax.eval_shape(lambda: given.init(jax.random.key(1), x, guide=query))
