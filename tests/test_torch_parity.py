@@ -10,8 +10,8 @@ nn = torch.nn
 F = torch.nn.functional
 
 from attn_jax.models import AttentionClassifier, AttentionDetector, AttentionSegmenter  # noqa: E402
-from attn_jax.nn import Decoder, SmallCNN  # noqa: E402
-from attn_jax.nn.convert import SEED_RENAME, torch_to_flax  # noqa: E402
+from attn_jax.nn import BottleneckResNetBlock, Decoder, ResNet, ResNetBlock, SmallCNN  # noqa: E402
+from attn_jax.nn.convert import SEED_RENAME, torch_to_flax, torchvision_resnet_rename  # noqa: E402
 
 # ---- copied from the seed, sections 5.1-5.3 (unchanged) -------------------------------------------
 
@@ -178,3 +178,91 @@ def test_conversion_reports_mismatches():
     dropped = {**_rename(), "backbone.4": None}
     with pytest.raises(ValueError, match="missing .*backbone/bn1_0"):
         torch_to_flax(seed_model.state_dict(), dropped, template=template)
+
+
+# ---- a torchvision-layout ResNet (same module names as torchvision.models.resnet), tiny widths ----------
+
+
+class TVBasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class TVBottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes, planes, stride=1, downsample=None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.downsample = downsample
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)
+        return F.relu(out + identity)
+
+
+class TVResNet(nn.Module):
+    def __init__(self, block, layers, width):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(3, width, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        for i, n in enumerate(layers):
+            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2**i, n, 1 if i == 0 else 2))
+        self.fc = nn.Linear(self.inplanes, 10)
+
+    def _make_layer(self, block, planes, blocks, stride):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * block.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * block.expansion, 1, stride, bias=False),
+                nn.BatchNorm2d(planes * block.expansion),
+            )
+        layers = [block(self.inplanes, planes, stride, downsample)]
+        self.inplanes = planes * block.expansion
+        layers += [block(self.inplanes, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def features(self, x):
+        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
+        for i in range(len([m for m in self.children() if isinstance(m, nn.Sequential)])):
+            x = getattr(self, f"layer{i + 1}")(x)
+        return x
+
+
+@pytest.mark.parametrize("bottleneck", [False, True])
+def test_resnet_matches_torchvision_layout(bottleneck):
+    torch.manual_seed(3)
+    stages = (1, 1) if bottleneck else (2, 2)
+    block_pt, block_jx = (TVBottleneck, BottleneckResNetBlock) if bottleneck else (TVBasicBlock, ResNetBlock)
+    net_pt = _randomise(TVResNet(block_pt, stages, width=4), 4)
+    x_pt, x_jx = _inputs(4, shape=(2, 3, 32, 32))
+    net = ResNet(stage_sizes=stages, block_cls=block_jx, num_filters=4)
+    template = jax.eval_shape(net.init, jax.random.key(0), x_jx)
+    rename = torchvision_resnet_rename(stages, bottleneck=bottleneck)
+    variables = torch_to_flax(net_pt.state_dict(), rename, template=template)
+    out = jax.jit(net.apply)(variables, x_jx)
+    assert out.shape == (2, 4, 4, net.out_channels)
+    _close(out, net_pt.features(x_pt).permute(0, 2, 3, 1))

@@ -8,7 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from attn_jax.models._attend import make_attention
+from attn_jax.models._attend import check_images, make_attention, prepare_model
 
 Dtype = Any
 
@@ -30,8 +30,13 @@ class AttentionClassifier(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
+    def __post_init__(self):
+        prepare_model(self)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, images, train: bool = False):
+        check_images("AttentionClassifier", images)
         features = self.backbone(images, train=train)
         attend = make_attention(self.attention, self.attention_kwargs, self.dtype, self.param_dtype)
         weighted = attend(features, train=train)

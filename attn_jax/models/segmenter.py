@@ -9,7 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_jax.models._attend import make_attention
+from attn_jax.models._attend import check_images, make_attention, prepare_model
 
 Dtype = Any
 
@@ -31,8 +31,13 @@ class AttentionSegmenter(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
+    def __post_init__(self):
+        prepare_model(self)
+        super().__post_init__()
+
     @nn.compact
     def __call__(self, images, train: bool = False):
+        check_images("AttentionSegmenter", images)
         features = self.encoder(images, train=train)
         attend = make_attention(self.attention, self.attention_kwargs, self.dtype, self.param_dtype)
         weighted = attend(features, train=train)

@@ -15,6 +15,7 @@ from attn_jax.nn.backbones import (
     ResNetBlock,
     SmallCNN,
 )
+from attn_jax.nn.convert import SEED_RENAME, torch_to_flax, torchvision_resnet_rename
 from attn_jax.nn.gates import CBAM, ECA, AttentionGate, Identity, SpatialAttention, SqueezeExcite
 from attn_jax.nn.query import AdditiveAttention, NonLocal
 from attn_jax.nn.registry import ATTENTION_REGISTRY, available_attention, create_attention
@@ -34,9 +35,12 @@ __all__ = [
     "ResNet34",
     "ResNet50",
     "ResNetBlock",
+    "SEED_RENAME",
     "SmallCNN",
     "SpatialAttention",
     "SqueezeExcite",
     "available_attention",
     "create_attention",
+    "torch_to_flax",
+    "torchvision_resnet_rename",
 ]

@@ -28,6 +28,13 @@ def _norm(train: bool, dtype, param_dtype, axis_name, **kw) -> nn.Module:
     )  # fmt: skip
 
 
+def _tuple_field(module: nn.Module, field: str) -> None:
+    """Store a list-valued field as a tuple so the module stays hashable (jit static arguments)."""
+    value = getattr(module, field)
+    if not isinstance(value, tuple):
+        object.__setattr__(module, field, tuple(value))
+
+
 def _log2_stride(stride: int, limit: int, what: str) -> int:
     """Number of 2x downsamplings for `stride`; ValueError unless a power of 2 reachable in `limit`."""
     if stride < 1 or stride & (stride - 1) or int(math.log2(stride)) > limit:
@@ -46,6 +53,10 @@ class SmallCNN(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+
+    def __post_init__(self):
+        _tuple_field(self, "features")
+        super().__post_init__()
 
     @property
     def out_channels(self) -> int:
@@ -120,6 +131,10 @@ class ResNet(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
 
+    def __post_init__(self):
+        _tuple_field(self, "stage_sizes")
+        super().__post_init__()
+
     @property
     def out_channels(self) -> int:
         return self.num_filters * 2 ** (len(self.stage_sizes) - 1) * self.block_cls.expansion
@@ -164,6 +179,10 @@ class Decoder(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+
+    def __post_init__(self):
+        _tuple_field(self, "features")
+        super().__post_init__()
 
     @property
     def out_channels(self) -> int:

@@ -112,3 +112,29 @@ def torch_to_flax(
         flat[(collection, *path.split("/"), name)] = np.ascontiguousarray(value)
     variables = traverse_util.unflatten_dict(flat)
     return variables if template is None else _check_against(variables, template)
+
+
+def torchvision_resnet_rename(
+    stage_sizes, *, bottleneck: bool = False, torch_prefix: str = "", flax_prefix: str = ""
+) -> dict[str, str | None]:
+    """``rename`` for a torchvision-layout ResNet (conv1, bn1, layer{i}.{j}.conv1 ..., downsample, fc)
+    into `attn_jax.nn.ResNet(stage_sizes, stem="imagenet")`; ``fc`` is dropped (attn_jax's ResNet is a
+    feature extractor). Prefixes place it inside a model, e.g. ("backbone.", "backbone/")."""
+    block = "BottleneckResNetBlock" if bottleneck else "ResNetBlock"
+    convs = 3 if bottleneck else 2
+    out: dict[str, str | None] = {
+        f"{torch_prefix}conv1": f"{flax_prefix}conv_init",
+        f"{torch_prefix}bn1": f"{flax_prefix}bn_init",
+        f"{torch_prefix}fc": None,
+    }
+    k = 0
+    for i, size in enumerate(stage_sizes):
+        for j in range(size):
+            src, dst = f"{torch_prefix}layer{i + 1}.{j}.", f"{flax_prefix}{block}_{k}/"
+            for c in range(convs):
+                out[f"{src}conv{c + 1}"] = f"{dst}Conv_{c}"
+                out[f"{src}bn{c + 1}"] = f"{dst}BatchNorm_{c}"
+            out[f"{src}downsample.0"] = f"{dst}conv_proj"
+            out[f"{src}downsample.1"] = f"{dst}norm_proj"
+            k += 1
+    return out

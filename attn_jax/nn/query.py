@@ -36,13 +36,15 @@ class AdditiveAttention(nn.Module):
     (the softmax weights alpha) and "context" (B, m, C) (c = sum_i alpha_i h_i). Returns the gate
     x * n * mean_m(alpha) (B, H, W, C), so that averaging the output over positions gives exactly the mean
     context vector: a model that average-pools (the seed's classifier) pools with alpha.
-    ``chunk_size`` is passed to `attn_jax.additive_attention` (memory-bounded keys).
+    ``chunk_size`` (memory-bounded keys) and ``implementation`` ("xla", "pallas", "auto") are passed to
+    `attn_jax.additive_attention`.
     """
 
     num_queries: int = 1
     attention_dim: int | None = None
     use_bias: bool = True
     chunk_size: int | None = None
+    implementation: str = "xla"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -67,7 +69,7 @@ class AdditiveAttention(nn.Module):
         keys = cast(x).reshape(b, h * w, c)
         context, weights = additive_attention(
             cast(query), keys, w_q=cast(w_q), w_k=cast(w_k), w_a=cast(w_a), bias=cast(bias),
-            chunk_size=self.chunk_size,
+            chunk_size=self.chunk_size, implementation=self.implementation,
         )  # fmt: skip
         weights = weights.astype(jnp.float32)
         self.sow("intermediates", "attention_map", weights)
