@@ -134,3 +134,34 @@ def test_cli_usage_and_dispatch(capsys):
 
 def test_devices(data_dir):
     assert jax.device_count() == 8
+
+
+def test_pmap_loop_matches_shard_map_loop(finished_run, data_dir, tmp_path):
+    import orbax.checkpoint as ocp
+
+    loop.train_and_evaluate(tiny_config(data_dir, parallel="pmap", png_examples=0), str(tmp_path))
+    path = lambda d: os.path.join(d, "checkpoints", str(STEPS), "state")
+    want = ocp.StandardCheckpointer().restore(path(finished_run[0]))
+    got = ocp.StandardCheckpointer().restore(path(str(tmp_path)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), want, got)
+
+
+def test_bfloat16_compute_trains_with_float32_parameters(data_dir):
+    import functools
+
+    import jax.numpy as jnp
+
+    from attn_jax.train import parallel, step
+    from attn_jax.train.factory import build_model, build_optimizer
+    from attn_jax.train.state import create_train_state
+
+    cfg = tiny_config(data_dir, model={"dtype": "bfloat16"})
+    model, tx = build_model(cfg.model, 10), build_optimizer(cfg)
+    images = np.random.default_rng(0).normal(size=(16, 32, 32, 1)).astype(np.float32)
+    state = create_train_state(model, tx, jax.random.PRNGKey(0), jnp.asarray(images[:2]))
+    mesh = parallel.make_mesh(8)
+    fn = parallel.shard_map_step(functools.partial(step.train_step, model=model, tx=tx), mesh)
+    batch = {"image": images, "label": np.arange(16, dtype=np.int32) % 10}
+    state, metrics = fn(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["count"]) == 16
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
