@@ -132,10 +132,6 @@ def test_cli_usage_and_dispatch(capsys):
     assert exit_.value.code == 0
 
 
-def test_devices(data_dir):
-    assert jax.device_count() == 8
-
-
 def test_pmap_loop_matches_shard_map_loop(finished_run, data_dir, tmp_path):
     import orbax.checkpoint as ocp
 
