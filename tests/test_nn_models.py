@@ -74,7 +74,7 @@ def test_registry_lists_every_entry_and_rejects_unknown_names():
 def test_attention_module_shapes_and_map(name):
     x = jax.random.normal(jax.random.key(1), (2, 6, 4, 8))
     module = create_attention(name)
-    variables = module.init(jax.random.key(0), x)
+    variables = jax.jit(module.init)(jax.random.key(0), x)
     y, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["intermediates"]))(variables, x)
     assert y.shape == x.shape and y.dtype == x.dtype
     (amap,) = state["intermediates"]["attention_map"]
@@ -93,25 +93,18 @@ def test_attention_module_shapes_and_map(name):
 def test_model_shapes_jit_maps_and_grads(task, name):
     model = _make(task, name)
     images = _images()
-    variables = model.init(jax.random.key(0), images)
-    apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"]))
-    out, state = apply(variables, images)
-    chex.assert_shape(out, EXPECTED[task]())
-    chex.assert_tree_all_finite(out)
-    (amap,) = state["intermediates"]["attention"]["attention_map"]
-    assert amap.shape == _map_shape(name, B, 4, 4, 16)
+    variables = jax.jit(model.init)(jax.random.key(0), images)
 
     def loss(params):
-        out, _ = model.apply(
-            {"params": params, "batch_stats": variables["batch_stats"]},
-            images,
-            train=True,
-            mutable=["batch_stats"],
-        )
-        return sum(jnp.sum(o**2) for o in jax.tree.leaves(out))
+        v = {"params": params, "batch_stats": variables["batch_stats"]}
+        out, state = model.apply(v, images, train=True, mutable=["batch_stats", "intermediates"])
+        return sum(jnp.sum(o**2) for o in jax.tree.leaves(out)), (out, state["intermediates"])
 
-    grads = jax.jit(jax.grad(loss))(variables["params"])
-    chex.assert_tree_all_finite(grads)
+    grads, (out, inter) = jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    chex.assert_shape(out, EXPECTED[task]())
+    chex.assert_tree_all_finite((out, grads))
+    (amap,) = inter["attention"]["attention_map"]
+    assert amap.shape == _map_shape(name, B, 4, 4, 16)
     if name != "none":  # the attention parameters get a gradient
         assert float(sum(jnp.sum(jnp.abs(g)) for g in jax.tree.leaves(grads["attention"]))) > 0
 
@@ -121,8 +114,8 @@ def test_bf16_forward_close_to_fp32(task):
     images = _images(3)
     model32, model16 = _make(task, "spatial"), _make(task, "spatial", dtype=jnp.bfloat16)
     variables = model32.init(jax.random.key(0), images)
-    out32 = model32.apply(variables, images)
-    out16 = model16.apply(variables, images)  # same float32 params, bfloat16 compute
+    out32 = jax.jit(model32.apply)(variables, images)  # train=False: running BatchNorm statistics
+    out16 = jax.jit(model16.apply)(variables, images)  # same float32 params, bfloat16 compute
     for a, b in zip(jax.tree.leaves(out32), jax.tree.leaves(out16)):
         assert b.dtype == jnp.float32
         scale = float(jnp.max(jnp.abs(a)))
@@ -133,7 +126,7 @@ def test_additive_pools_with_its_weights_and_accepts_a_query():
     x = jax.random.normal(jax.random.key(0), (2, 3, 5, 6))
     module = create_attention("additive", attention_dim=4)
     variables = module.init(jax.random.key(1), x)
-    y, state = module.apply(variables, x, mutable=["intermediates"])
+    y, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["intermediates"]))(variables, x)
     (context,) = state["intermediates"]["context"]
     (alpha,) = state["intermediates"]["attention_map"]
     expected = jnp.einsum("bmn,bnc->bmc", alpha, x.reshape(2, 15, 6))
@@ -198,5 +191,5 @@ def test_batchnorm_train_and_eval_modes():
 def test_segmenter_resizes_to_input_resolution():
     model = AttentionSegmenter(SmallCNN((8, 8), stride=4), Decoder((8,)), num_classes=2)
     images = _images()
-    out = model.apply(model.init(jax.random.key(0), images), images)
+    out = model.apply(jax.jit(model.init)(jax.random.key(0), images), images)
     assert out.shape == (B, HW, HW, 2)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.functional import _checks
+from attn_jax.functional._dtypes import accumulation_dtype, project
 from attn_jax.functional.context import attention_context
 from attn_jax.functional.softmax import _masked_softmax_f32
 
@@ -47,15 +48,10 @@ def _validate(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) -> tuple
     return batch
 
 
-def _project(x, w, dtype=jnp.float32):
-    """x (..., p, d) @ w (d, a) -> (..., p, a), accumulated in float32."""
-    return jnp.matmul(x, w, preferred_element_type=dtype).astype(dtype)
-
-
 def _scores_from_projections(q_proj, k_proj, w_a):
-    """Per-example e[i, j] = w_a . tanh(q_proj[i] + k_proj[j]); (m, a), (n, a) -> (m, n) float32."""
+    """Per-example e[i, j] = w_a . tanh(q_proj[i] + k_proj[j]); (m, a), (n, a) -> (m, n)."""
     hidden = jnp.tanh(q_proj[:, None, :] + k_proj[None, :, :])
-    return jnp.einsum("mna,a->mn", hidden, w_a.astype(jnp.float32))
+    return jnp.einsum("mna,a->mn", hidden, w_a.astype(q_proj.dtype))
 
 
 def _batched(fn, batch_shape, *arrays):
@@ -69,12 +65,12 @@ def _batched(fn, batch_shape, *arrays):
     return out.reshape(batch_shape + out.shape[1:])
 
 
-def _scores_f32(query, keys, w_q, w_k, w_a, bias, batch_shape):
-    """float32 additive scores (..., m, n) of already-validated arguments."""
-    q_proj = _project(query, w_q)
+def _scores_acc(query, keys, w_q, w_k, w_a, bias, batch_shape, dtype):
+    """Additive scores (..., m, n) in accumulation `dtype` of already-validated arguments."""
+    q_proj = project(query, w_q, dtype)
     if bias is not None:
-        q_proj = q_proj + bias.astype(jnp.float32)
-    k_proj = _project(keys, w_k)  # once per key, not per (query, key) pair
+        q_proj = q_proj + bias.astype(dtype)
+    k_proj = project(keys, w_k, dtype)  # once per key, not per (query, key) pair
     score_fn = lambda qp, kp: _scores_from_projections(qp, kp, w_a)
     return _batched(score_fn, batch_shape, q_proj, k_proj)
 
@@ -83,11 +79,46 @@ def additive_scores(query, keys, w_q, w_k, w_a, *, bias=None):
     """Additive attention scores e = w_a . tanh(q W_q + h W_k + b).
 
     query (..., m, d_q); keys (..., n, d_k); w_q (d_q, a); w_k (d_k, a); w_a (a,); bias (a,) or None.
-    Returns (..., m, n) in the inputs' result dtype (accumulated in float32).
+    Returns (..., m, n) in the inputs' result dtype (accumulated in float32, float64 for float64).
     """
     batch = _validate(query, keys, w_q, w_k, w_a, bias)
     out_dtype = jnp.result_type(query.dtype, keys.dtype)
-    return _scores_f32(query, keys, w_q, w_k, w_a, bias, batch).astype(out_dtype)
+    dtype = accumulation_dtype(query, keys)
+    return _scores_acc(query, keys, w_q, w_k, w_a, bias, batch, dtype).astype(out_dtype)
+
+
+IMPLEMENTATIONS = ("xla", "pallas", "auto")
+
+
+class PallasUnavailableError(ImportError):
+    """implementation="pallas" was asked for but attn_jax.kernels.additive_pallas cannot be imported."""
+
+
+def _pallas_kernel():
+    """Lazily import the fused Pallas kernel (attn_jax.kernels.additive_pallas)."""
+    try:
+        from attn_jax.kernels import additive_pallas
+    except ImportError as e:
+        raise PallasUnavailableError(
+            "implementation='pallas' needs attn_jax.kernels.additive_pallas.pallas_additive_attention, "
+            f"which could not be imported ({e}); use implementation='xla' or 'auto'"
+        ) from e
+    return additive_pallas.pallas_additive_attention
+
+
+def _resolve_implementation(implementation: str) -> str:
+    """'xla' | 'pallas' | 'auto' -> 'xla' or 'pallas' ('auto': Pallas on GPU/TPU when importable)."""
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
+    if implementation != "auto":
+        return implementation
+    if jax.default_backend() not in ("gpu", "tpu"):
+        return "xla"
+    try:
+        _pallas_kernel()
+    except PallasUnavailableError:
+        return "xla"
+    return "pallas"
 
 
 def additive_attention(
@@ -103,41 +134,41 @@ def additive_attention(
     chunk_size: int | None = None,
     fully_masked: str = "zero",
     return_weights: bool = True,
+    implementation: str = "xla",
 ):
     """The seed's additive attention: scores, masked softmax, context.
 
     query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default: keys); w_q (d_q, a);
     w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n), True = may attend.
     Returns (context (..., m, d_v), weights (..., m, n) or None). Softmax and reductions run in
-    float32; outputs are in the inputs' dtype. `chunk_size=k` bounds memory by processing keys k at
-    a time (see `attn_jax.functional.chunked`).
+    float32 (float64 for float64 inputs); outputs are in the inputs' dtype. `chunk_size=k` bounds
+    memory by processing keys k at a time (see `attn_jax.functional.chunked`). `implementation`:
+    "xla" (default), "pallas" (fused kernel of attn_jax.kernels; it tiles keys itself, so
+    `chunk_size` is ignored) or "auto" (Pallas on GPU/TPU when available, else XLA).
     """
     _checks.check_fully_masked(fully_masked)
     _checks.check_chunk_size(chunk_size)
+    backend = _resolve_implementation(implementation)
     values = keys if values is None else values
     batch = _validate(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
-    if chunk_size is not None:
+    if backend == "pallas":
+        kernel = _pallas_kernel()
+        context, weights = kernel(
+            query, keys, values, w_q=w_q, w_k=w_k, w_a=w_a, bias=bias, mask=mask,
+            fully_masked=fully_masked, return_weights=return_weights,
+        )  # fmt: skip
+    elif chunk_size is not None:
         from attn_jax.functional.chunked import chunked_additive_attention
 
         context, weights = chunked_additive_attention(
-            query,
-            keys,
-            values,
-            w_q,
-            w_k,
-            w_a,
-            bias,
-            mask,
-            chunk_size,
-            fully_masked,
-            return_weights,
-            batch,
+            query, keys, values, w_q, w_k, w_a, bias, mask, chunk_size, fully_masked, return_weights, batch
         )
     else:
-        scores = _scores_f32(query, keys, w_q, w_k, w_a, bias, batch)
+        dtype = accumulation_dtype(query, keys, values)
+        scores = _scores_acc(query, keys, w_q, w_k, w_a, bias, batch, dtype)
         weights = _masked_softmax_f32(scores, mask, fully_masked)
-        context = attention_context(weights, values.astype(jnp.float32))
+        context = attention_context(weights, values.astype(dtype))
         weights = weights if return_weights else None
     context = context.astype(out_dtype)
     return context, (None if weights is None else weights.astype(out_dtype))

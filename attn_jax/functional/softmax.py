@@ -6,26 +6,28 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.functional import _checks
+from attn_jax.functional._dtypes import accumulation_dtype
 
 
 def masked_softmax(scores: jax.Array, mask: jax.Array | None = None, *, fully_masked: str = "zero"):
     """Softmax over the last axis, restricted to positions where `mask` is True.
 
     scores: (..., m, n) any float dtype; mask: bool broadcastable to scores (True = may attend).
-    Computed in float32 (row max subtracted, so any finite scores are safe) and returned in the
-    scores' dtype. Masked positions get exactly 0. Rows with no valid position follow
-    `fully_masked`: "zero" (all zeros, finite gradients), "uniform" (1/n each) or "nan".
+    Computed in float32 (float64 for float64 scores; row max subtracted, so any finite scores are
+    safe) and returned in the scores' dtype. Masked positions get exactly 0.
+    Rows with no valid position follow `fully_masked`: "zero" (all zeros, finite gradients),
+    "uniform" (1/n each) or "nan".
     """
     _checks.check_fully_masked(fully_masked)
     _checks.check_rank("scores", jnp.shape(scores), 1, "(..., n)")
     if mask is not None:
         _checks.check_mask(jnp.shape(mask), jnp.shape(scores))
-    weights = _masked_softmax_f32(scores.astype(jnp.float32), mask, fully_masked)
+    weights = _masked_softmax_f32(scores.astype(accumulation_dtype(scores)), mask, fully_masked)
     return weights.astype(scores.dtype)
 
 
 def _masked_softmax_f32(scores, mask, fully_masked: str):
-    """float32 core of masked_softmax; arguments are assumed checked."""
+    """Core of masked_softmax in the scores' (accumulation) dtype; arguments are assumed checked."""
     if mask is None:
         return jax.nn.softmax(scores, axis=-1)
     mask = jnp.broadcast_to(mask, scores.shape)

@@ -1,0 +1,116 @@
+"""Box geometry in JAX: areas, pairwise IoU / GIoU, and centre/size delta coding.
+
+Boxes are (..., 4) as (ymin, xmin, ymax, xmax), in any consistent unit (normalised or pixels).
+Degenerate boxes (zero or negative extent) have area 0 and IoU 0 with everything, themselves included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+DEFAULT_VARIANCES = (0.1, 0.1, 0.2, 0.2)
+
+
+def _check_boxes(name: str, boxes) -> None:
+    if boxes.ndim < 1 or boxes.shape[-1] != 4:
+        raise ValueError(f"{name} must have shape (..., 4) (ymin, xmin, ymax, xmax); got {boxes.shape}")
+
+
+def box_area(boxes: jnp.ndarray) -> jnp.ndarray:
+    """(..., 4) -> (...): area, 0 for degenerate boxes."""
+    h = jnp.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+    w = jnp.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
+    return h * w
+
+
+def _intersection_union(a: jnp.ndarray, b: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Broadcasting intersection and union areas of boxes a (..., 4) and b (..., 4)."""
+    ymin = jnp.maximum(a[..., 0], b[..., 0])
+    xmin = jnp.maximum(a[..., 1], b[..., 1])
+    ymax = jnp.minimum(a[..., 2], b[..., 2])
+    xmax = jnp.minimum(a[..., 3], b[..., 3])
+    inter = jnp.maximum(ymax - ymin, 0.0) * jnp.maximum(xmax - xmin, 0.0)
+    union = box_area(a) + box_area(b) - inter
+    return inter, union
+
+
+def elementwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """IoU of matching boxes: a (..., 4), b (..., 4) broadcastable -> (...). 0 where the union is 0."""
+    _check_boxes("a", a)
+    _check_boxes("b", b)
+    inter, union = _intersection_union(a, b)
+    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+
+
+def pairwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """IoU matrix: a (..., n, 4), b (..., m, 4) -> (..., n, m)."""
+    _check_boxes("a", a)
+    _check_boxes("b", b)
+    return elementwise_iou(a[..., :, None, :], b[..., None, :, :])
+
+
+def elementwise_giou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """Generalised IoU (Rezatofighi et al. 2019) of matching boxes (..., 4) -> (...), in [-1, 1]."""
+    _check_boxes("a", a)
+    _check_boxes("b", b)
+    inter, union = _intersection_union(a, b)
+    iou = jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+    hull_h = jnp.maximum(a[..., 2], b[..., 2]) - jnp.minimum(a[..., 0], b[..., 0])
+    hull_w = jnp.maximum(a[..., 3], b[..., 3]) - jnp.minimum(a[..., 1], b[..., 1])
+    hull = jnp.maximum(hull_h, 0.0) * jnp.maximum(hull_w, 0.0)
+    penalty = jnp.where(hull > 0, (hull - union) / jnp.where(hull > 0, hull, 1.0), 0.0)
+    return iou - penalty
+
+
+def _centre_size(boxes: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+    h = boxes[..., 2] - boxes[..., 0]
+    w = boxes[..., 3] - boxes[..., 1]
+    return boxes[..., 0] + 0.5 * h, boxes[..., 1] + 0.5 * w, h, w
+
+
+def encode_boxes(
+    boxes: jnp.ndarray, anchors: jnp.ndarray, variances: Sequence[float] = DEFAULT_VARIANCES
+) -> jnp.ndarray:
+    """Boxes (..., 4) relative to anchors (..., 4) -> deltas (..., 4) = (dy, dx, dh, dw).
+
+    dy = (cy - cy_a) / (h_a * v0), dh = log(h / h_a) / v2 (likewise x, w). Anchors must have positive
+    extent; boxes with zero extent are clipped to a tiny size so the log stays finite.
+    """
+    _check_boxes("boxes", boxes)
+    _check_boxes("anchors", anchors)
+    v = jnp.asarray(variances, boxes.dtype)
+    cy, cx, h, w = _centre_size(boxes)
+    acy, acx, ah, aw = _centre_size(anchors)
+    tiny = jnp.finfo(boxes.dtype).tiny
+    return jnp.stack(
+        [
+            (cy - acy) / ah / v[0],
+            (cx - acx) / aw / v[1],
+            jnp.log(jnp.maximum(h, tiny) / ah) / v[2],
+            jnp.log(jnp.maximum(w, tiny) / aw) / v[3],
+        ],
+        axis=-1,
+    )
+
+
+def decode_boxes(
+    deltas: jnp.ndarray,
+    anchors: jnp.ndarray,
+    variances: Sequence[float] = DEFAULT_VARIANCES,
+    max_log_scale: float = 4.135,
+) -> jnp.ndarray:
+    """Inverse of encode_boxes: deltas (..., 4), anchors (..., 4) -> boxes (..., 4).
+
+    The size deltas are clipped at `max_log_scale` (log(1000/16), as in Detectron) so exp cannot overflow.
+    """
+    _check_boxes("deltas", deltas)
+    _check_boxes("anchors", anchors)
+    v = jnp.asarray(variances, deltas.dtype)
+    acy, acx, ah, aw = _centre_size(anchors)
+    cy = deltas[..., 0] * v[0] * ah + acy
+    cx = deltas[..., 1] * v[1] * aw + acx
+    h = jnp.exp(jnp.minimum(deltas[..., 2] * v[2], max_log_scale)) * ah
+    w = jnp.exp(jnp.minimum(deltas[..., 3] * v[3], max_log_scale)) * aw
+    return jnp.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)

@@ -1,0 +1,106 @@
+"""Greedy non-maximum suppression and detection post-processing in JAX with fixed output sizes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from attn_jax.detection.boxes import DEFAULT_VARIANCES, decode_boxes, pairwise_iou
+
+
+class Detections(NamedTuple):
+    """Fixed-size detections, sorted by score: boxes (..., k, 4), scores (..., k), classes int32 (..., k),
+    valid bool (..., k) (padding rows have zeros)."""
+
+    boxes: jnp.ndarray
+    scores: jnp.ndarray
+    classes: jnp.ndarray
+    valid: jnp.ndarray
+
+
+def nms_keep(
+    boxes: jnp.ndarray,
+    scores: jnp.ndarray,
+    iou_threshold: float = 0.5,
+    valid: jnp.ndarray | None = None,
+    classes: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Greedy NMS: boxes (k, 4), scores (k,) -> keep (k,) bool.
+
+    In descending score order (ties: lower index first), a box is kept unless a kept box of the same
+    class (all one class when classes is None) overlaps it with IoU > iou_threshold. Invalid boxes are
+    never kept and never suppress.
+    """
+    k = boxes.shape[0]
+    if boxes.shape != (k, 4) or scores.shape != (k,):
+        raise ValueError(f"nms_keep wants boxes (k, 4) and scores (k,); got {boxes.shape}, {scores.shape}")
+    valid = jnp.ones(k, bool) if valid is None else valid.astype(bool)
+    order = jnp.argsort(-scores, stable=True)
+    sboxes, svalid = boxes[order], valid[order]
+    overlap = pairwise_iou(sboxes, sboxes) > iou_threshold
+    if classes is not None:
+        scls = classes[order]
+        overlap = overlap & (scls[:, None] == scls[None, :])
+
+    def body(i, keep):
+        suppressed = jnp.any(keep & overlap[i])
+        return keep.at[i].set(svalid[i] & ~suppressed)
+
+    keep_sorted = jax.lax.fori_loop(0, k, body, jnp.zeros(k, bool))
+    return jnp.zeros(k, bool).at[order].set(keep_sorted)
+
+
+def _select(boxes, scores, classes, keep, max_detections: int) -> Detections:
+    """The kept rows in descending score order, padded to max_detections."""
+    ranked = jnp.where(keep, scores, -jnp.inf)
+    top_scores, idx = jax.lax.top_k(ranked, max_detections)
+    ok = jnp.isfinite(top_scores)
+    return Detections(
+        jnp.where(ok[:, None], boxes[idx], 0.0),
+        jnp.where(ok, top_scores, 0.0),
+        jnp.where(ok, classes[idx], 0).astype(jnp.int32),
+        ok,
+    )
+
+
+def postprocess(
+    cls_logits: jnp.ndarray,
+    box_deltas: jnp.ndarray,
+    anchors: jnp.ndarray,
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    pre_nms_top_k: int = 1000,
+    max_detections: int = 100,
+    variances: Sequence[float] = DEFAULT_VARIANCES,
+    clip: bool = True,
+) -> Detections:
+    """Per-class NMS on a detector's output: cls_logits (..., n, C), box_deltas (..., n, 4), anchors (n, 4).
+
+    Sigmoid scores over all (anchor, class) pairs; the pre_nms_top_k best above score_threshold are decoded
+    (clipped to [0, 1] if clip), suppressed per class, and the max_detections best kept. Leading batch dims
+    are vmapped. Returns Detections with leading dims (..., max_detections).
+    """
+    if cls_logits.ndim > 2:
+        fn = lambda c, d: postprocess(
+            c, d, anchors, score_threshold, iou_threshold, pre_nms_top_k, max_detections, variances, clip
+        )
+        return jax.vmap(fn)(cls_logits, box_deltas)
+    n, c = cls_logits.shape
+    if anchors.shape != (n, 4) or box_deltas.shape != (n, 4):
+        raise ValueError(
+            f"cls_logits (n, C)={cls_logits.shape} needs box_deltas and anchors of shape ({n}, 4); "
+            f"got {box_deltas.shape}, {anchors.shape}"
+        )
+    k = min(pre_nms_top_k, n * c)
+    if max_detections > k:
+        raise ValueError(f"max_detections={max_detections} exceeds the {k} candidates (pre_nms_top_k, n*C)")
+    scores, flat = jax.lax.top_k(jax.nn.sigmoid(cls_logits.astype(jnp.float32)).reshape(-1), k)
+    anchor_idx, classes = flat // c, (flat % c).astype(jnp.int32)
+    boxes = decode_boxes(box_deltas[anchor_idx].astype(jnp.float32), anchors[anchor_idx], variances)
+    if clip:
+        boxes = jnp.clip(boxes, 0.0, 1.0)
+    keep = nms_keep(boxes, scores, iou_threshold, scores > score_threshold, classes)
+    return _select(boxes, scores, classes, keep, max_detections)

@@ -1,0 +1,211 @@
+"""Memory-bounded additive attention: keys k at a time, online softmax, custom VJP.
+
+Neither pass keeps the (..., m, n, a) tanh tensor. The forward pass scans over blocks of keys with
+a running max, running sum and running context (online softmax / log-sum-exp); it keeps only the
+per-row log-sum-exp, the context and (for `return_weights`) the (m, n) scores. A block holds a few
+chunks of k = chunk_size keys (about BLOCK_TARGET keys), so the softmax bookkeeping and the context
+matmul run on big blocks while tanh is evaluated k keys at a time. The backward pass scans the
+blocks again, recomputing tanh for one (m, k, a) chunk at a time, and accumulates d(q W_q) and
+d w_a across chunks. Projections q W_q + b and h W_k are computed once, outside the
+scan, so their gradients come from ordinary autodiff. Everything inside runs in float32 (float64
+for float64 inputs).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attn_jax.functional._dtypes import accumulation_dtype, project
+from attn_jax.functional.softmax import apply_fully_masked
+
+
+def _chunk(x, num_chunks: int, axis: int):
+    """Split `axis` (length num_chunks * k, already padded) into chunks moved to the front."""
+    shape = x.shape[:axis] + (num_chunks, x.shape[axis] // num_chunks) + x.shape[axis + 1 :]
+    return jnp.moveaxis(x.reshape(shape), axis, 0)
+
+
+def _unchunk(x, axis: int):
+    """Inverse of `_chunk`: (num_chunks, ..., k, ...) -> (..., num_chunks * k, ...)."""
+    x = jnp.moveaxis(x, 0, axis)
+    return x.reshape(x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
+
+
+BLOCK_TARGET = 256  # keys per online-softmax step (a multiple of chunk_size): few steps, big matmuls
+
+
+def _block_size(chunk_size: int, n: int) -> int:
+    """Keys per scan step: a multiple of chunk_size near BLOCK_TARGET, no larger than needed for n."""
+    block = chunk_size * max(1, BLOCK_TARGET // chunk_size)
+    return min(block, -(-n // chunk_size) * chunk_size)
+
+
+def _chunk_scores(q_proj, k_chunk, w_a):
+    """One chunk: (m, a), (k, a), (a,) -> (tanh (m, k, a), scores (m, k)); XLA fuses the reduction."""
+    hidden = jnp.tanh(q_proj[:, None, :] + k_chunk[None, :, :])
+    return hidden, jnp.sum(hidden * w_a, axis=-1)
+
+
+def _block_scores(q_proj, k_block, w_a, valid, chunk_size: int):
+    """Masked scores (m, K) of a block of K keys, tanh evaluated chunk_size keys at a time."""
+    num = k_block.shape[0] // chunk_size
+    if num == 1:
+        scores = _chunk_scores(q_proj, k_block, w_a)[1]
+    else:
+        chunks = lax.map(lambda kc: _chunk_scores(q_proj, kc, w_a)[1], _chunk(k_block, num, 0))
+        scores = _unchunk(chunks, 1)
+    return jnp.where(valid, scores, -jnp.inf)
+
+
+def _prepare(k_proj, values, mask, block: int, n: int):
+    """Pad keys to a multiple of `block`; split keys, values and the validity mask into blocks."""
+    num_blocks = -(-n // block)
+    pad = num_blocks * block - n
+    k_proj = jnp.pad(k_proj, ((0, pad), (0, 0)))
+    values = jnp.pad(values, ((0, pad), (0, 0)))
+    valid = jnp.arange(num_blocks * block) < n  # padded keys are never valid
+    valid = valid[None, :] if mask is None else jnp.pad(mask, ((0, 0), (0, pad))) & valid[None, :]
+    return _chunk(k_proj, num_blocks, 0), _chunk(values, num_blocks, 0), _chunk(valid, num_blocks, 1)
+
+
+def _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_scores):
+    """Online-softmax forward of one example. Returns context (m, d_v), lse (m,), scores (m, n) | None."""
+    m, n = q_proj.shape[0], k_proj.shape[0]
+    block = _block_size(chunk_size, n)
+    k_blocks, v_blocks, valid_blocks = _prepare(k_proj, values, mask, block, n)
+
+    def step(carry, xs):
+        run_max, run_sum, acc = carry
+        k_block, v_block, valid = xs
+        scores = _block_scores(q_proj, k_block, w_a, jnp.broadcast_to(valid, (m, block)), chunk_size)
+        new_max = jnp.maximum(run_max, jnp.max(scores, axis=-1))
+        safe_max = jnp.where(jnp.isfinite(new_max), new_max, 0.0)
+        p = jnp.exp(scores - safe_max[:, None])  # masked (-inf) scores give exactly 0
+        rescale = jnp.exp(run_max - safe_max)  # 0 while the row has seen no valid key
+        run_sum = run_sum * rescale + jnp.sum(p, axis=-1)
+        acc = acc * rescale[:, None] + p @ v_block
+        return (new_max, run_sum, acc), (scores if return_scores else None)
+
+    init = (
+        jnp.full((m,), -jnp.inf, q_proj.dtype),
+        jnp.zeros((m,), q_proj.dtype),
+        jnp.zeros((m, values.shape[-1]), q_proj.dtype),
+    )
+    (run_max, run_sum, acc), scores = lax.scan(step, init, (k_blocks, v_blocks, valid_blocks))
+    row_valid = run_sum > 0
+    context = acc / jnp.where(row_valid, run_sum, 1.0)[:, None]
+    lse = jnp.where(row_valid, run_max + jnp.log(jnp.where(row_valid, run_sum, 1.0)), 0.0)
+    if return_scores:
+        scores = _unchunk(scores, 1)[:, :n]
+    return context, lse, scores
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _core(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights):
+    """One example: (m, a), (n, a), (n, d_v), (a,), bool (m, n) | None -> (context, weights | None)."""
+    out, _ = _core_fwd(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights)
+    return out
+
+
+def _core_fwd(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights):
+    context, lse, scores = _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights)
+    weights = jnp.exp(scores - lse[:, None]) if return_weights else None
+    residuals = (q_proj, k_proj, values, w_a, mask, lse, context, weights)
+    return (context, weights), residuals
+
+
+def _chunk_grads(q_proj, w_a, lse, delta, carry, xs):
+    """Backward of one (m, k, a) chunk, tanh recomputed: accumulates d q_proj and d w_a in `carry`.
+
+    xs = (keys (k, a), validity (m, k), dL/dp (m, k)); returns carry and (d keys (k, a), p (m, k)).
+    """
+    d_q, d_wa = carry
+    k_chunk, valid, d_p = xs
+    hidden, scores = _chunk_scores(q_proj, k_chunk, w_a)
+    p = jnp.where(valid, jnp.exp(scores - lse[:, None]), 0.0)
+    d_s = p * (d_p - delta[:, None])  # (m, k); zero at masked keys
+    d_u = d_s[:, :, None] * w_a * (1.0 - hidden * hidden)  # d pre-activation, (m, k, a)
+    d_wa = d_wa + jnp.einsum("mk,mka->a", d_s, hidden)
+    return (d_q + jnp.sum(d_u, axis=1), d_wa), (jnp.sum(d_u, axis=0), p)
+
+
+def _core_bwd(chunk_size, return_weights, residuals, cotangents):
+    """Backward of one example, block by block; tanh recomputed chunk_size keys at a time."""
+    q_proj, k_proj, values, w_a, mask, lse, context, weights = residuals
+    d_context, d_weights = cotangents
+    m, n = q_proj.shape[0], k_proj.shape[0]
+    # D_i = sum_j p_ij dL/dp_ij, the softmax-Jacobian correction shared by every chunk.
+    delta = jnp.sum(d_context * context, axis=-1)
+    if return_weights:
+        delta = delta + jnp.sum(d_weights * weights, axis=-1)
+    block = _block_size(chunk_size, n)
+    k_blocks, v_blocks, valid_blocks = _prepare(k_proj, values, mask, block, n)
+    num_blocks, num_chunks = k_blocks.shape[0], block // chunk_size
+    if return_weights:
+        dw_blocks = _chunk(jnp.pad(d_weights, ((0, 0), (0, num_blocks * block - n))), num_blocks, 1)
+    else:
+        dw_blocks = jnp.zeros((num_blocks, 1, 1), q_proj.dtype)
+    chunk_step = functools.partial(_chunk_grads, q_proj, w_a, lse, delta)
+
+    def step(carry, xs):
+        k_block, v_block, valid, dw_block = xs
+        d_p = d_context @ v_block.T + dw_block  # (m, K)
+        valid = jnp.broadcast_to(valid, (m, block))
+        chunks = (_chunk(k_block, num_chunks, 0), _chunk(valid, num_chunks, 1), _chunk(d_p, num_chunks, 1))
+        carry, (d_k, p) = lax.scan(chunk_step, carry, chunks)
+        return carry, (_unchunk(d_k, 0), _unchunk(p, 1).T @ d_context)
+
+    init = (jnp.zeros_like(q_proj), jnp.zeros_like(w_a))
+    (d_q, d_wa), (d_k, d_v) = lax.scan(step, init, (k_blocks, v_blocks, valid_blocks, dw_blocks))
+    return d_q, _unchunk(d_k, 0)[:n], _unchunk(d_v, 0)[:n], d_wa, None
+
+
+_core.defvjp(_core_fwd, _core_bwd)
+
+
+def chunked_additive_attention(
+    query, keys, values, w_q, w_k, w_a, bias, mask, chunk_size, fully_masked, return_weights, batch
+):
+    """Chunked path of `additive_attention` (arguments already validated; `batch` = broadcast dims).
+
+    Returns (context (*batch, m, d_v), weights (*batch, m, n) or None) in the accumulation dtype
+    (float32, or float64 for float64 inputs).
+    """
+    m, n = query.shape[-2], keys.shape[-2]
+    dtype = accumulation_dtype(query, keys, values)
+    q_proj = project(query, w_q, dtype)
+    if bias is not None:
+        q_proj = q_proj + bias.astype(dtype)
+    k_proj = project(keys, w_k, dtype)
+    values = values.astype(dtype)
+    size = math.prod(batch)
+
+    def flat(x):
+        return jnp.broadcast_to(x, batch + x.shape[-2:]).reshape((size,) + x.shape[-2:])
+
+    args = [flat(q_proj), flat(k_proj), flat(values), w_a.astype(dtype)]
+    axes = [0, 0, 0, None]
+    if mask is not None:
+        args.append(flat(jnp.broadcast_to(jnp.asarray(mask, bool), batch + (m, n))))
+        axes.append(0)
+    else:
+        args.append(None)
+        axes.append(None)
+    core = lambda q, k, v, wa, mk: _core(q, k, v, wa, mk, int(min(chunk_size, n)), return_weights)
+    context, weights = jax.vmap(core, in_axes=tuple(axes))(*args)
+    context = context.reshape(batch + context.shape[1:])
+    weights = None if weights is None else weights.reshape(batch + (m, n))
+    if mask is None or fully_masked == "zero":
+        return context, weights
+    row_valid = jnp.any(args[4], axis=-1).reshape(batch + (m, 1))
+    fill = jnp.mean(flat(values), axis=-2, keepdims=True).reshape(batch + (1, -1))
+    fill = jnp.broadcast_to(fill if fully_masked == "uniform" else jnp.nan, context.shape)
+    context = jnp.where(row_valid, context, fill)
+    if weights is not None:
+        weights = apply_fully_masked(weights, row_valid, fully_masked)
+    return context, weights

@@ -1,0 +1,318 @@
+"""Fused Pallas additive attention: same contract as `attn_jax.additive_attention`.
+
+Projections q W_q + b and h W_k run once as XLA matmuls (so their gradients come from ordinary
+autodiff); the Pallas kernels take it from there. Forward: per (batch, query block) a loop over key
+blocks computes tanh, the w_a reduction, an online softmax and the context on chip. Backward
+(custom VJP): two kernels recompute tanh, one per query block (d q-projection) and one per key block
+(d k-projection, d values, d w_a). On GPU the kernels lower through Pallas' Triton backend; on any
+other backend they run in Pallas interpret mode (slow, for tests and CPU CI).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+from attn_jax.functional import _checks
+from attn_jax.functional.additive import _validate
+from attn_jax.kernels import _additive_kernels as K
+
+_GPU_BLOCKS = {"bq": 32, "bk": 32}  # default tiles for the Triton lowering (powers of two)
+
+
+def _project(x, w):
+    """x (..., p, d) @ w (d, a) -> (..., p, a) float32 (the kernels compute in float32)."""
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(jnp.float32)
+
+
+def _use_interpret(interpret: bool | None) -> bool:
+    """Interpret mode unless the default backend is a GPU (Triton lowering) or the caller says."""
+    if interpret is not None:
+        return bool(interpret)
+    return jax.default_backend() not in ("gpu", "cuda", "rocm")
+
+
+def _round_up(x: int, k: int) -> int:
+    return -(-x // k) * k
+
+
+def _pow2(x: int, minimum: int = 1) -> int:
+    return max(minimum, 1 << max(0, (x - 1).bit_length()))
+
+
+def _gpu_cores() -> int:
+    """Streaming multiprocessors of the default GPU (a guess of 132 when JAX does not say)."""
+    return int(getattr(jax.devices()[0], "core_count", 0) or 132)
+
+
+def make_config(m, n, a, d_v, has_mask, *, interpret, batch=1, block_q=None, block_k=None, block_a=None,
+                key_splits=None):  # fmt: skip
+    """Choose tiles, key splits and padded extents.
+
+    Triton needs power-of-two tiles (>= 16 keys); the largest live tile (ba, bq, bk) is kept near 4096
+    elements, and keys are split so that batch x query blocks x splits fills the GPU twice over.
+    Interpret mode prefers few, large tiles (every grid step and loop trip costs interpreter work).
+    """
+    if interpret:
+        bq = block_q or min(_pow2(m), 64)
+        bk = block_k or min(_pow2(n), 128)
+        ba = block_a or _pow2(a)
+        a_pad, dv_pad = _round_up(a, ba), d_v
+        splits = key_splits or 1
+    else:  # requested tiles are rounded up to what Triton accepts
+        bq = _pow2(block_q or min(_GPU_BLOCKS["bq"], _pow2(m)))
+        bk = _pow2(block_k or min(_GPU_BLOCKS["bk"], _pow2(n)), 16)
+        ba = _pow2(block_a or max(1, min(_pow2(a), 4096 // (bq * bk))))
+        a_pad, dv_pad = _round_up(_pow2(a), ba), _pow2(d_v)
+        programs = batch * -(-m // bq)
+        splits = key_splits or max(1, min(-(-n // bk), -(-2 * _gpu_cores() // programs)))
+    return K.KernelConfig(
+        bq=bq,
+        bk=bk,
+        ba=ba,
+        n=n,
+        m_pad=_round_up(m, bq),
+        n_pad=_round_up(n, bk * splits),
+        a_pad=a_pad,
+        dv_pad=dv_pad,
+        has_mask=has_mask,
+        interpret=interpret,
+        splits=splits,
+    )
+
+
+def _call(kernel, grid, in_specs, out_specs, out_shape, cfg, name):
+    """pallas_call with Triton compiler params unless interpreting."""
+    params = None
+    if not cfg.interpret:
+        from jax.experimental.pallas import triton as plgpu
+
+        params = plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return pl.pallas_call(
+        kernel,
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        interpret=cfg.interpret,
+        compiler_params=params,
+        name=name,
+    )
+
+
+def _specs(cfg, by_query: bool):
+    """BlockSpecs of (qT, kT, v, w_a[, mask]) for a grid (batch, query block, key split) or a grid
+    (batch, key block)."""
+    a, mp, np_, dv = cfg.a_pad, cfg.m_pad, cfg.n_pad, cfg.dv_pad
+    if by_query:
+        specs = [
+            pl.BlockSpec((None, a, cfg.bq), lambda b, i, s: (b, 0, i)),
+            pl.BlockSpec((None, a, np_), lambda b, i, s: (b, 0, 0)),
+            pl.BlockSpec((None, np_, dv), lambda b, i, s: (b, 0, 0)),
+            pl.BlockSpec((a,), lambda b, i, s: (0,)),
+        ]
+        mask = pl.BlockSpec((None, cfg.bq, np_), lambda b, i, s: (b, i, 0))
+    else:
+        specs = [
+            pl.BlockSpec((None, a, mp), lambda b, j: (b, 0, 0)),
+            pl.BlockSpec((None, a, cfg.bk), lambda b, j: (b, 0, j)),
+            pl.BlockSpec((None, cfg.bk, dv), lambda b, j: (b, j, 0)),
+            pl.BlockSpec((a,), lambda b, j: (0,)),
+        ]
+        mask = pl.BlockSpec((None, mp, cfg.bk), lambda b, j: (b, 0, j))
+    return specs + ([mask] if cfg.has_mask else [])
+
+
+def _forward(qT, kT, v, w_a, mask, cfg, write_scores):
+    """Forward kernel + split combine -> (context (B, m_pad, dv_pad), lse (B, m_pad), scores or None)."""
+    batch, sp = qT.shape[0], cfg.splits
+    f32 = jnp.float32
+    out_shape = [
+        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad, cfg.dv_pad), f32),
+        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad), f32),
+        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad), f32),
+    ]
+    row_spec = pl.BlockSpec((None, None, cfg.bq), lambda b, i, s: (b, s, i))
+    out_specs = [
+        pl.BlockSpec((None, None, cfg.bq, cfg.dv_pad), lambda b, i, s: (b, s, i, 0)),
+        row_spec,
+        row_spec,
+    ]
+    if write_scores:
+        out_shape.append(jax.ShapeDtypeStruct((batch, cfg.m_pad, cfg.n_pad), f32))
+        out_specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i, s: (b, i, 0)))
+    kernel = functools.partial(K.forward_kernel, cfg=cfg, write_scores=write_scores)
+    grid = (batch, cfg.m_pad // cfg.bq, sp)
+    args = (qT, kT, v, w_a) + ((mask,) if cfg.has_mask else ())
+    outs = _call(kernel, grid, _specs(cfg, True), out_specs, out_shape, cfg, "additive_fwd")(*args)
+    ctx, lse = _combine_splits(*outs[:3])
+    return ctx, lse, (outs[3] if write_scores else None)
+
+
+def _combine_splits(acc, m_s, l_s):
+    """Merge per-split online-softmax partials (B, S, m, ...) -> normalised context and lse (+inf where
+    a row has no valid key)."""
+    m_max = jnp.max(m_s, axis=1)
+    m_safe = jnp.where(m_max == -jnp.inf, 0.0, m_max)
+    scale = jnp.exp(m_s - m_safe[:, None])  # 0 for splits that saw no valid key
+    total = jnp.sum(scale * l_s, axis=1)
+    live = total > 0.0
+    ctx = jnp.sum(scale[..., None] * acc, axis=1) / jnp.where(live, total, 1.0)[..., None]
+    lse = jnp.where(live, m_safe + jnp.log(jnp.where(live, total, 1.0)), jnp.inf)
+    return ctx, lse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _fused(qT, kT, v, w_a, mask, cfg, with_weights):
+    """(B, a_pad, m_pad), (B, a_pad, n_pad), (B, n_pad, dv_pad), (a_pad,), mask int8 or None ->
+    context (B, m_pad, dv_pad) and, if `with_weights`, weights (B, m_pad, n_pad); float32."""
+    out, _ = _fused_fwd(qT, kT, v, w_a, mask, cfg, with_weights)
+    return out
+
+
+def _fused_fwd(qT, kT, v, w_a, mask, cfg, with_weights):
+    ctx, lse, scores = _forward(qT, kT, v, w_a, mask, cfg, with_weights)
+    weights = jnp.exp(scores - lse[..., None]) if with_weights else None  # 0 where masked / lse=inf
+    out = (ctx, weights) if with_weights else (ctx,)
+    return out, (qT, kT, v, w_a, mask, ctx, lse, weights)
+
+
+def _fused_bwd(cfg, with_weights, res, cotangents):
+    qT, kT, v, w_a, mask, ctx, lse, weights = res
+    dctx = cotangents[0]
+    dweights = cotangents[1] if with_weights else None
+    delta = jnp.sum(dctx * ctx, axis=-1)
+    if dweights is not None:
+        delta = delta + jnp.sum(dweights * weights, axis=-1)
+    batch = qT.shape[0]
+    extra = (dctx, lse, delta) + (() if dweights is None else (dweights,))
+    args = (qT, kT, v, w_a) + ((mask,) if cfg.has_mask else ()) + extra
+    dqT = _backward_dq(args, batch, cfg, dweights is not None)
+    dkT, dv, dwa_parts = _backward_dk(args, batch, cfg, dweights is not None)
+    return dqT, dkT, dv, jnp.sum(dwa_parts, axis=(0, 1)), None
+
+
+def _backward_dq(args, batch, cfg, has_dw):
+    """dq kernel over (batch, query block, key split); the per-split partials are summed here."""
+    row = pl.BlockSpec((None, cfg.bq), lambda b, i, s: (b, i))
+    specs = _specs(cfg, True) + [
+        pl.BlockSpec((None, cfg.bq, cfg.dv_pad), lambda b, i, s: (b, i, 0)), row, row,
+    ]  # fmt: skip
+    if has_dw:
+        specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i, s: (b, i, 0)))
+    out_spec = pl.BlockSpec((None, None, cfg.a_pad, cfg.bq), lambda b, i, s: (b, s, 0, i))
+    out_shape = jax.ShapeDtypeStruct((batch, cfg.splits, cfg.a_pad, cfg.m_pad), jnp.float32)
+    kernel = functools.partial(K.dq_kernel, cfg=cfg, has_dw=has_dw)
+    grid = (batch, cfg.m_pad // cfg.bq, cfg.splits)
+    parts = _call(kernel, grid, specs, out_spec, out_shape, cfg, "additive_bwd_dq")(*args)
+    return jnp.sum(parts, axis=1)
+
+
+def _backward_dk(args, batch, cfg, has_dw):
+    specs = _specs(cfg, False) + [
+        pl.BlockSpec((None, cfg.m_pad, cfg.dv_pad), lambda b, j: (b, 0, 0)),
+        pl.BlockSpec((None, cfg.m_pad), lambda b, j: (b, 0)),
+        pl.BlockSpec((None, cfg.m_pad), lambda b, j: (b, 0)),
+    ]
+    if has_dw:
+        specs.append(pl.BlockSpec((None, cfg.m_pad, cfg.bk), lambda b, j: (b, 0, j)))
+    nk = cfg.n_pad // cfg.bk
+    out_specs = [
+        pl.BlockSpec((None, cfg.a_pad, cfg.bk), lambda b, j: (b, 0, j)),
+        pl.BlockSpec((None, cfg.bk, cfg.dv_pad), lambda b, j: (b, j, 0)),
+        pl.BlockSpec((None, None, cfg.a_pad), lambda b, j: (b, j, 0)),
+    ]
+    out_shape = [
+        jax.ShapeDtypeStruct((batch, cfg.a_pad, cfg.n_pad), jnp.float32),
+        jax.ShapeDtypeStruct((batch, cfg.n_pad, cfg.dv_pad), jnp.float32),
+        jax.ShapeDtypeStruct((batch, nk, cfg.a_pad), jnp.float32),
+    ]
+    kernel = functools.partial(K.dk_kernel, cfg=cfg, has_dw=has_dw)
+    return _call(kernel, (batch, nk), specs, out_specs, out_shape, cfg, "additive_bwd_dk")(*args)
+
+
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def _flat_padded(x, batch_shape, rows, cols, fill=0):
+    """Broadcast x (..., r, c) to batch_shape, flatten the batch, zero-pad to (B, rows, cols)."""
+    x = jnp.broadcast_to(x, batch_shape + x.shape[-2:])
+    x = x.reshape((math.prod(batch_shape),) + x.shape[-2:])
+    pad = ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]))
+    return jnp.pad(x, pad, constant_values=fill)
+
+
+def _fill_fully_masked(context, weights, values, row_valid, fully_masked, n):
+    """Apply "uniform" / "nan" to rows without a valid key (the kernel already gives "zero")."""
+    if fully_masked == "uniform":
+        mean_v = jnp.mean(values.astype(jnp.float32), axis=-2, keepdims=True)
+        context = jnp.where(row_valid, context, mean_v)
+        fill = 1.0 / n
+    else:
+        context = jnp.where(row_valid, context, jnp.nan)
+        fill = jnp.nan
+    weights = None if weights is None else jnp.where(row_valid, weights, fill)
+    return context, weights
+
+
+def pallas_additive_attention(
+    query,
+    keys,
+    values=None,
+    *,
+    w_q,
+    w_k,
+    w_a,
+    bias=None,
+    mask=None,
+    fully_masked: str = "zero",
+    return_weights: bool = True,
+    interpret: bool | None = None,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    block_a: int | None = None,
+    key_splits: int | None = None,
+):
+    """Fused-kernel additive attention; arguments and results as `attn_jax.additive_attention`.
+
+    query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default keys); w_q (d_q, a);
+    w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n).
+    Returns (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype; all kernel
+    arithmetic is float32. `interpret=None` picks Triton on GPU, interpret mode elsewhere;
+    block_q / block_k / block_a override the tile sizes (query rows, keys, attention-dim chunk) and
+    key_splits the number of programs sharing one query block's keys (default: 1 in interpret mode,
+    enough to fill the GPU otherwise).
+    """
+    _checks.check_fully_masked(fully_masked)
+    values = keys if values is None else values
+    batch = _validate(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
+    m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
+    cfg = make_config(
+        m, n, a, d_v, mask is not None, interpret=_use_interpret(interpret), batch=math.prod(batch),
+        block_q=block_q, block_k=block_k, block_a=block_a, key_splits=key_splits,
+    )  # fmt: skip
+    q_proj = _project(query, w_q)
+    if bias is not None:
+        q_proj = q_proj + bias.astype(jnp.float32)
+    k_proj = _project(keys, w_k)
+    qT = jnp.swapaxes(_flat_padded(q_proj, batch, cfg.m_pad, cfg.a_pad), 1, 2)
+    kT = jnp.swapaxes(_flat_padded(k_proj, batch, cfg.n_pad, cfg.a_pad), 1, 2)
+    v = _flat_padded(values.astype(jnp.float32), batch, cfg.n_pad, cfg.dv_pad)
+    wa = jnp.pad(w_a.astype(jnp.float32), (0, cfg.a_pad - a))
+    mask_i8 = None
+    if mask is not None:
+        mask_b = jnp.broadcast_to(mask, batch + (m, n))
+        mask_i8 = _flat_padded(mask_b.astype(jnp.int8), batch, cfg.m_pad, cfg.n_pad)
+    outs = _fused(qT, kT, v, wa, mask_i8, cfg, return_weights)
+    context = outs[0][:, :m, :d_v].reshape(batch + (m, d_v))
+    weights = outs[1][:, :m, :n].reshape(batch + (m, n)) if return_weights else None
+    if mask is not None and fully_masked != "zero":
+        row_valid = jnp.any(mask_b, axis=-1, keepdims=True)
+        context, weights = _fill_fully_masked(context, weights, values, row_valid, fully_masked, n)
+    context = context.astype(out_dtype)
+    return context, (None if weights is None else weights.astype(out_dtype))

@@ -1,0 +1,267 @@
+"""Detection metrics in NumPy: COCO-style mAP@[.5:.95] (101-point, area ranges, max detections) and VOC AP.
+
+The COCO numbers reproduce pycocotools' COCOeval (bbox) without depending on it; boxes are passed as
+(ymin, xmin, ymax, xmax) and scaled by image_size to pixels, where the area ranges are defined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+COCO_IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
+COCO_RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+COCO_AREA_RANGES = {
+    "all": (0.0, 1e10),
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, 1e10),
+}
+COCO_MAX_DETS = (1, 10, 100)
+
+
+@dataclass
+class ImageRecord:
+    """One image: gt boxes (g, 4) + labels (g,), detections boxes (d, 4) + scores (d,) + labels (d,)."""
+
+    gt_boxes: np.ndarray
+    gt_labels: np.ndarray
+    det_boxes: np.ndarray
+    det_scores: np.ndarray
+    det_labels: np.ndarray
+
+
+def _as_xywh(boxes: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    b = np.asarray(boxes, np.float64).reshape(-1, 4) * scale
+    return np.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]], axis=1)
+
+
+def iou_xywh(dets: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU matrix (d, g) of (x, y, w, h) boxes, computed as pycocotools' bbIou (0 for empty unions)."""
+    dx2, dy2 = dets[:, None, 0] + dets[:, None, 2], dets[:, None, 1] + dets[:, None, 3]
+    gx2, gy2 = gts[None, :, 0] + gts[None, :, 2], gts[None, :, 1] + gts[None, :, 3]
+    w = np.minimum(dx2, gx2) - np.maximum(dets[:, None, 0], gts[None, :, 0])
+    h = np.minimum(dy2, gy2) - np.maximum(dets[:, None, 1], gts[None, :, 1])
+    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
+    union = (dets[:, 2] * dets[:, 3])[:, None] + (gts[:, 2] * gts[:, 3])[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
+
+
+def _match_image(ious, gt_ignore, det_area, area_ranges, iou_thresholds):
+    """COCO greedy matching of score-sorted detections, vectorised over area ranges A and thresholds T.
+
+    ious (d, g); gt_ignore (A, g) bool. Returns det_matched (A, T, d) and det_ignore (A, T, d).
+    Within non-ignored then ignored gts, the unmatched gt of highest IoU >= threshold wins (ties: last).
+    """
+    n_a, n_t, (d, g) = len(area_ranges), len(iou_thresholds), ious.shape
+    thr = np.minimum(iou_thresholds, 1 - 1e-10)[None, :, None]
+    gt_matched = np.zeros((n_a, n_t, g), bool)
+    det_matched = np.zeros((n_a, n_t, d), bool)
+    det_ignore = np.zeros((n_a, n_t, d), bool)
+    rev = np.arange(g)[::-1]
+    for i in range(d if g else 0):
+        cand = ~gt_matched & (ious[i][None, None, :] >= thr)
+        chosen = np.full((n_a, n_t), -1)
+        for group in (gt_ignore, ~gt_ignore):  # the second (non-ignored) overrides the first
+            c = cand & group[:, None, :]
+            score = np.where(c, ious[i][None, None, :], -1.0)[..., ::-1]
+            best = rev[np.argmax(score, axis=-1)]
+            chosen = np.where(c.any(-1), best, chosen)
+        hit = chosen >= 0
+        a_idx, t_idx = np.nonzero(hit)
+        gt_matched[a_idx, t_idx, chosen[hit]] = True
+        det_matched[:, :, i] = hit
+        det_ignore[:, :, i] = (
+            np.take_along_axis(gt_ignore[:, None, :], np.maximum(chosen, 0)[..., None], -1)[..., 0] & hit
+        )
+    lo, hi = area_ranges[:, 0:1], area_ranges[:, 1:2]
+    outside = (det_area[None, :] < lo) | (det_area[None, :] > hi)  # (A, d)
+    det_ignore |= ~det_matched & outside[:, None, :]
+    return det_matched, det_ignore
+
+
+def _precision_recall(scores, matched, ignore, num_gt, recall_thresholds):
+    """COCOeval.accumulate for one (class, area, max_dets): -> precision (T, R), recall (T,)."""
+    order = np.argsort(-scores, kind="mergesort")
+    matched, ignore = matched[:, order], ignore[:, order]
+    tp = np.cumsum(matched & ~ignore, axis=1, dtype=np.float64)
+    fp = np.cumsum(~matched & ~ignore, axis=1, dtype=np.float64)
+    n_t, nd = matched.shape
+    precision = np.zeros((n_t, len(recall_thresholds)))
+    recall = np.zeros(n_t)
+    for t in range(n_t):
+        if nd == 0:
+            continue
+        rc = tp[t] / num_gt
+        pr = tp[t] / (fp[t] + tp[t] + np.spacing(1))
+        recall[t] = rc[-1]
+        pr = np.maximum.accumulate(pr[::-1])[::-1]
+        inds = np.searchsorted(rc, recall_thresholds, side="left")
+        ok = inds < nd
+        precision[t, ok] = pr[inds[ok]]
+    return precision, recall
+
+
+def _class_records(records, cls, scale, area_ranges, iou_thresholds, max_det):
+    """Per-image matching of one class -> lists of scores (d,), matched (A, T, d), ignore (A, T, d), and
+    the number of non-ignored gt per area range."""
+    scores, matched, ignore = [], [], []
+    num_gt = np.zeros(len(area_ranges), np.int64)
+    for rec in records:
+        g = _as_xywh(rec.gt_boxes[rec.gt_labels == cls], scale)
+        sel = rec.det_labels == cls
+        d, s = _as_xywh(rec.det_boxes[sel], scale), np.asarray(rec.det_scores, np.float64)[sel]
+        if len(g) == 0 and len(d) == 0:
+            continue
+        order = np.argsort(-s, kind="mergesort")[:max_det]
+        d, s = d[order], s[order]
+        g_area = g[:, 2] * g[:, 3]
+        gt_ignore = (g_area[None, :] < area_ranges[:, 0:1]) | (g_area[None, :] > area_ranges[:, 1:2])
+        num_gt += (~gt_ignore).sum(axis=1)
+        m, ig = _match_image(iou_xywh(d, g), gt_ignore, d[:, 2] * d[:, 3], area_ranges, iou_thresholds)
+        scores.append(s)
+        matched.append(m)
+        ignore.append(ig)
+    return scores, matched, ignore, num_gt
+
+
+def coco_evaluate(
+    records: Sequence[ImageRecord],
+    num_classes: int,
+    image_size: tuple[float, float] = (1.0, 1.0),
+    iou_thresholds: np.ndarray = COCO_IOU_THRESHOLDS,
+    max_dets: Sequence[int] = COCO_MAX_DETS,
+) -> dict[str, float]:
+    """COCO bbox metrics over images, -> {"mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
+    "AR100", "ARs", "ARm", "ARl"} (-1 where undefined, as pycocotools). Classes with no gt are skipped."""
+    scale = np.array([image_size[0], image_size[1], image_size[0], image_size[1]], np.float64)
+    area_ranges = np.array(list(COCO_AREA_RANGES.values()))
+    iou_thresholds = np.asarray(iou_thresholds, np.float64)
+    shape = (len(iou_thresholds), len(COCO_RECALL_THRESHOLDS), num_classes, len(area_ranges), len(max_dets))
+    precision, recall = -np.ones(shape), -np.ones((shape[0], num_classes, len(area_ranges), len(max_dets)))
+    n_t = len(iou_thresholds)
+    for k in range(num_classes):
+        scores, matched, ignore, num_gt = _class_records(
+            records, k, scale, area_ranges, iou_thresholds, max(max_dets)
+        )
+        for mi, md in enumerate(max_dets):
+            s = np.concatenate([x[:md] for x in scores]) if scores else np.zeros(0)
+            for a in range(len(area_ranges)):
+                if num_gt[a] == 0:
+                    continue
+                p, r = _precision_recall(
+                    s,
+                    _stack(matched, a, md, n_t),
+                    _stack(ignore, a, md, n_t),
+                    num_gt[a],
+                    COCO_RECALL_THRESHOLDS,
+                )
+                precision[:, :, k, a, mi], recall[:, k, a, mi] = p, r
+    return _summarize(precision, recall, iou_thresholds, list(max_dets))
+
+
+def _stack(per_image: list[np.ndarray], area: int, max_det: int, n_t: int) -> np.ndarray:
+    """Concatenate per-image (A, T, d) flags for one area range, each cut to max_det -> (T, sum d)."""
+    if not per_image:
+        return np.zeros((n_t, 0), bool)
+    return np.concatenate([x[area, :, :max_det] for x in per_image], axis=1)
+
+
+def _mean_defined(x: np.ndarray) -> float:
+    x = x[x > -1]
+    return float(np.mean(x)) if x.size else -1.0
+
+
+def _summarize(precision, recall, iou_thresholds, max_dets) -> dict[str, float]:
+    last = len(max_dets) - 1
+    at = lambda t: np.flatnonzero(np.isclose(iou_thresholds, t))
+    out = {
+        "mAP": _mean_defined(precision[:, :, :, 0, last]),
+        "AP50": _mean_defined(precision[at(0.5), :, :, 0, last]),
+        "AP75": _mean_defined(precision[at(0.75), :, :, 0, last]),
+    }
+    for name, a in (("s", 1), ("m", 2), ("l", 3)):
+        out[f"AP{name}"] = _mean_defined(precision[:, :, :, a, last])
+    for mi, md in enumerate(max_dets):
+        out[f"AR{md}"] = _mean_defined(recall[:, :, 0, mi])
+    for name, a in (("s", 1), ("m", 2), ("l", 3)):
+        out[f"AR{name}"] = _mean_defined(recall[:, :, a, last])
+    return out
+
+
+def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
+    """Area under the monotone precision envelope (VOC2010+), or the 11-point mean (VOC2007)."""
+    if use_07_metric:
+        return float(np.mean([np.max(precision[recall >= t], initial=0.0) for t in np.linspace(0, 1, 11)]))
+    mrec = np.concatenate([[0.0], recall, [1.0]])
+    mpre = np.maximum.accumulate(np.concatenate([[0.0], precision, [0.0]])[::-1])[::-1]
+    i = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def voc_evaluate(
+    records: Sequence[ImageRecord], num_classes: int, iou_threshold: float = 0.5, use_07_metric: bool = False
+) -> dict[str, float | list[float]]:
+    """PASCAL VOC AP per class (IoU > iou_threshold; a second detection of a matched gt is a false
+    positive) -> {"AP50_voc": mean over classes with gt, "per_class": [AP or nan]}."""
+    per_class = []
+    for k in range(num_classes):
+        dets, num_gt = [], 0
+        for img, rec in enumerate(records):
+            num_gt += int(np.sum(rec.gt_labels == k))
+            sel = np.flatnonzero(rec.det_labels == k)
+            dets += [(float(rec.det_scores[j]), img, j) for j in sel]
+        if num_gt == 0:
+            per_class.append(float("nan"))
+            continue
+        dets.sort(key=lambda x: -x[0])
+        used = [np.zeros(int(np.sum(r.gt_labels == k)), bool) for r in records]
+        tp = np.zeros(len(dets))
+        for n, (_, img, j) in enumerate(dets):
+            rec = records[img]
+            g = _as_xywh(rec.gt_boxes[rec.gt_labels == k], np.ones(4))
+            if len(g) == 0:
+                continue
+            ious = iou_xywh(_as_xywh(rec.det_boxes[j], np.ones(4)), g)[0]
+            best = int(np.argmax(ious))
+            if ious[best] > iou_threshold and not used[img][best]:
+                used[img][best] = True
+                tp[n] = 1
+        tp_c, fp_c = np.cumsum(tp), np.cumsum(1 - tp)
+        rec_c = tp_c / num_gt
+        prec_c = tp_c / np.maximum(tp_c + fp_c, np.finfo(np.float64).eps)
+        per_class.append(voc_ap(rec_c, prec_c, use_07_metric))
+    defined = [a for a in per_class if not np.isnan(a)]
+    return {"AP50_voc": float(np.mean(defined)) if defined else -1.0, "per_class": per_class}
+
+
+@dataclass
+class DetectionEvaluator:
+    """Accumulates batches of fixed-size detections (e.g. from detection.postprocess) and padded ground
+    truth over an eval set; result() returns the COCO metrics plus VOC AP@0.5 ("AP50_voc")."""
+
+    num_classes: int
+    image_size: tuple[float, float] = (1.0, 1.0)
+    records: list[ImageRecord] = field(default_factory=list)
+
+    def add_batch(self, boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid, example_valid=None):
+        """Arrays with a leading batch dim: detections (b, k, ...), gt (b, m, ...); example_valid (b,)
+        drops the eval pipeline's padding examples."""
+        arrays = [np.asarray(x) for x in (boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid)]
+        boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid = arrays
+        b = boxes.shape[0]
+        keep = np.ones(b, bool) if example_valid is None else np.asarray(example_valid, bool)
+        for i in np.flatnonzero(keep):
+            v, gv = valid[i].astype(bool), gt_valid[i].astype(bool)
+            self.records.append(
+                ImageRecord(gt_boxes[i][gv], gt_labels[i][gv], boxes[i][v], scores[i][v], classes[i][v])
+            )
+
+    def result(self) -> dict[str, float]:
+        out = coco_evaluate(self.records, self.num_classes, self.image_size)
+        out["AP50_voc"] = voc_evaluate(self.records, self.num_classes)["AP50_voc"]
+        out["num_images"] = len(self.records)
+        return out

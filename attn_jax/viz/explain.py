@@ -1,0 +1,171 @@
+"""Post-hoc explanations in JAX (jit): Grad-CAM for any conv layer, attention rollout for stacked query
+attention, so learned attention can be compared with them on the same images.
+
+Grad-CAM (Selvaraju et al. 2017): cam = relu(sum_c alpha_c A_c), alpha_c = spatial mean of d logit / d A_c,
+for the activations A (B, h, w, C) of the chosen layer. variant="hirescam" (Draelos & Carin 2020) uses
+relu(sum_c dlogit/dA_c * A_c) instead, which is zero wherever the logit does not depend on the layer.
+The layer's output is reached with `flax.linen.intercept_methods`, so models need no changes.
+Rollout (Abnar & Zuidema 2020): R = A_L' ... A_1' with A' = (1 - r) A + r I for square self-attention,
+a non-square readout (m queries over n tokens) last, heads averaged.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn_jax.viz.capture import AttentionMap, to_grid, upsample
+
+VARIANTS = ("gradcam", "hirescam")
+
+
+def _path(module: nn.Module) -> str:
+    return "/".join(module.path)
+
+
+def called_modules(model: nn.Module, variables: Mapping, images: jax.Array, **apply_kwargs) -> dict:
+    """Path -> module of every submodule the model calls, in call order (tracing only)."""
+    found = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name == "__call__":
+            found.setdefault(_path(context.module), context.module)
+        return next_fun(*args, **kwargs)
+
+    def run(v, x):
+        with nn.intercept_methods(interceptor):
+            return model.apply(v, x, **apply_kwargs)
+
+    jax.eval_shape(run, variables, images)
+    found.pop("", None)  # the model itself
+    return found
+
+
+def conv_layers(model: nn.Module, variables: Mapping, images: jax.Array, **apply_kwargs) -> list[str]:
+    """Paths of the model's `nn.Conv` modules in call order."""
+    called = called_modules(model, variables, images, **apply_kwargs)
+    return [p for p, m in called.items() if isinstance(m, nn.Conv)]
+
+
+def last_conv(model: nn.Module, variables: Mapping, images: jax.Array, under: str = "backbone", **kw) -> str:
+    """Path of the last `nn.Conv` called under module path `under` (Grad-CAM's usual layer)."""
+    convs = conv_layers(model, variables, images, **kw)
+    found = [p for p in convs if p == under or p.startswith(under + "/")]
+    if not found:
+        raise ValueError(f"no conv layer under {under!r}; conv layers: {convs}")
+    return found[-1]
+
+
+def _logits_and_layer(model, layer, apply_kwargs, variables, images, delta):
+    """Model logits (B, K) and the output of module `layer` (first call), with `delta` added to it."""
+    acts = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if not acts and context.method_name == "__call__" and _path(context.module) == layer:
+            out = out if delta is None else out + delta
+            acts.append(out)
+        return out
+
+    with nn.intercept_methods(interceptor):
+        logits = model.apply(variables, images, **dict(apply_kwargs))
+    if not acts:
+        raise ValueError(f"layer {layer!r} was not called by the model")
+    if logits.ndim != 2 or acts[0].ndim != 4:
+        raise ValueError(
+            f"grad_cam needs logits (B, K) and a layer output (B, h, w, C), "
+            f"got {logits.shape} and {acts[0].shape}"
+        )
+    return logits, acts[0]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _grad_cam(model, layer, apply_kwargs, variant, variables, images, class_index):
+    shape = jax.eval_shape(lambda: _logits_and_layer(model, layer, apply_kwargs, variables, images, None))[1]
+
+    def score(delta):
+        logits, acts = _logits_and_layer(model, layer, apply_kwargs, variables, images, delta)
+        target = jnp.where(class_index < 0, jnp.argmax(logits, axis=-1), class_index)
+        return jnp.take_along_axis(logits, target[:, None], axis=1).sum(), (acts, target)
+
+    grads, (acts, target) = jax.grad(score, has_aux=True)(jnp.zeros(shape.shape, shape.dtype))
+    acts, grads = acts.astype(jnp.float32), grads.astype(jnp.float32)
+    if variant == "gradcam":
+        cam = jnp.einsum("bhwc,bc->bhw", acts, grads.mean(axis=(1, 2)))
+    else:
+        cam = jnp.sum(grads * acts, axis=-1)
+    cam = upsample(jax.nn.relu(cam), images.shape[1:3])
+    peak = jnp.max(cam, axis=(1, 2), keepdims=True)
+    return cam / jnp.where(peak > 0, peak, 1.0), target
+
+
+def grad_cam(
+    model: nn.Module,
+    variables: Mapping,
+    images: jax.Array,
+    layer: str,
+    *,
+    class_index: int | jax.Array | None = None,
+    variant: str = "gradcam",
+    **apply_kwargs,
+) -> tuple[jax.Array, jax.Array]:
+    """Grad-CAM maps (B, H, W) in [0, 1] (each scaled by its max) and the explained classes (B,).
+
+    layer: path of a module whose output is (B, h, w, C), e.g. one from `conv_layers`; the model must
+    return logits (B, K). class_index: None explains the predicted class, an int or (B,) ints a given one.
+    variant: "gradcam" or "hirescam". apply_kwargs (hashable) go to `model.apply`, e.g. train=False.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
+    variables = {k: v for k, v in variables.items() if k != "intermediates"}
+    called = called_modules(model, variables, images, **apply_kwargs)
+    if layer not in called:
+        convs = [p for p, m in called.items() if isinstance(m, nn.Conv)]
+        raise ValueError(f"layer {layer!r} is not a module the model calls; its conv layers: {convs}")
+    idx = jnp.full((images.shape[0],), -1 if class_index is None else 0, jnp.int32)
+    if class_index is not None:
+        idx = jnp.broadcast_to(jnp.asarray(class_index, jnp.int32), idx.shape)
+    kwargs = tuple(sorted(apply_kwargs.items()))
+    return _grad_cam(model, layer, kwargs, variant, variables, images, idx)
+
+
+@functools.partial(jax.jit, static_argnames=("residual",))
+def attention_rollout(maps: Sequence[jax.Array], residual: float = 0.5) -> jax.Array:
+    """(B, m, n) rollout of query attention maps given in forward order, each (B, m_l, n_l) or
+    (B, heads, m_l, n_l) (heads averaged). Square layers (m_l == n_l) get the residual mix and
+    re-normalised rows; a non-square readout may only come last. Rows of the result sum to 1."""
+    if not maps:
+        raise ValueError("attention_rollout needs at least one map")
+    out = None
+    for i, a in enumerate(maps):
+        a = a.astype(jnp.float32)
+        a = a.mean(axis=1) if a.ndim == 4 else a
+        if a.ndim != 3:
+            raise ValueError(f"maps[{i}] must be (B, m, n) or (B, heads, m, n), got shape {maps[i].shape}")
+        m, n = a.shape[1:]
+        if out is not None and n != out.shape[1]:
+            raise ValueError(f"maps[{i}] attends over {n} tokens but maps[{i - 1}] outputs {out.shape[1]}")
+        if m == n:
+            a = (1.0 - residual) * a + residual * jnp.eye(n)
+            a = a / jnp.sum(a, axis=-1, keepdims=True)
+        elif i != len(maps) - 1:
+            raise ValueError(f"maps[{i}] is a non-square readout {a.shape[1:]}; only the last map may be")
+        out = a if out is None else a @ out
+    return out
+
+
+def rollout_map(captured: Mapping[str, AttentionMap], image_hw: tuple[int, int], **kwargs) -> jax.Array:
+    """(B, H, W) rollout of every captured query map (in call order), averaged over output queries."""
+    query = [m.raw for m in captured.values() if m.kind == "query"]
+    if not query:
+        raise ValueError(
+            f"no query attention among captured maps: {[(p, m.kind) for p, m in captured.items()]}"
+        )
+    rolled = attention_rollout(query, **kwargs)
+    return upsample(to_grid(rolled, "query", image_hw), image_hw)

@@ -1,0 +1,204 @@
+"""Additive-attention benchmark: naive jitted formula vs unchunked vs chunked, forward and fwd+bwd.
+
+    python benchmarks/attention.py            # W1, W2, W3 + the too-big-for-naive size (minutes)
+    python benchmarks/attention.py --quick    # W2 only, fewer repeats (~30 s)
+
+Each case runs in a fresh process (benchmarks/harness.py): median of back-to-back calls after
+warm-up, compiled temporaries (XLA memory_analysis) and memory first touched by one call (RSS rise).
+Lower bound (LB) = matmul flops / measured matmul rate + tanh count / measured fused-tanh rate, both
+measured here, in this process; fwd+bwd counts 3x the matmul flops and the tanh evaluations once.
+Error = relative L2 error against a float64 evaluation (context; fwd+bwd: worst over all gradients).
+Writes benchmarks/results/attention_cpu.json (or --out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import harness  # noqa: E402
+
+# name: (B, m, n, d, a) and the chunk size used for it
+SHAPES = {
+    "W1": ((64, 1, 196, 512, 512), 196),
+    "W2": ((8, 64, 1024, 256, 128), 16),
+    "W3": ((4, 1, 4096, 256, 256), 512),
+}
+BIG = ((8, 256, 65536, 256, 128), 16)  # naive tanh tensor alone: 8*256*65536*128*4 B = 64 GiB
+IMPLS = ("naive", "unchunked", "chunked")
+
+
+def _inputs(shape, dtype):
+    import jax.numpy as jnp
+
+    b, m, n, d, a = shape
+    rng = np.random.default_rng(0)
+    arr = lambda *s, scale=1.0: jnp.asarray(scale * rng.standard_normal(s), dtype)
+    return dict(
+        q=arr(b, m, d), h=arr(b, n, d),
+        w_q=arr(d, a, scale=d**-0.5), w_k=arr(d, a, scale=d**-0.5), w_a=arr(a, scale=a**-0.5),
+    )  # fmt: skip
+
+
+def naive_attention(q, h, w_q, w_k, w_a):
+    """The seed formula written directly: builds the (B, m, n, a) tanh tensor."""
+    import jax
+    import jax.numpy as jnp
+
+    hidden = jnp.tanh((q @ w_q)[:, :, None, :] + (h @ w_k)[:, None, :, :])
+    weights = jax.nn.softmax(hidden @ w_a, axis=-1)
+    return weights @ h
+
+
+def attention_fn(impl: str, chunk_size: int):
+    """(q, h, w_q, w_k, w_a) -> context for one implementation."""
+    if impl == "naive":
+        return naive_attention
+    from attn_jax.functional import additive_attention
+
+    k = chunk_size if impl == "chunked" else None
+
+    def fn(q, h, w_q, w_k, w_a):
+        return additive_attention(q, h, w_q=w_q, w_k=w_k, w_a=w_a, chunk_size=k, return_weights=False)[0]
+
+    return fn
+
+
+def _fwd_bwd(fn):
+    import jax
+    import jax.numpy as jnp
+
+    def loss(args, cot):
+        return jnp.sum(fn(**args) * cot)
+
+    return jax.grad(loss)
+
+
+def build_case(shape, impl: str, mode: str, chunk_size: int, dtype: str = "float32"):
+    """Harness builder: (jitted fn, args) for shape (B, m, n, d, a), impl, mode 'fwd' or 'fwd+bwd'."""
+    import jax
+    import jax.numpy as jnp
+
+    args = _inputs(tuple(shape), jnp.dtype(dtype))
+    fn = attention_fn(impl, chunk_size)
+    if mode == "fwd":
+        return jax.jit(lambda args: fn(**args)), (args,)
+    b, m, _, d, _ = shape
+    cot = jnp.asarray(np.random.default_rng(1).standard_normal((b, m, d)), jnp.dtype(dtype))
+    return jax.jit(_fwd_bwd(fn)), (args, cot)
+
+
+def relative_error(shape, impl: str, mode: str, chunk_size: int) -> float:
+    """Relative L2 error of the float32 result against float64 (worst over outputs/gradients)."""
+    import jax
+
+    fn32, args32 = build_case(shape, impl, mode, chunk_size, "float32")
+    out32 = jax.tree.leaves(fn32(*args32))
+    with jax.enable_x64(True):
+        fn64, args64 = build_case(shape, impl, mode, chunk_size, "float64")
+        args64 = jax.tree.map(lambda x32, x64: x32.astype(x64.dtype), args32, args64)  # same values
+        out64 = jax.tree.leaves(fn64(*args64))
+    errs = [np.linalg.norm(np.float64(a) - b) / np.linalg.norm(b) for a, b in zip(out32, out64)]
+    return float(max(errs))
+
+
+def counts(shape):
+    """(forward matmul flops, tanh evaluations) of the formula on shape (B, m, n, d, a)."""
+    b, m, n, d, a = shape
+    flops = 2 * b * (m * d * a + n * d * a) + 2 * b * m * n * a + 2 * b * m * n * d
+    return flops, b * m * n * a
+
+
+def lower_bound(shape, mode: str, rates: dict) -> float:
+    flops, tanh = counts(shape)
+    if mode == "fwd+bwd":
+        flops *= 3
+    return flops / rates["matmul_flops_per_s"] + tanh / rates["tanh_per_s"]
+
+
+def run_row(name, shape, impl, mode, k, rates, repeats, skip_error):
+    res = harness.measure_case(
+        "benchmarks.attention:build_case",
+        dict(shape=shape, impl=impl, mode=mode, chunk_size=k),
+        warmup=2,
+        repeats=repeats,
+    )
+    lb = lower_bound(shape, mode, rates)
+    row = dict(
+        shape=name, mode=mode, impl=impl, chunk=k if impl == "chunked" else None,
+        ms=1e3 * res["median_s"], x_lb=res["median_s"] / lb, lb_ms=1e3 * lb,
+        temp_mb=None if res["temp_bytes"] is None else res["temp_bytes"] / 2**20,
+        touched_mb=None if res["touched_bytes"] is None else res["touched_bytes"] / 2**20,
+        rel_err=None if skip_error else relative_error(shape, impl, mode, k),
+        times_ms=[1e3 * t for t in res["times"]],
+    )  # fmt: skip
+    print(f"  {name} {mode:8s} {impl:9s} {row['ms']:9.2f} ms  {row['x_lb']:.2f}x LB", flush=True)
+    return row
+
+
+def big_case(rates) -> list[dict]:
+    """Compile-only memory for the naive path at BIG; the chunked path is compiled and run."""
+    shape, k = BIG
+    rows = []
+    for impl in ("naive", "chunked"):
+        mem = harness.compile_only("benchmarks.attention:build_case", dict(shape=shape, impl=impl, mode="fwd",
+                                                                              chunk_size=k))  # fmt: skip
+        lb_ms = 1e3 * lower_bound(shape, "fwd", rates)
+        row = dict(shape="BIG", mode="fwd", impl=impl, chunk=k if impl == "chunked" else None,
+                   temp_mb=mem["temp_bytes"] / 2**20, lb_ms=lb_ms)  # fmt: skip
+        if impl == "chunked":
+            res = harness.measure_case("benchmarks.attention:build_case",
+                                       dict(shape=shape, impl=impl, mode="fwd", chunk_size=k),
+                                       warmup=0, repeats=1, timeout=1200)  # fmt: skip
+            row.update(ms=1e3 * res["median_s"], x_lb=res["median_s"] * 1e3 / row["lb_ms"],
+                       touched_mb=res["touched_bytes"] / 2**20)  # fmt: skip
+        rows.append(row)
+        print(f"  BIG fwd {impl}: temp {row['temp_mb']:.0f} MiB", flush=True)
+    return rows
+
+
+def measure_rates() -> dict:
+    return {"matmul_flops_per_s": harness.matmul_rate(1024), "tanh_per_s": harness.fused_tanh_rate()}
+
+
+COLUMNS = [
+    ("shape", "shape", ""), ("mode", "mode", ""), ("impl", "impl", ""), ("chunk", "k", ""),
+    ("ms", "median ms", ".2f"), ("x_lb", "x LB", ".2f"), ("temp_mb", "temp MiB", ".1f"),
+    ("touched_mb", "touched MiB", ".1f"), ("rel_err", "rel err", ".1e"),
+]  # fmt: skip
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="W2 only, 5 repeats, no BIG size")
+    parser.add_argument("--shapes", default=None, help="comma-separated subset of W1,W2,W3")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--no-big", action="store_true")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attention_cpu.json"))
+    args = parser.parse_args(argv)
+    names = ["W2"] if args.quick else (args.shapes.split(",") if args.shapes else list(SHAPES))
+    repeats = args.repeats or (5 if args.quick else 10)
+    rates = measure_rates()
+    lb_line = ", ".join(f"{k} {v:.3g}" for k, v in rates.items())
+    print(f"rates: {lb_line}; load average {os.getloadavg()}", flush=True)
+    rows = []
+    for name in names:
+        shape, k = SHAPES[name]
+        for mode in ("fwd", "fwd+bwd"):
+            for impl in IMPLS:
+                rows.append(run_row(name, shape, impl, mode, k, rates, repeats, skip_error=args.quick))
+    if not (args.quick or args.no_big):
+        rows += big_case(rates)
+    harness.print_table(rows, COLUMNS)
+    path = harness.write_json(args.out, rows, rates=rates, shapes={k: v[0] for k, v in SHAPES.items()})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

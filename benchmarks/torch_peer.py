@@ -1,0 +1,110 @@
+"""PyTorch peer of the naive formula (eager and torch.compile), measured like benchmarks/harness.py.
+
+Optional: used by benchmarks/run.py only when `torch` is importable (the `bench` extra). Each case runs
+in a fresh spawned process; medians of back-to-back calls after warm-up; first-call RSS rise beside.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import statistics
+import time
+
+from benchmarks import harness
+
+
+def available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _formula(q, h, v, w_q, w_k, w_a, bias):
+    import torch
+
+    hidden = torch.tanh((q @ w_q)[:, :, None, :] + (h @ w_k)[:, None, :, :] + bias)
+    scores = torch.einsum("bmna,a->bmn", hidden, w_a)
+    return torch.einsum("bmn,bnd->bmd", torch.softmax(scores, dim=-1), v)
+
+
+def _build(dims: dict, mode: str, compiled: bool):
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    b, m, n, d, a = (dims[k] for k in ("B", "m", "n", "d", "a"))
+    shapes = [(b, m, d), (b, n, d), (b, n, d), (d, a), (d, a), (a,), (a,)]
+    args = [torch.randn(s, generator=gen) for s in shapes]
+    args[3] /= d**0.5
+    args[4] /= d**0.5
+    fn = torch.compile(_formula) if compiled else _formula
+    if mode == "fwd":
+
+        def call():
+            with torch.no_grad():
+                return fn(*args)
+
+        return call
+    args = [x.requires_grad_() for x in args]
+    cot = torch.randn((b, m, d), generator=gen)
+
+    def call_grad():
+        out = fn(*args)
+        return torch.autograd.grad((out * cot).sum(), args)
+
+    return call_grad
+
+
+def _measure(dims: dict, mode: str, compiled: bool, warmup: int, repeats: int) -> dict:
+    import torch
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    call = _build(dims, mode, compiled)
+    t0 = time.perf_counter()
+    call()  # compiles under torch.compile
+    first_s = time.perf_counter() - t0
+    touched = None
+    if harness._reset_peak_rss():
+        base = harness._read_status_kb("VmRSS")
+        call()
+        peak = harness._read_status_kb("VmHWM")
+        touched = None if base is None or peak is None else (peak - base) * 1024
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return {
+        "compile_s": first_s,
+        "touched_bytes": touched,
+        "median_s": statistics.median(times),
+        "times": times,
+    }
+
+
+def _child(queue, dims, mode, compiled, warmup, repeats):
+    try:
+        queue.put(("ok", _measure(dims, mode, compiled, warmup, repeats)))
+    except BaseException as e:  # report, never hang the parent
+        queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def measure(dims: dict, mode: str, compiled: bool, *, warmup=3, repeats=10, timeout=900) -> dict:
+    """One torch case (eager or compiled, fwd or fwdbwd) in a fresh process; same keys as the harness."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, dims, mode, compiled, warmup, repeats))
+    proc.start()
+    try:
+        status, payload = queue.get(timeout=timeout)
+    except Exception as e:
+        proc.kill()
+        raise RuntimeError(f"torch case {dims} {mode} compiled={compiled} did not finish") from e
+    finally:
+        proc.join(timeout=30)
+    if status != "ok":
+        raise RuntimeError(f"torch case {dims} {mode} compiled={compiled} failed: {payload}")
+    return payload

@@ -1,0 +1,44 @@
+"""benchmarks/harness.py: fresh-process measurement, compile-only memory analysis, table and JSON."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import harness
+
+
+def build_matmul(size: int):
+    """A case builder: jitted matmul + sort, which needs (size, size) float32 temporaries."""
+    x = jnp.ones((size, size), jnp.float32)
+    return jax.jit(lambda x: jnp.sum(jnp.sort(jnp.tanh(x @ x) @ x))), (x,)
+
+
+def test_measure_case_fresh_process():
+    res = harness.measure_case("tests.test_bench_harness:build_matmul", {"size": 256}, warmup=1, repeats=3)
+    assert len(res["times"]) == 3 and all(t > 0 for t in res["times"])
+    assert min(res["times"]) <= res["median_s"] <= max(res["times"])
+    assert res["temp_bytes"] >= 256 * 256 * 4  # at least the (size, size) intermediate
+
+
+def test_compile_only_and_failure_reported():
+    res = harness.compile_only("tests.test_bench_harness:build_matmul", {"size": 512})
+    assert res["temp_bytes"] >= 512 * 512 * 4
+    try:
+        harness.measure_case("tests.test_bench_harness:build_matmul", {"size": -1}, repeats=1)
+    except RuntimeError as e:
+        assert "failed" in str(e)
+    else:
+        raise AssertionError("a failing case must raise RuntimeError")
+
+
+def test_table_and_json(tmp_path, capsys):
+    rows = [{"name": "a", "t": 1.5}, {"name": "b", "t": None}]
+    harness.print_table(rows, [("name", "case", ""), ("t", "ms", ".1f")])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| case | ms |" and out[2] == "| a | 1.5 |" and out[3] == "| b | - |"
+    path = harness.write_json(tmp_path / "r.json", rows, rates={"x": 1.0})
+    data = json.loads(path.read_text())
+    assert data["results"] == rows and data["rates"] == {"x": 1.0}
+    assert data["environment"]["backend"] == jax.default_backend()
+    assert harness.matmul_rate(size=128, repeats=2) > 0 and harness.fused_tanh_rate(64, 256, 2) > 0
