@@ -65,6 +65,20 @@ def test_run_writes_metrics_events_png_summary_and_checkpoints(finished_run):
     assert steps == [4, 8]  # keep_latest=2 (step 8 is also the best-by-accuracy one)
 
 
+def test_trained_model_is_exported_as_a_viz_run(finished_run):
+    from attn_jax.viz.runs import load_run
+
+    workdir, summary = finished_run
+    assert summary["viz_run"] == os.path.join(workdir, "viz", "spatial")
+    model, variables, config = load_run(summary["viz_run"])
+    assert config["family"] == "spatial" and config["image_shape"] == [32, 32, 1]
+    import orbax.checkpoint as ocp
+
+    final = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(STEPS), "state"))
+    jax.tree.map(np.testing.assert_array_equal, dict(variables["params"]), dict(final["params"]))
+    assert model.attention == "spatial"
+
+
 def test_restore_onto_one_device_gives_the_same_test_metrics(finished_run, data_dir):
     workdir, summary = finished_run
     got = loop.evaluate_checkpoint(tiny_config(data_dir, num_devices=1), workdir)
