@@ -66,8 +66,7 @@ class _Runner:
             if jax.process_count() > 1 or mesh.size != jax.local_device_count():
                 raise ValueError("parallel='pmap' runs on all local devices of one process; use 'shard_map'")
             self.train = parallel.pmap_step(step_fn)
-            pmapped = jax.pmap(eval_fn, axis_name="data", in_axes=(None, 0), out_axes=None)
-            self.eval = lambda s, b: pmapped(s, b)
+            self.eval = jax.pmap(eval_fn, axis_name="data", in_axes=(None, 0), out_axes=None)
         else:
             raise ValueError(f"parallel must be 'shard_map' or 'pmap', got {self.mode!r}")
 
@@ -281,7 +280,7 @@ def evaluate_checkpoint(config, workdir: str, *, model=None, split: str = "test"
     model = model or build_model(config.model, meta.num_classes)
     tx = build_optimizer(config)
     runner = _Runner(config, model, tx, mesh)
-    manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
+    manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), async_save=False, read_only=True)
     try:
         state, step = _init_state(config, model, tx, meta, runner, manager, None)
     finally:
