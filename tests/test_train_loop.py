@@ -27,6 +27,11 @@ def _load_config_module():
 classification = _load_config_module()
 
 
+def _read_jsonl(path, whole=False):
+    with open(path) as f:
+        return json.load(f) if whole else [json.loads(line) for line in f if line.strip()]
+
+
 def tiny_config(data_dir, **overrides):
     c = classification.get_config("spatial,tiny")
     c.data_dir = data_dir
@@ -54,7 +59,7 @@ def test_run_writes_metrics_events_png_summary_and_checkpoints(finished_run):
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["test_loss"])
     with open(os.path.join(workdir, "summary.json")) as f:
         assert json.load(f)["test_accuracy"] == summary["test_accuracy"]
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert [r["step"] for r in records if r["split"] == "train"] == [4, 8]
     assert [r["step"] for r in records if r["split"] == "test"] == [8]
     assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in records)
@@ -120,7 +125,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoin
     assert "Last good checkpoint" in str(err.value)
     steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < STEPS
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    records = _read_jsonl(tmp_path / "metrics.jsonl")
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["param_norm"]) for r in records if r["step"] in steps)
 
 
