@@ -27,6 +27,11 @@ def _load_config_module():
 classification = _load_config_module()
 
 
+def _read_jsonl(path, whole=False):
+    with open(path) as f:
+        return json.load(f) if whole else [json.loads(line) for line in f if line.strip()]
+
+
 def tiny_config(data_dir, **overrides):
     c = classification.get_config("spatial,tiny")
     c.data_dir = data_dir
@@ -54,7 +59,7 @@ def test_run_writes_metrics_events_png_summary_and_checkpoints(finished_run):
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and np.isfinite(summary["test_loss"])
     with open(os.path.join(workdir, "summary.json")) as f:
         assert json.load(f)["test_accuracy"] == summary["test_accuracy"]
-    records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    records = _read_jsonl(os.path.join(workdir, "metrics.jsonl"))
     assert [r["step"] for r in records if r["split"] == "train"] == [4, 8]
     assert [r["step"] for r in records if r["split"] == "test"] == [8]
     assert all(np.isfinite(r["loss"]) and 0 <= r["accuracy"] <= 1 for r in records)
@@ -63,6 +68,20 @@ def test_run_writes_metrics_events_png_summary_and_checkpoints(finished_run):
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
     assert steps == [4, 8]  # keep_latest=2 (step 8 is also the best-by-accuracy one)
+
+
+def test_trained_model_is_exported_as_a_viz_run(finished_run):
+    from attn_jax.viz.runs import load_run
+
+    workdir, summary = finished_run
+    assert summary["viz_run"] == os.path.join(workdir, "viz", "spatial")
+    model, variables, config = load_run(summary["viz_run"])
+    assert config["family"] == "spatial" and config["image_shape"] == [32, 32, 1]
+    import orbax.checkpoint as ocp
+
+    final = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(STEPS), "state"))
+    jax.tree.map(np.testing.assert_array_equal, dict(variables["params"]), dict(final["params"]))
+    assert model.attention == "spatial"
 
 
 def test_restore_onto_one_device_gives_the_same_test_metrics(finished_run, data_dir):
@@ -106,7 +125,7 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoin
     assert "Last good checkpoint" in str(err.value)
     steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
     assert steps == list(range(1, len(steps) + 1)) and len(steps) < STEPS
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    records = _read_jsonl(tmp_path / "metrics.jsonl")
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["param_norm"]) for r in records if r["step"] in steps)
 
 
@@ -132,5 +151,32 @@ def test_cli_usage_and_dispatch(capsys):
     assert exit_.value.code == 0
 
 
-def test_devices(data_dir):
-    assert jax.device_count() == 8
+def test_pmap_loop_matches_shard_map_loop(finished_run, data_dir, tmp_path):
+    import orbax.checkpoint as ocp
+
+    loop.train_and_evaluate(tiny_config(data_dir, parallel="pmap", png_examples=0), str(tmp_path))
+    path = lambda d: os.path.join(d, "checkpoints", str(STEPS), "state")
+    want = ocp.StandardCheckpointer().restore(path(finished_run[0]))
+    got = ocp.StandardCheckpointer().restore(path(str(tmp_path)))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), want, got)
+
+
+def test_bfloat16_compute_trains_with_float32_parameters(data_dir):
+    import functools
+
+    import jax.numpy as jnp
+
+    from attn_jax.train import parallel, step
+    from attn_jax.train.factory import build_model, build_optimizer
+    from attn_jax.train.state import create_train_state
+
+    cfg = tiny_config(data_dir, model={"dtype": "bfloat16"})
+    model, tx = build_model(cfg.model, 10), build_optimizer(cfg)
+    images = np.random.default_rng(0).normal(size=(16, 32, 32, 1)).astype(np.float32)
+    state = create_train_state(model, tx, jax.random.PRNGKey(0), jnp.asarray(images[:2]))
+    mesh = parallel.make_mesh(8)
+    fn = parallel.shard_map_step(functools.partial(step.train_step, model=model, tx=tx), mesh)
+    batch = {"image": images, "label": np.arange(16, dtype=np.int32) % 10}
+    state, metrics = fn(parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh))
+    assert np.isfinite(float(metrics["loss"])) and float(metrics["count"]) == 16
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))

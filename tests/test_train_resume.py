@@ -1,7 +1,6 @@
 """Reliability: SIGTERM saves and exits cleanly; SIGKILL at a random step, then restart, resumes from the
 latest finalised checkpoint; the final state is bitwise equal to an uninterrupted run (CPU)."""
 
-import json
 import os
 import random
 import signal
@@ -14,7 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tests.test_train_loop import CONFIG, ROOT, classification
+from tests.test_train_loop import CONFIG, ROOT, _read_jsonl, classification
 
 STEPS = 12
 RUN = os.path.join(ROOT, "experiments", "run.py")
@@ -55,7 +54,7 @@ def _wait_for_step(proc, workdir, step, timeout=600):
         if proc.poll() is not None:
             raise AssertionError(f"run ended early (rc={proc.returncode}):\n{proc.stdout.read()[-3000:]}")
         if os.path.exists(path):
-            steps = [json.loads(line)["step"] for line in open(path) if line.strip()]
+            steps = [r["step"] for r in _read_jsonl(path)]
             if steps and max(steps) >= step:
                 return max(steps)
         time.sleep(0.05)
@@ -82,7 +81,7 @@ def test_sigterm_then_sigkill_then_restart_equals_uninterrupted_run(data_dir, tm
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    summary = _read_jsonl(os.path.join(workdir, "summary.json"), whole=True)
     assert summary["stop_reason"] == "sigterm" and 2 <= summary["step"] < STEPS, summary
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(summary["step"])))
 
@@ -96,7 +95,7 @@ def test_sigterm_then_sigkill_then_restart_equals_uninterrupted_run(data_dir, tm
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "resumed from checkpoint step" in out
-    summary = json.load(open(os.path.join(workdir, "summary.json")))
+    summary = _read_jsonl(os.path.join(workdir, "summary.json"), whole=True)
     assert summary["stop_reason"] == "done" and 0 < summary["resumed_from"] <= killed_after, summary
 
     want, got = _final_state(reference), _final_state(workdir)

@@ -36,8 +36,11 @@ def make_manager(
     keep_best: int = 1,
     best_metric: str = "accuracy",
     async_save: bool = True,
+    read_only: bool = False,
 ) -> ocp.CheckpointManager:
-    """A CheckpointManager with items "state" (pytree) and "data" (grain iterator, one file per process)."""
+    """A CheckpointManager with items "state" (pytree) and "data" (grain iterator, one file per process).
+
+    read_only: for evaluation next to a running job (no saves, no removal of its in-flight temporaries)."""
     if keep_latest < 1 or keep_best < 0:
         raise ValueError(f"need keep_latest >= 1 and keep_best >= 0, got {keep_latest=}, {keep_best=}")
     policies = [cm.LatestN(n=keep_latest)]
@@ -50,20 +53,22 @@ def make_manager(
     options = ocp.CheckpointManagerOptions(
         preservation_policy=cm.AnyPreservationPolicy(policies),
         enable_async_checkpointing=async_save,
-        cleanup_tmp_directories=True,
+        cleanup_tmp_directories=not read_only,
+        read_only=read_only,
     )
-    report_unfinished(directory)
+    report_unfinished(directory, removed=not read_only)
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": grain.checkpoint.CheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(directory), item_handlers=handlers, options=options)
 
 
-def report_unfinished(directory: str) -> list[str]:
+def report_unfinished(directory: str, removed: bool = True) -> list[str]:
     """Names of leftover temporary step directories (an interrupted save); each is logged and skipped."""
     if not os.path.isdir(directory):
         return []
     names = sorted(n for n in os.listdir(directory) if TMP_MARK in n)
     for name in names:
-        msg = f"checkpoint: skipping unfinished save {os.path.join(directory, name)} (removed)"
+        msg = f"checkpoint: skipping unfinished save {os.path.join(directory, name)}"
+        msg += " (removed)" if removed else ""
         log.warning(msg)
         print(msg, flush=True)
     return names

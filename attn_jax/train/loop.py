@@ -66,8 +66,7 @@ class _Runner:
             if jax.process_count() > 1 or mesh.size != jax.local_device_count():
                 raise ValueError("parallel='pmap' runs on all local devices of one process; use 'shard_map'")
             self.train = parallel.pmap_step(step_fn)
-            pmapped = jax.pmap(eval_fn, axis_name="data", in_axes=(None, 0), out_axes=None)
-            self.eval = lambda s, b: pmapped(s, b)
+            self.eval = jax.pmap(eval_fn, axis_name="data", in_axes=(None, 0), out_axes=None)
         else:
             raise ValueError(f"parallel must be 'shard_map' or 'pmap', got {self.mode!r}")
 
@@ -189,6 +188,26 @@ def _write_png(config, model, state, workdir, meta) -> str | None:
     )
 
 
+def _export_viz_run(config, state, workdir, meta) -> str | None:
+    """Save the trained SmallCNN classifier as a viz run (<workdir>/viz/<attention>/), so that
+    `attn-jax visualize --workdir <workdir>/viz` draws and scores it; None for other models."""
+    m = config.model
+    if (
+        jax.process_index() != 0
+        or m.backbone != "small_cnn"
+        or m.blocks_per_stage != 1
+        or m.dtype != "float32"
+    ):
+        return None
+    from attn_jax.viz.runs import save_run
+
+    host = jax.device_get(state)
+    variables = {"params": host.params, **({"batch_stats": host.batch_stats} if host.batch_stats else {})}
+    viz_config = {"family": m.attention, "widths": list(m.features), "stride": m.stride,
+                  "num_classes": meta.num_classes, "image_shape": list(meta.image_shape)}  # fmt: skip
+    return save_run(os.path.join(workdir, "viz", m.attention), variables, viz_config)
+
+
 def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
     """Train the classifier of `config` on its dataset, evaluating and checkpointing in `workdir`.
 
@@ -196,7 +215,7 @@ def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
     wall time, stop reason ("done" or "sigterm"). `model` overrides the config's model (tests, notebooks);
     its BatchNorm must average over the axis "data" for exact data parallelism.
     """
-    t0 = time.time()
+    t0, explicit_model = time.time(), model
     maybe_initialize(config.get("coordinator") or None)
     meta = dataset_info(config.dataset, task="classification", data_dir=config.data_dir)
     mesh = parallel.make_mesh(config.num_devices or None)
@@ -245,6 +264,8 @@ def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
     if reason == "done":
         summary.update({f"test_{k}": v for k, v in (last_eval or evaluate(runner, state, config)).items()})
         summary["attention_png"] = _write_png(config, model, state, workdir, meta)
+        if explicit_model is None and config.get("export_viz", True):
+            summary["viz_run"] = _export_viz_run(config, state, workdir, meta)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
@@ -259,7 +280,7 @@ def evaluate_checkpoint(config, workdir: str, *, model=None, split: str = "test"
     model = model or build_model(config.model, meta.num_classes)
     tx = build_optimizer(config)
     runner = _Runner(config, model, tx, mesh)
-    manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), async_save=False)
+    manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), async_save=False, read_only=True)
     try:
         state, step = _init_state(config, model, tx, meta, runner, manager, None)
     finally:

@@ -24,9 +24,12 @@ def _workdir(config) -> str:
     return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+_VERBOSE = False
+
+
 def _quiet() -> None:
-    """orbax logs every save at INFO under absl; keep warnings (unless -v/--verbosity was given)."""
-    if flags.FLAGS["verbosity"].using_default_value:
+    """orbax and tfds log every save / load at INFO under absl; keep warnings unless -v/--verbosity."""
+    if not _VERBOSE:
         logging.set_verbosity(logging.WARNING)
 
 
@@ -64,4 +67,6 @@ def eval_main(argv) -> None:
 
 def run(command: str, argv: list[str]) -> None:
     """Parse flags from argv (argv[0] = program name) and run "train" or "eval"."""
+    global _VERBOSE
+    _VERBOSE = any(a.startswith(("-v", "--v")) for a in argv[1:])
     app.run({"train": train_main, "eval": eval_main}[command], argv=argv)

@@ -25,8 +25,8 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "small_cnn"
-    c.model.features = (8, 16) if tiny else (32, 64, 128)
-    c.model.stride = 4
+    c.model.features = (8, 16) if tiny else (16, 32, 64, 128)  # receptive field 31 px at stride 8
+    c.model.stride = 4 if tiny else 8
     c.model.blocks_per_stage = 1
     c.model.attention = attention
     c.model.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
@@ -42,7 +42,7 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
 
     c.batch_size = 32 if tiny else 128  # global
     c.eval_batch_size = 32 if tiny else 500
-    c.num_train_steps = 16 if tiny else 2000
+    c.num_train_steps = 16 if tiny else 1500
     c.log_every_steps = 4 if tiny else 100
     c.eval_every_steps = 8 if tiny else 500
     c.checkpoint_every_steps = 4 if tiny else 500
