@@ -25,14 +25,14 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "small_cnn"
-    c.model.features = (8, 16) if tiny else (16, 32, 64, 128)  # receptive field 31 px at stride 8
+    c.model.features = (8, 16) if tiny else (24, 48, 96, 128)  # receptive field 31 px at stride 8
     c.model.stride = 4 if tiny else 8
     c.model.blocks_per_stage = 1
     c.model.attention = attention
     c.model.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
 
     c.optimizer = "adamw"
-    c.lr = 3e-3
+    c.lr = 3e-3 if tiny else 5e-3
     c.weight_decay = 1e-4
     c.momentum = 0.9  # sgd only
     c.warmup_steps = 5 if tiny else 100
