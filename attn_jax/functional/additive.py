@@ -10,6 +10,7 @@ broadcast leading batch dims. Projections are computed once per query and once p
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import jax
@@ -96,8 +97,8 @@ class PallasUnavailableError(ImportError):
 
 def _pallas_kernel():
     """Lazily import the fused Pallas kernel (attn_jax.kernels.additive_pallas)."""
-    try:
-        from attn_jax.kernels import additive_pallas
+    try:  # import_module, not `from attn_jax.kernels import ...`: it honours sys.modules (tests patch it)
+        additive_pallas = importlib.import_module("attn_jax.kernels.additive_pallas")
     except ImportError as e:
         raise PallasUnavailableError(
             "implementation='pallas' needs attn_jax.kernels.additive_pallas.pallas_additive_attention, "
