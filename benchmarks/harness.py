@@ -107,11 +107,32 @@ def _measure_in_process(builder: str, kwargs: dict, warmup: int, repeats: int, p
     }
 
 
-def _child(queue, builder, kwargs, warmup, repeats, probe):
+def _child(queue, fn, args):
     try:
-        queue.put(("ok", _measure_in_process(builder, kwargs, warmup, repeats, probe)))
+        queue.put(("ok", fn(*args)))
     except BaseException as e:  # report any failure to the parent instead of hanging it
         queue.put(("error", f"{type(e).__name__}: {e}"))
+
+
+def run_in_fresh_process(fn, args: tuple, *, timeout: float, label: str):
+    """Call the module-level function `fn(*args)` in a fresh spawned process and return its result.
+
+    Raises RuntimeError naming `label` with the child's error message, or if it does not finish in
+    `timeout` seconds. Used by every benchmark so each case starts from a clean process."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    try:
+        status, payload = queue.get(timeout=timeout)
+    except Exception as e:
+        proc.kill()
+        raise RuntimeError(f"{label} did not finish in {timeout} s") from e
+    finally:
+        proc.join(timeout=30)
+    if status != "ok":
+        raise RuntimeError(f"{label} failed: {payload}")
+    return payload
 
 
 def measure_case(
@@ -130,20 +151,8 @@ def measure_case(
     its two results are returned under "probes".
     Raises RuntimeError with the child's error message if the case fails or times out.
     """
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, builder, dict(kwargs or {}), warmup, repeats, probe))
-    proc.start()
-    try:
-        status, payload = queue.get(timeout=timeout)
-    except Exception as e:
-        proc.kill()
-        raise RuntimeError(f"case {builder} {kwargs} did not finish in {timeout} s") from e
-    finally:
-        proc.join(timeout=30)
-    if status != "ok":
-        raise RuntimeError(f"case {builder} {kwargs} failed: {payload}")
-    return payload
+    args = (builder, dict(kwargs or {}), warmup, repeats, probe)
+    return run_in_fresh_process(_measure_in_process, args, timeout=timeout, label=f"case {builder} {kwargs}")
 
 
 def compile_only(builder: str, kwargs: dict | None = None) -> dict:

@@ -6,7 +6,6 @@ in a fresh spawned process; medians of back-to-back calls after warm-up; first-c
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import statistics
 import time
 
@@ -85,26 +84,8 @@ def _measure(dims: dict, mode: str, compiled: bool, warmup: int, repeats: int) -
     }
 
 
-def _child(queue, dims, mode, compiled, warmup, repeats):
-    try:
-        queue.put(("ok", _measure(dims, mode, compiled, warmup, repeats)))
-    except BaseException as e:  # report, never hang the parent
-        queue.put(("error", f"{type(e).__name__}: {e}"))
-
-
 def measure(dims: dict, mode: str, compiled: bool, *, warmup=3, repeats=10, timeout=900) -> dict:
     """One torch case (eager or compiled, fwd or fwdbwd) in a fresh process; same keys as the harness."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, dims, mode, compiled, warmup, repeats))
-    proc.start()
-    try:
-        status, payload = queue.get(timeout=timeout)
-    except Exception as e:
-        proc.kill()
-        raise RuntimeError(f"torch case {dims} {mode} compiled={compiled} did not finish") from e
-    finally:
-        proc.join(timeout=30)
-    if status != "ok":
-        raise RuntimeError(f"torch case {dims} {mode} compiled={compiled} failed: {payload}")
-    return payload
+    label = f"torch case {dims} {mode} compiled={compiled}"
+    args = (dims, mode, compiled, warmup, repeats)
+    return harness.run_in_fresh_process(_measure, args, timeout=timeout, label=label)
