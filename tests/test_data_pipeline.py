@@ -202,6 +202,40 @@ def test_crop_and_flip_move_boxes_with_masks(raw_batch, offsets, flips):
     _check_boxes(T.flip_batch(cropped, np.array(flips)), unclipped)
 
 
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), zoom=st.floats(0.0, 0.3), degrees=st.floats(0.0, 30.0))
+def test_affine_moves_boxes_with_masks(raw_batch, seed, zoom, degrees):
+    """After a random zoom and rotation every mask pixel of an object still lies inside its box."""
+    maps = T.random_affine_maps(np.random.default_rng(seed), 8, zoom, degrees)
+    warped = T.affine_batch(raw_batch, maps)
+    assert {k: (v.shape, v.dtype) for k, v in warped.items()} == {
+        k: (v.shape, v.dtype) for k, v in raw_batch.items()
+    }
+    _check_boxes(warped, np.zeros_like(raw_batch["box_valid"]))  # coverage only: rotated boxes grow
+
+
+def test_affine_identity_and_quarter_turn_are_exact(raw_batch):
+    eye = np.tile(np.eye(2), (8, 1, 1))
+    _equal_batches(T.affine_batch(raw_batch, eye), raw_batch)
+    quarter = np.tile(np.array([[0.0, -1.0], [1.0, 0.0]]), (8, 1, 1))  # (row, col) -> (-col, row) about the centre
+    turned = T.affine_batch(raw_batch, quarter)
+    np.testing.assert_array_equal(turned["image"], np.rot90(raw_batch["image"], 1, axes=(1, 2)))
+    np.testing.assert_array_equal(turned["mask"], np.rot90(raw_batch["mask"], 1, axes=(1, 2)))
+    _check_boxes(turned)  # a quarter turn keeps tight boxes tight
+    zoomed = T.affine_batch(raw_batch, eye * 4.0)  # objects off-centre leave the image: boxes invalidated
+    assert zoomed["box_valid"].sum() < raw_batch["box_valid"].sum()
+    assert not zoomed["boxes"][~zoomed["box_valid"]].any()
+    _check_boxes(zoomed, np.zeros_like(raw_batch["box_valid"]))
+
+
+def test_affine_augmentation_in_the_pipeline(data_dir):
+    plain = next(iter(_pipe(data_dir, task="segmentation", train=True, augment=())))
+    warped = next(iter(_pipe(data_dir, task="segmentation", train=True, augment=("affine",))))
+    np.testing.assert_array_equal(plain["label"], warped["label"])  # same records, same order
+    assert not np.array_equal(plain["image"], warped["image"])
+    assert warped["image"].shape == plain["image"].shape and warped["mask"].shape == plain["mask"].shape
+
+
 def test_flip_twice_is_identity_and_zero_crop_is_identity(raw_batch):
     flips = np.array([True, False] * 4)
     _equal_batches(T.flip_batch(T.flip_batch(raw_batch, flips), flips), raw_batch)

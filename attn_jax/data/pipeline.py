@@ -105,21 +105,24 @@ def per_process_batch(batch_size: int, shard_count: int, num_devices: int | None
     return batch_size // shard_count
 
 
+AUGMENTATIONS = ("crop", "flip", "affine")  # pad-and-crop, horizontal flip, zoom +-10% and rotation +-10 deg
+
+
 def _operations(adapter, task, train, image_size, max_boxes, augment, batch):
     """Per-example Prepare, Batch, then batch-level augmentation (train only), normalisation, padding."""
     size = None if image_size is None else _size_pair(image_size)
     if size is None and adapter.image_shape[0] is None:
         raise ValueError(f"dataset {adapter.name!r} has images of varying size: pass image_size")
     augment = adapter.augment if augment is None else tuple(augment)
-    unknown = set(augment) - {"crop", "flip"}
+    unknown = set(augment) - set(AUGMENTATIONS)
     if unknown:
-        raise ValueError(f"unknown augment {sorted(unknown)}; known: ['crop', 'flip']")
+        raise ValueError(f"unknown augment {sorted(unknown)}; known: {list(AUGMENTATIONS)}")
     ops = [
         T.Prepare(adapter.canonicalize, task, size, max_boxes),
         grain.transforms.Batch(batch, drop_remainder=train),
     ]
     if train and augment:
-        ops.append(T.AugmentBatch(crop="crop" in augment, flip="flip" in augment))
+        ops.append(T.AugmentBatch(crop="crop" in augment, flip="flip" in augment, affine="affine" in augment))
     ops.append(T.NormalizeBatch(adapter.mean, adapter.std))
     if not train:
         ops.append(T.PadBatch(batch))

@@ -100,6 +100,69 @@ def flip_batch(batch: dict, flip: np.ndarray) -> dict:
     return out
 
 
+def random_affine_maps(rng: np.random.Generator, b: int, max_scale_change: float, max_rotation_degrees: float):
+    """(b, 2, 2) random zoom-and-rotate matrices: scale uniform in 1 +- max_scale_change, angle in
+    +- max_rotation_degrees, mapping (row, col) offsets from the image centre in the input to the output."""
+    scale = rng.uniform(1.0 - max_scale_change, 1.0 + max_scale_change, b)
+    angle = np.deg2rad(rng.uniform(-max_rotation_degrees, max_rotation_degrees, b))
+    cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+    return np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
+
+
+def affine_batch(batch: dict, maps: np.ndarray) -> dict:
+    """Warp every example by its (2, 2) linear map `maps[i]` about the image centre (input -> output).
+
+    Image: bilinear, zeros outside; mask: nearest, background (0) outside; boxes: the box around the
+    four mapped corners, clipped to the image, invalidated when nothing is left. Shapes are unchanged.
+    """
+    image = batch["image"]
+    b, h, w = image.shape[:3]
+    maps = np.asarray(maps, np.float64).reshape(b, 2, 2)
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    inv = np.linalg.inv(maps).astype(np.float32)[:, :, :, None, None]  # output -> input, (b, 2, 2, 1, 1)
+    dy = (np.arange(h, dtype=np.float32) - centre[0].astype(np.float32))[:, None]
+    dx = (np.arange(w, dtype=np.float32) - centre[1].astype(np.float32))[None, :]
+    src_rows = inv[:, 0, 0] * dy + inv[:, 0, 1] * dx + np.float32(centre[0])  # (b, H, W)
+    src_cols = inv[:, 1, 0] * dy + inv[:, 1, 1] * dx + np.float32(centre[1])
+    # Pad by 2 zero pixels per side and clip the top-left tap to [-2, h] x [-2, w]: taps off the image
+    # then read zeros, and no bounds test is needed per tap.
+    hp, wp = h + 4, w + 4
+    base = (np.arange(b, dtype=np.int64) * (hp * wp))[:, None, None]
+    r0, c0 = np.floor(src_rows), np.floor(src_cols)
+    fr, fc = (src_rows - r0)[..., None], (src_cols - c0)[..., None]
+    top_left = base + (np.clip(r0, -2, h).astype(np.int64) + 2) * wp + np.clip(c0, -2, w).astype(np.int64) + 2
+    channels = image.shape[3:]
+    padded = np.pad(image.astype(np.float32), ((0, 0), (2, 2), (2, 2)) + ((0, 0),) * len(channels))
+    flat = padded.reshape(b * hp * wp, *channels)
+    top = np.take(flat, top_left, 0) * (1 - fc) + np.take(flat, top_left + 1, 0) * fc
+    bottom = np.take(flat, top_left + wp, 0) * (1 - fc) + np.take(flat, top_left + wp + 1, 0) * fc
+    warped = top * (1 - fr) + bottom * fr
+    out = dict(batch)
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        warped = np.clip(np.round(warped), info.min, info.max)
+    out["image"] = warped.astype(image.dtype)
+    if "mask" in batch:
+        nearest = base + (np.clip(np.round(src_rows), -2, h).astype(np.int64) + 2) * wp
+        nearest += np.clip(np.round(src_cols), -2, w).astype(np.int64) + 2
+        out["mask"] = np.take(np.pad(batch["mask"], ((0, 0), (2, 2), (2, 2))).reshape(-1), nearest)
+    if "boxes" in batch:
+        scale = np.array([h, w], np.float64)
+        bx = batch["boxes"].astype(np.float64)  # (b, K, 4) normalised (ymin, xmin, ymax, xmax)
+        corners = np.stack(
+            [bx[..., [0, 1]], bx[..., [0, 3]], bx[..., [2, 1]], bx[..., [2, 3]]], axis=-2
+        ) * scale - (centre + 0.5)  # (b, K, 4, 2) pixel-edge coordinates about the centre
+        moved = np.einsum("bij,bkcj->bkci", maps, corners) + centre + 0.5
+        lo = np.clip(moved.min(-2), 0.0, scale)
+        hi = np.clip(moved.max(-2), 0.0, scale)
+        valid = batch["box_valid"] & (hi[..., 0] > lo[..., 0]) & (hi[..., 1] > lo[..., 1])
+        new = np.concatenate([lo / scale, hi / scale], -1)
+        out["boxes"] = np.where(valid[..., None], new, 0.0).astype(np.float32)
+        out["box_valid"] = valid
+        out["box_labels"] = np.where(valid, batch["box_labels"], 0).astype(batch["box_labels"].dtype)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Prepare(grain.transforms.Map):
     """Per example: raw record -> canonical dict (`canonicalize`), resized, boxes padded, task keys kept.
@@ -130,14 +193,21 @@ class Prepare(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class AugmentBatch(grain.transforms.RandomMap):
-    """Per batch (vectorised): random pad-and-crop (pad = pad_fraction of the side) and/or horizontal flip."""
+    """Per batch (vectorised), in this order: random zoom and rotation about the centre (`affine`),
+    random pad-and-crop (pad = pad_fraction of the side) and horizontal flip."""
 
     crop: bool = True
     flip: bool = False
     pad_fraction: float = 0.125
+    affine: bool = False
+    max_scale_change: float = 0.1
+    max_rotation_degrees: float = 10.0
 
     def random_map(self, batch: dict, rng: np.random.Generator) -> dict:
         b, h, w = batch["image"].shape[:3]
+        if self.affine:
+            maps = random_affine_maps(rng, b, self.max_scale_change, self.max_rotation_degrees)
+            batch = affine_batch(batch, maps)
         if self.crop:
             pad = max(1, round(self.pad_fraction * max(h, w)))
             tops, lefts = rng.integers(0, 2 * pad + 1, (2, b))

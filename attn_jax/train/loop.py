@@ -231,6 +231,7 @@ def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
             seed=config.seed,
             data_dir=config.data_dir,
             num_devices=mesh.size,
+            augment=config.get("augment"),
         )
     )
     os.makedirs(workdir, exist_ok=True)

@@ -39,6 +39,8 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     c.clip_norm = 1.0
     c.skip_nonfinite = 0  # > 0: optax.apply_if_finite with that many consecutive skips
     c.label_smoothing = 0.0 if tiny else 0.1
+    # training augmentations (attn_jax.data.AUGMENTATIONS): pad-and-crop; "affine" adds zoom and rotation
+    c.augment = ("crop",)
 
     c.batch_size = 32 if tiny else 128  # global
     c.eval_batch_size = 32 if tiny else 500
