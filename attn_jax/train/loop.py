@@ -23,7 +23,7 @@ from attn_jax.train import checkpoint as ckpt
 from attn_jax.train import parallel
 from attn_jax.train.distributed import maybe_initialize
 from attn_jax.train.factory import build_model, build_optimizer
-from attn_jax.train.figures import attention_maps, save_attention_png
+from attn_jax.viz import attention_grid, capture_attention
 from attn_jax.train.state import abstract_train_state, create_train_state
 from attn_jax.train.step import eval_step, train_step
 from attn_jax.train.writers import MetricWriter, progress_bar, reduce_sums
@@ -180,12 +180,12 @@ def _write_png(config, model, state, workdir, meta) -> str | None:
     )
     host = jax.device_get(state)
     variables = {"params": host.params, **({"batch_stats": host.batch_stats} if host.batch_stats else {})}
-    logits = model.apply(variables, batch["image"], train=False)  # running BatchNorm stats: no collectives
-    maps = attention_maps(model, variables, batch["image"])
+    # running BatchNorm statistics (train=False): no collectives, so a plain apply on one host is fine
+    maps, logits = capture_attention(model, variables, batch["image"], with_output=True, train=False)
+    columns = {path: amap.image for path, amap in maps.items()} or {"no attention map sown": None}
+    pairs = " ".join(f"{y}/{p}" for y, p in zip(batch["label"], np.argmax(logits, -1)))
     path = os.path.join(workdir, "attention_maps.png")
-    return save_attention_png(
-        path, batch["image"], batch["label"], np.argmax(logits, -1), maps, mean=meta.mean, std=meta.std
-    )
+    return attention_grid(path, batch["image"], columns, title=f"{config.model.attention}: label/prediction {pairs}")
 
 
 def _export_viz_run(config, state, workdir, meta) -> str | None:
