@@ -217,7 +217,8 @@ def test_affine_moves_boxes_with_masks(raw_batch, seed, zoom, degrees):
 def test_affine_identity_and_quarter_turn_are_exact(raw_batch):
     eye = np.tile(np.eye(2), (8, 1, 1))
     _equal_batches(T.affine_batch(raw_batch, eye), raw_batch)
-    quarter = np.tile(np.array([[0.0, -1.0], [1.0, 0.0]]), (8, 1, 1))  # (row, col) -> (-col, row) about the centre
+    # (row, col) -> (-col, row) about the centre
+    quarter = np.tile(np.array([[0.0, -1.0], [1.0, 0.0]]), (8, 1, 1))
     turned = T.affine_batch(raw_batch, quarter)
     np.testing.assert_array_equal(turned["image"], np.rot90(raw_batch["image"], 1, axes=(1, 2)))
     np.testing.assert_array_equal(turned["mask"], np.rot90(raw_batch["mask"], 1, axes=(1, 2)))

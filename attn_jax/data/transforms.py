@@ -100,7 +100,9 @@ def flip_batch(batch: dict, flip: np.ndarray) -> dict:
     return out
 
 
-def random_affine_maps(rng: np.random.Generator, b: int, max_scale_change: float, max_rotation_degrees: float):
+def random_affine_maps(
+    rng: np.random.Generator, b: int, max_scale_change: float, max_rotation_degrees: float
+):
     """(b, 2, 2) random zoom-and-rotate matrices: scale uniform in 1 +- max_scale_change, angle in
     +- max_rotation_degrees, mapping (row, col) offsets from the image centre in the input to the output."""
     scale = rng.uniform(1.0 - max_scale_change, 1.0 + max_scale_change, b)

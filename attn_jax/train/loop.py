@@ -23,10 +23,10 @@ from attn_jax.train import checkpoint as ckpt
 from attn_jax.train import parallel
 from attn_jax.train.distributed import maybe_initialize
 from attn_jax.train.factory import build_model, build_optimizer
-from attn_jax.viz import attention_grid, capture_attention
 from attn_jax.train.state import abstract_train_state, create_train_state
 from attn_jax.train.step import eval_step, train_step
 from attn_jax.train.writers import MetricWriter, progress_bar, reduce_sums
+from attn_jax.viz import attention_grid, capture_attention
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -185,7 +185,9 @@ def _write_png(config, model, state, workdir, meta) -> str | None:
     columns = {path: amap.image for path, amap in maps.items()} or {"no attention map sown": None}
     pairs = " ".join(f"{y}/{p}" for y, p in zip(batch["label"], np.argmax(logits, -1)))
     path = os.path.join(workdir, "attention_maps.png")
-    return attention_grid(path, batch["image"], columns, title=f"{config.model.attention}: label/prediction {pairs}")
+    return attention_grid(
+        path, batch["image"], columns, title=f"{config.model.attention}: label/prediction {pairs}"
+    )
 
 
 def _export_viz_run(config, state, workdir, meta) -> str | None:
