@@ -31,6 +31,11 @@ def main(process_id: int, port: int, out: str) -> None:
         state, metrics = fn(state, parallel.shard_batch(local, mesh))
     replicated = (state.params, state.batch_stats, metrics)
     host = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), replicated)
+    from attn_jax.train.loop import any_process
+
+    # a SIGTERM seen by one process only stops both (train loop's preemption agreement)
+    agreed = [any_process(process_id == 1), any_process(False), any_process(True)]
+    assert agreed == [True, False, True], agreed
     if process_id == 0:
         leaves = jax.tree.leaves(host)
         np.savez(out, *leaves)

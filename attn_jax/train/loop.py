@@ -52,6 +52,15 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self._old)
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is True on any (a collective: all processes must call it)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
+
+
 class _Runner:
     """Compiled train / eval steps and host <-> device placement for one parallel mode."""
 
@@ -135,11 +144,17 @@ def _train(config, runner, state, start, iterator, manager, writer, sigterm):
     total, pending, last_eval = config.num_train_steps, [], None
     bar = progress_bar(total, start, config.get("progress", True))
     every = lambda n, s: (n and s % n == 0) or s == total  # noqa: E731
+    # A SIGTERM may reach only some processes: they agree every `preemption_check_every_steps` steps (a
+    # tiny all-gather; every step with one process), then all save the same step and stop together.
+    check_every = 1 if jax.process_count() == 1 else config.get("preemption_check_every_steps", 10)
+    stop = False
     for step in range(start + 1, total + 1):
         state, metrics = runner.train(state, runner.batch(next(iterator)))
         pending.append(metrics)
         bar.update(1)
-        save_now = every(config.checkpoint_every_steps, step) or sigterm.requested
+        if step % check_every == 0 or step == total:
+            stop = any_process(sigterm.requested)
+        save_now = every(config.checkpoint_every_steps, step) or stop
         is_eval = every(config.eval_every_steps, step)
         if every(config.log_every_steps, step) or save_now or is_eval:
             train_metrics = _summarize(pending)
@@ -153,7 +168,7 @@ def _train(config, runner, state, start, iterator, manager, writer, sigterm):
             bar.write(f"step {step}: test accuracy {last_eval['accuracy']:.4f} loss {last_eval['loss']:.4f}")
         if save_now:
             ckpt.save(manager, step, state, iterator, metrics=last_eval if is_eval else None)
-        if sigterm.requested:
+        if stop:
             bar.close()
             return state, last_eval, "sigterm"
     bar.close()

@@ -54,6 +54,7 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
 
     c.num_devices = 0  # 0: all devices
     c.parallel = "shard_map"  # or "pmap"
+    c.preemption_check_every_steps = 10  # multi-process: how often processes agree on a SIGTERM
     c.coordinator = ""  # host:port for multi-host (or ATTN_JAX_COORDINATOR and friends)
     c.progress = True
     c.tensorboard = True
