@@ -9,6 +9,7 @@ Known names: "cluttered_digits" (= "cluttered_digits/default"), "cluttered_digit
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -16,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from attn_jax.data import cluttered_digits as cd
 from attn_jax.data._paths import default_data_dir
+from attn_jax.data.memory_source import MemorySource
 from attn_jax.data.transforms import resize_example
 
 TASKS = ("classification", "detection", "segmentation")
@@ -156,8 +158,12 @@ def load_source(adapter: Adapter, split: str, data_dir: str | None = None):
     if adapter.config is not None:
         builder = cd.prepare(adapter.config, data_dir)
         if adapter.config in cd.BUILDER_CONFIGS:
-            return tfds.data_source(adapter.tfds_name, split=split, data_dir=data_dir, download=False)
-        return builder.as_data_source(split=split)
+            source = tfds.data_source(adapter.tfds_name, split=split, data_dir=data_dir, download=False)
+        else:
+            source = builder.as_data_source(split=split)
+        # small enough to hold in memory: decoded once into .npy columns beside the dataset files
+        safe_split = "".join(c if c.isalnum() else "_" for c in split)
+        return MemorySource(source, os.path.join(builder.data_dir, f"memory-{safe_split}"))
     try:
         return tfds.data_source(adapter.tfds_name, split=split, data_dir=data_dir, download=False)
     except (NotImplementedError, AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError) as err:
