@@ -7,6 +7,7 @@ On CPU, cross-process collectives use gloo.
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 
@@ -43,3 +44,21 @@ def _env_int(name: str) -> int | None:
         return int(value)
     except ValueError:
         raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def configure_cpu_devices(count: int) -> None:
+    """Split the host CPU into `count` XLA devices, so the data-parallel step runs one shard per device
+    (on a 2-core CPU, 4 devices train ~1.5x faster than 1: one device's convolutions keep only ~1.6 cores
+    busy). 0 leaves JAX's default. Must run before JAX starts its backends (the CLI calls it first); if
+    they already started with another CPU device count, warns and leaves them. No effect on GPU/TPU."""
+    if not count:
+        return
+    try:
+        jax.config.update("jax_num_cpu_devices", int(count))
+    except RuntimeError:
+        if jax.default_backend() == "cpu" and jax.local_device_count() != count:
+            warnings.warn(
+                f"cpu_devices={count} ignored: JAX already started with {jax.local_device_count()} CPU "
+                "devices (set it before any JAX operation, e.g. through the attn-jax CLI)",
+                stacklevel=2,
+            )

@@ -21,7 +21,7 @@ import numpy as np
 from attn_jax.data import dataset_info, make_pipeline
 from attn_jax.train import checkpoint as ckpt
 from attn_jax.train import parallel
-from attn_jax.train.distributed import maybe_initialize
+from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
 from attn_jax.train.factory import build_model, build_optimizer
 from attn_jax.train.state import abstract_train_state, create_train_state
 from attn_jax.train.step import eval_step, train_step
@@ -233,6 +233,7 @@ def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
     its BatchNorm must average over the axis "data" for exact data parallelism.
     """
     t0, explicit_model = time.time(), model
+    configure_cpu_devices(config.get("cpu_devices", 0))
     maybe_initialize(config.get("coordinator") or None)
     meta = dataset_info(config.dataset, task="classification", data_dir=config.data_dir)
     mesh = parallel.make_mesh(config.num_devices or None)
@@ -292,6 +293,7 @@ def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
 
 def evaluate_checkpoint(config, workdir: str, *, model=None, split: str = "test") -> dict:
     """Test metrics of the latest readable checkpoint in <workdir>/checkpoints (any device count)."""
+    configure_cpu_devices(config.get("cpu_devices", 0))
     maybe_initialize(config.get("coordinator") or None)
     meta = dataset_info(config.dataset, task="classification", data_dir=config.data_dir)
     mesh = parallel.make_mesh(config.num_devices or None)

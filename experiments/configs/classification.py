@@ -52,6 +52,9 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     c.keep_best = 1  # by test accuracy
     c.async_checkpoints = True
 
+    # CPU only: split the host into this many XLA devices, one data-parallel shard each (2-core CPU:
+    # 13.8 s per 100 steps with 4 devices against 21.5 s with 1); 0 = JAX's default (1 CPU device)
+    c.cpu_devices = 0 if tiny else 4
     c.num_devices = 0  # 0: all devices
     c.parallel = "shard_map"  # or "pmap"
     c.preemption_check_every_steps = 10  # multi-process: how often processes agree on a SIGTERM
