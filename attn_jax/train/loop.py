@@ -11,7 +11,6 @@ import functools
 import json
 import math
 import os
-import signal
 import time
 
 import jax
@@ -23,6 +22,7 @@ from attn_jax.train import checkpoint as ckpt
 from attn_jax.train import parallel
 from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
 from attn_jax.train.factory import build_model, build_optimizer
+from attn_jax.train.preemption import SigtermFlag
 from attn_jax.train.state import abstract_train_state, create_train_state
 from attn_jax.train.step import eval_step, train_step
 from attn_jax.train.writers import MetricWriter, progress_bar, reduce_sums
@@ -31,25 +31,6 @@ from attn_jax.viz import attention_grid, capture_attention
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced a NaN/Inf loss or parameters; the last good checkpoint is left as it was."""
-
-
-class _Sigterm:
-    """Context: SIGTERM sets `.requested` instead of killing the process (main thread only)."""
-
-    def __enter__(self):
-        self.requested, self._old = False, None
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
 
 
 def any_process(flag: bool) -> bool:
@@ -262,7 +243,7 @@ def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
     writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
     try:
         state, start = _init_state(config, model, tx, meta, runner, manager, iterator)
-        with _Sigterm() as sigterm:
+        with SigtermFlag() as sigterm:
             state, last_eval, reason = _train(
                 config, runner, state, start, iterator, manager, writer, sigterm
             )

@@ -32,6 +32,7 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.seed = 0
     c.log_every = 200
+    c.checkpoint_every = 500  # steps; the latest 2 are kept in <workdir>/checkpoints, a re-run resumes
     c.eval_batch_size = 250
     c.eval_examples = 0  # 0 = the whole test split (10,000)
     c.score_threshold = 0.05
@@ -43,6 +44,6 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
         c.image_size = 32
         c.anchor_sizes = (6.0, 8.0)
         c.backbone_features = (8, 16)
-        c.batch_size, c.num_steps, c.warmup_steps, c.log_every = 16, 4, 1, 2
+        c.batch_size, c.num_steps, c.warmup_steps, c.log_every, c.checkpoint_every = 16, 4, 1, 2, 2
         c.eval_batch_size, c.pre_nms_top_k, c.max_detections = 32, 50, 20
     return c

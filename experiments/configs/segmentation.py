@@ -28,6 +28,7 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.seed = 0
     c.log_every = 200
+    c.checkpoint_every = 500  # steps; the latest 2 are kept in <workdir>/checkpoints, a re-run resumes
     c.eval_batch_size = 250
     c.eval_examples = 0  # 0 = the whole test split (10,000)
     if "tiny" in flags:
@@ -36,4 +37,5 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
         c.backbone_features = (8, 16)
         c.decoder_features = (16, 8)
         c.batch_size, c.num_steps, c.warmup_steps, c.log_every, c.eval_batch_size = 16, 4, 1, 2, 32
+        c.checkpoint_every = 2
     return c
