@@ -53,6 +53,8 @@ def test_cache_of_another_size_is_refused(data_dir, tmp_path):
     MemorySource([source[0], source[1]], cache)
     with pytest.raises(ValueError, match="holds 2 records"):
         MemorySource(source, cache)
+    with pytest.raises(ValueError, match="non-empty source"):
+        MemorySource([], str(tmp_path / "empty"))
 
 
 def test_pipeline_batches_equal_reading_through_tfds(data_dir, monkeypatch):

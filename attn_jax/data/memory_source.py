@@ -35,6 +35,8 @@ def _columns(records: Sequence[dict]) -> dict[str, np.ndarray]:
 
 
 def _read_all(source) -> dict[str, np.ndarray]:
+    if len(source) == 0:
+        raise ValueError("MemorySource needs a non-empty source, got 0 records")
     records = []
     for start in range(0, len(source), _READ_BLOCK):
         keys = range(start, min(start + _READ_BLOCK, len(source)))
