@@ -44,7 +44,7 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
 
     c.batch_size = 32 if tiny else 128  # global
     c.eval_batch_size = 32 if tiny else 500
-    c.num_train_steps = 16 if tiny else 3600
+    c.num_train_steps = 16 if tiny else 3200
     c.log_every_steps = 4 if tiny else 100
     c.eval_every_steps = 8 if tiny else 500
     c.checkpoint_every_steps = 4 if tiny else 500
