@@ -179,10 +179,11 @@ def _write_png(config, model, state, workdir, meta) -> str | None:
     # running BatchNorm statistics (train=False): no collectives, so a plain apply on one host is fine
     maps, logits = capture_attention(model, variables, batch["image"], with_output=True, train=False)
     columns = {path: amap.image for path, amap in maps.items()} or {"no attention map sown": None}
-    pairs = " ".join(f"{y}/{p}" for y, p in zip(batch["label"], np.argmax(logits, -1)))
+    pairs = [f"{y}/{p}" for y, p in zip(batch["label"], np.argmax(logits, -1))]
+    pairs = "\n".join(" ".join(pairs[i : i + 4]) for i in range(0, len(pairs), 4))  # fits a 2-column grid
     path = os.path.join(workdir, "attention_maps.png")
     return attention_grid(
-        path, batch["image"], columns, title=f"{config.model.attention}: label/prediction {pairs}"
+        path, batch["image"], columns, title=f"{config.model.attention}, label/prediction:\n{pairs}"
     )
 
 
