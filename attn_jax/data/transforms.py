@@ -59,6 +59,19 @@ def pad_boxes(boxes: np.ndarray, labels: np.ndarray, max_boxes: int) -> tuple[np
     return out_boxes, out_labels, valid
 
 
+def _placed_boxes(batch: dict, pixel_boxes: np.ndarray, scale: np.ndarray) -> dict:
+    """Boxes moved to `pixel_boxes` (b, K, 4) pixel (ymin, xmin, ymax, xmax), clipped to the image
+    (scale = (h, w, h, w)); boxes with nothing left become invalid, zero, label 0. -> boxes, box_valid,
+    box_labels."""
+    px = np.clip(pixel_boxes, 0.0, scale)
+    valid = batch["box_valid"] & (px[..., 2] > px[..., 0]) & (px[..., 3] > px[..., 1])
+    return {
+        "boxes": np.where(valid[..., None], px / scale, 0.0).astype(np.float32),
+        "box_valid": valid,
+        "box_labels": np.where(valid, batch["box_labels"], 0).astype(batch["box_labels"].dtype),
+    }
+
+
 def crop_batch(batch: dict, tops: np.ndarray, lefts: np.ndarray, pad: int) -> dict:
     """Zero-pad every example by `pad` pixels per side and cut its (H, W) window at (tops[i], lefts[i]).
 
@@ -77,11 +90,7 @@ def crop_batch(batch: dict, tops: np.ndarray, lefts: np.ndarray, pad: int) -> di
     if "boxes" in batch:
         scale = np.array([h, w, h, w], np.float32)
         shift = (np.stack([tops, lefts, tops, lefts], axis=1) - pad).astype(np.float32)[:, None, :]
-        px = np.clip(batch["boxes"] * scale - shift, 0.0, scale)
-        valid = batch["box_valid"] & (px[..., 2] > px[..., 0]) & (px[..., 3] > px[..., 1])
-        out["boxes"] = np.where(valid[..., None], px / scale, 0.0).astype(np.float32)
-        out["box_valid"] = valid
-        out["box_labels"] = np.where(valid, batch["box_labels"], 0).astype(batch["box_labels"].dtype)
+        out.update(_placed_boxes(batch, batch["boxes"] * scale - shift, scale))
     return out
 
 
@@ -155,13 +164,8 @@ def affine_batch(batch: dict, maps: np.ndarray) -> dict:
             [bx[..., [0, 1]], bx[..., [0, 3]], bx[..., [2, 1]], bx[..., [2, 3]]], axis=-2
         ) * scale - (centre + 0.5)  # (b, K, 4, 2) pixel-edge coordinates about the centre
         moved = np.einsum("bij,bkcj->bkci", maps, corners) + centre + 0.5
-        lo = np.clip(moved.min(-2), 0.0, scale)
-        hi = np.clip(moved.max(-2), 0.0, scale)
-        valid = batch["box_valid"] & (hi[..., 0] > lo[..., 0]) & (hi[..., 1] > lo[..., 1])
-        new = np.concatenate([lo / scale, hi / scale], -1)
-        out["boxes"] = np.where(valid[..., None], new, 0.0).astype(np.float32)
-        out["box_valid"] = valid
-        out["box_labels"] = np.where(valid, batch["box_labels"], 0).astype(batch["box_labels"].dtype)
+        pixel_boxes = np.concatenate([moved.min(-2), moved.max(-2)], -1)
+        out.update(_placed_boxes(batch, pixel_boxes, np.concatenate([scale, scale])))
     return out
 
 

@@ -207,6 +207,18 @@ def _export_viz_run(config, state, workdir, meta) -> str | None:
     return save_run(os.path.join(workdir, "viz", m.attention), variables, viz_config)
 
 
+def _setup(config, model):
+    """Devices, dataset facts, model, optimizer and compiled steps of `config` -> (meta, mesh, model, tx,
+    runner). CPU devices and multi-host start-up come first: both must precede any JAX operation."""
+    configure_cpu_devices(config.get("cpu_devices", 0))
+    maybe_initialize(config.get("coordinator") or None)
+    meta = dataset_info(config.dataset, task="classification", data_dir=config.data_dir)
+    mesh = parallel.make_mesh(config.num_devices or None)
+    model = model or build_model(config.model, meta.num_classes)
+    tx = build_optimizer(config)
+    return meta, mesh, model, tx, _Runner(config, model, tx, mesh)
+
+
 def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
     """Train the classifier of `config` on its dataset, evaluating and checkpointing in `workdir`.
 
@@ -215,13 +227,7 @@ def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
     its BatchNorm must average over the axis "data" for exact data parallelism.
     """
     t0, explicit_model = time.time(), model
-    configure_cpu_devices(config.get("cpu_devices", 0))
-    maybe_initialize(config.get("coordinator") or None)
-    meta = dataset_info(config.dataset, task="classification", data_dir=config.data_dir)
-    mesh = parallel.make_mesh(config.num_devices or None)
-    model = model or build_model(config.model, meta.num_classes)
-    tx = build_optimizer(config)
-    runner = _Runner(config, model, tx, mesh)
+    meta, mesh, model, tx, runner = _setup(config, model)
     iterator = iter(
         make_pipeline(
             config.dataset,
@@ -275,13 +281,7 @@ def train_and_evaluate(config, workdir: str, *, model=None) -> dict:
 
 def evaluate_checkpoint(config, workdir: str, *, model=None, split: str = "test") -> dict:
     """Test metrics of the latest readable checkpoint in <workdir>/checkpoints (any device count)."""
-    configure_cpu_devices(config.get("cpu_devices", 0))
-    maybe_initialize(config.get("coordinator") or None)
-    meta = dataset_info(config.dataset, task="classification", data_dir=config.data_dir)
-    mesh = parallel.make_mesh(config.num_devices or None)
-    model = model or build_model(config.model, meta.num_classes)
-    tx = build_optimizer(config)
-    runner = _Runner(config, model, tx, mesh)
+    meta, mesh, model, tx, runner = _setup(config, model)
     manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), async_save=False, read_only=True)
     try:
         state, step = _init_state(config, model, tx, meta, runner, manager, None)
