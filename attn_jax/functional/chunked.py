@@ -1,14 +1,15 @@
 """Memory-bounded additive attention: keys k at a time, online softmax, custom VJP.
 
 Neither pass keeps the (..., m, n, a) tanh tensor. The forward pass scans over blocks of keys with
-a running max, running sum and running context (online softmax / log-sum-exp); it keeps only the
-per-row log-sum-exp, the context and (for `return_weights`) the (m, n) scores. A block holds a few
-chunks of k = chunk_size keys (m * K about BLOCK_SCORES), so the softmax bookkeeping and the context
-matmul run on big blocks while tanh is evaluated k keys at a time. The backward pass scans the
-blocks again, recomputing tanh for one (m, k, a) chunk at a time, and accumulates d(q W_q) and
-d w_a across chunks. Projections q W_q + b and h W_k are computed once, outside the
-scan, so their gradients come from ordinary autodiff. Everything inside runs in float32 (float64
-for float64 inputs).
+a running max, running sum and running context (online softmax). A block holds a few chunks of
+k = chunk_size keys (m * K about BLOCK_SCORES), so the softmax bookkeeping and the context matmul run
+on big blocks while tanh is evaluated k keys at a time. Without gradients it keeps only the context
+(and, for `return_weights`, the (m, n) weights). Under differentiation it keeps the (m, n) softmax
+weights for the backward pass, which does the softmax backward on them (d scores, d values) and then
+scans the keys k at a time, recomputing one (m, k, a) tanh chunk per step and accumulating d(q W_q)
+and d w_a per query row. Projections q W_q + b and h W_k are computed once, outside the scans, so
+their gradients come from ordinary autodiff. Everything inside runs in float32 (float64 for float64
+inputs).
 """
 
 from __future__ import annotations
@@ -79,7 +80,13 @@ def _prepare(k_proj, values, mask, block: int, n: int):
 
 
 def _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_scores):
-    """Online-softmax forward of one example. Returns context (m, d_v), lse (m,), scores (m, n) | None."""
+    """Online-softmax forward of one example.
+
+    Returns context (m, d_v), the softmax normalisation (row max (m,), 1 / row sum (m,)) and the scores
+    (m, n) | None; weights are exp(scores - max) / sum. Rows without a valid key get max 0 and 1/sum 0.
+    Keeping max and sum (not log-sum-exp) keeps exp's argument small: exp(s - lse) loses about
+    log(n) ulps of the weights, which the gradients inherit.
+    """
     m, n = q_proj.shape[0], k_proj.shape[0]
     block = _block_size(chunk_size, m, n)
     k_blocks, v_blocks, valid_blocks = _prepare(k_proj, values, mask, block, n)
@@ -103,71 +110,92 @@ def _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_scores):
     )
     (run_max, run_sum, acc), scores = lax.scan(step, init, (k_blocks, v_blocks, valid_blocks))
     row_valid = run_sum > 0
-    context = acc / jnp.where(row_valid, run_sum, 1.0)[:, None]
-    lse = jnp.where(row_valid, run_max + jnp.log(jnp.where(row_valid, run_sum, 1.0)), 0.0)
+    inv_sum = jnp.where(row_valid, 1.0 / jnp.where(row_valid, run_sum, 1.0), 0.0)
+    context = acc * inv_sum[:, None]
+    norm = (jnp.where(row_valid, run_max, 0.0), inv_sum)
     if return_scores:
         scores = _unchunk(scores, 1)[:, :n]
-    return context, lse, scores
+    return context, norm, scores
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
 def _core(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights):
     """One example: (m, a), (n, a), (n, d_v), (a,), bool (m, n) | None -> (context, weights | None)."""
-    out, _ = _core_fwd(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights)
-    return out
+    context, norm, scores = _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights)
+    return context, (_weights(scores, norm) if return_weights else None)
 
 
 def _core_fwd(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights):
-    context, lse, scores = _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_weights)
-    weights = jnp.exp(scores - lse[:, None]) if return_weights else None
-    residuals = (q_proj, k_proj, values, w_a, mask, lse, context, weights)
-    return (context, weights), residuals
+    """Forward kept for the backward: the (m, n) softmax weights, never the (m, n, a) tanh tensor."""
+    context, norm, scores = _forward(q_proj, k_proj, values, w_a, mask, chunk_size, True)
+    weights = _weights(scores, norm)  # exactly 0 at masked keys and in rows without a valid key
+    return (context, weights if return_weights else None), (q_proj, k_proj, values, w_a, weights)
 
 
-def _chunk_grads(q_proj, w_a, lse, delta, carry, xs):
-    """Backward of one (m, k, a) chunk, tanh recomputed: accumulates d q_proj and d w_a in `carry`.
+def _weights(scores, norm):
+    """Softmax weights (m, n) from scores (m, n) and the forward's (row max, 1 / row sum)."""
+    row_max, inv_sum = norm
+    return jnp.exp(scores - row_max[:, None]) * inv_sum[:, None]
 
-    xs = (keys (k, a), validity (m, k), dL/dp (m, k)); returns carry and (d keys (k, a), p (m, k)).
+
+def _add_pair(x, y):
+    return x[0] + y[0], x[1] + y[1]
+
+
+def _reduce_group(k: int) -> int:
+    """Keys summed by one sequential two-output reduction: the largest divisor of k up to 16.
+
+    A sequential sum of g terms has rounding error ~g ulps; groups are then summed by XLA's tree
+    reduction, so long chunks (k = 1024) keep the accuracy of short ones.
     """
-    d_q, d_wa = carry
-    k_chunk, valid, d_p = xs
-    hidden, scores = _chunk_scores(q_proj, k_chunk, w_a)
-    p = jnp.where(valid, jnp.exp(scores - lse[:, None]), 0.0)
-    d_s = p * (d_p - delta[:, None])  # (m, k); zero at masked keys
-    d_u = d_s[:, :, None] * (1.0 - hidden * hidden)  # d pre-activation / w_a, (m, k, a)
-    d_wa = d_wa + jnp.einsum("mk,mka->a", d_s, hidden)
-    return (d_q + jnp.sum(d_u, axis=1) * w_a, d_wa), (jnp.sum(d_u, axis=0) * w_a, p)
+    return max(g for g in range(1, min(k, 16) + 1) if k % g == 0)
+
+
+def _chunk_grads(q_proj, w_a, carry, xs):
+    """Backward of one (m, k, a) chunk of keys, tanh recomputed.
+
+    xs = (keys (k, a), dL/dscores (m, k)). carry = (sum_k d_s (1 - h^2), sum_k d_s h), both (m, a): the
+    w_a-free parts of d q_proj and of d w_a, accumulated per query row across chunks. Returns the carry
+    and d keys (k, a). Both sums over k come from one two-output reduction of the chunk,
+    which reads the recomputed tanh once (about 1.6x faster on CPU than two separate sums).
+    """
+    d_q, d_wa_rows = carry
+    k_chunk, d_s = xs
+    m, k = d_s.shape
+    hidden = jnp.tanh(q_proj[:, None, :] + k_chunk[None, :, :])
+    d_pre = d_s[:, :, None] * (1.0 - hidden * hidden)  # d loss / d pre-activation, over w_a
+    group = _reduce_group(k)
+    grouped = lambda x: x.reshape(m, k // group, group, x.shape[-1])
+    zero = jnp.zeros((), hidden.dtype)
+    sums = lax.reduce((grouped(d_pre), grouped(d_s[:, :, None] * hidden)), (zero, zero), _add_pair, (2,))
+    sum_pre, sum_hidden = (jnp.sum(x, axis=1) for x in sums)
+    # w_a applied here, not after the scan: XLA would fuse it into a transposing copy for d W_k
+    return (d_q + sum_pre, d_wa_rows + sum_hidden), jnp.sum(d_pre, axis=0) * w_a
 
 
 def _core_bwd(chunk_size, return_weights, residuals, cotangents):
-    """Backward of one example, block by block; tanh recomputed chunk_size keys at a time."""
-    q_proj, k_proj, values, w_a, mask, lse, context, weights = residuals
+    """Backward of one example: softmax backward on the (m, n) weights, then tanh chunk by chunk.
+
+    delta_i = sum_j p_ij dL/dp_ij is summed over the same weights it multiplies, as autodiff of a
+    softmax does: the rows of d_s then sum to zero up to rounding, which keeps d q_proj accurate.
+    """
+    q_proj, k_proj, values, w_a, weights = residuals
     d_context, d_weights = cotangents
-    m, n = q_proj.shape[0], k_proj.shape[0]
-    # D_i = sum_j p_ij dL/dp_ij, the softmax-Jacobian correction shared by every chunk.
-    delta = jnp.sum(d_context * context, axis=-1)
+    n = k_proj.shape[0]
+    d_p = d_context @ values.T  # (m, n)
     if return_weights:
-        delta = delta + jnp.sum(d_weights * weights, axis=-1)
-    block = _block_size(chunk_size, m, n)
-    k_blocks, v_blocks, valid_blocks = _prepare(k_proj, values, mask, block, n)
-    num_blocks, num_chunks = k_blocks.shape[0], block // chunk_size
-    if return_weights:
-        dw_blocks = _chunk(jnp.pad(d_weights, ((0, 0), (0, num_blocks * block - n))), num_blocks, 1)
-    else:
-        dw_blocks = jnp.zeros((num_blocks, 1, 1), q_proj.dtype)
-    chunk_step = functools.partial(_chunk_grads, q_proj, w_a, lse, delta)
-
-    def step(carry, xs):
-        k_block, v_block, valid, dw_block = xs
-        d_p = d_context @ v_block.T + dw_block  # (m, K)
-        valid = jnp.broadcast_to(valid, (m, block))
-        chunks = (_chunk(k_block, num_chunks, 0), _chunk(valid, num_chunks, 1), _chunk(d_p, num_chunks, 1))
-        carry, (d_k, p) = lax.scan(chunk_step, carry, chunks)
-        return carry, (_unchunk(d_k, 0), _unchunk(p, 1).T @ d_context)
-
-    init = (jnp.zeros_like(q_proj), jnp.zeros_like(w_a))
-    (d_q, d_wa), (d_k, d_v) = lax.scan(step, init, (k_blocks, v_blocks, valid_blocks, dw_blocks))
-    return d_q, _unchunk(d_k, 0)[:n], _unchunk(d_v, 0)[:n], d_wa, None
+        d_p = d_p + d_weights
+    delta = jnp.sum(weights * d_p, axis=-1, keepdims=True)
+    d_s = weights * (d_p - delta)  # d loss / d scores; zero at masked keys
+    d_values = weights.T @ d_context
+    num_chunks = -(-n // chunk_size)
+    pad = num_chunks * chunk_size - n  # padded keys have d_s = 0 and contribute nothing
+    k_chunks = _chunk(jnp.pad(k_proj, ((0, pad), (0, 0))), num_chunks, 0)
+    ds_chunks = _chunk(jnp.pad(d_s, ((0, 0), (0, pad))), num_chunks, 1)
+    init = (jnp.zeros_like(q_proj), jnp.zeros_like(q_proj))
+    step = functools.partial(_chunk_grads, q_proj, w_a)
+    (d_q, d_wa_rows), d_k = lax.scan(step, init, (k_chunks, ds_chunks))
+    return d_q * w_a, _unchunk(d_k, 0)[:n], d_values, jnp.sum(d_wa_rows, axis=0), None
 
 
 _core.defvjp(_core_fwd, _core_bwd)
