@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.functional import _checks
+from attn_jax.functional._blocking import largest_divisor_at_most
 from attn_jax.functional._dtypes import accumulation_dtype, project
 from attn_jax.functional.context import attention_context
 from attn_jax.functional.softmax import _masked_softmax_f32
@@ -49,19 +50,54 @@ def _validate(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) -> tuple
     return batch
 
 
+SUM_BLOCK = 256  # keys per dot in d w_a; the blocks are then summed as a tree
+
+
+@jax.custom_jvp
+def _reduce_hidden(hidden, w_a):
+    """hidden (m, n, a) @ w_a (a,) -> scores (m, n), differentiated so that d w_a is summed in blocks.
+
+    Plain autodiff sums d w_a = sum d_s * hidden over every (batch, query, key) in one dot: with the
+    cancellation a softmax gradient carries, float32 then loses up to 1e-5 relative (B m n = 5e5 terms).
+    The tangent below writes w_a's term per block of keys, so its transpose (reverse mode) sums each
+    block with one dot and then the blocks as a tree.
+    """
+    return hidden @ w_a
+
+
+@_reduce_hidden.defjvp
+def _reduce_hidden_jvp(primals, tangents):
+    hidden, w_a = primals
+    d_hidden, d_w_a = tangents
+    m, n, a = hidden.shape
+    block = largest_divisor_at_most(n, SUM_BLOCK)
+    blocks = hidden.reshape(m, n // block, block, a)
+    # Transposed, this broadcast becomes a sum over the per-block partial sums (w_a is per example here:
+    # see `_batched(shared=...)`, else vmap would put the batch into each block's contraction).
+    d_w_a_blocks = jnp.broadcast_to(d_w_a, (m, n // block, a))
+    d_w_a_term = jnp.einsum("mbka,mba->mbk", blocks, d_w_a_blocks).reshape(m, n)
+    return hidden @ w_a, d_hidden @ w_a + d_w_a_term
+
+
 def _scores_from_projections(q_proj, k_proj, w_a):
     """Per-example e[i, j] = w_a . tanh(q_proj[i] + k_proj[j]); (m, a), (n, a) -> (m, n)."""
     hidden = jnp.tanh(q_proj[:, None, :] + k_proj[None, :, :])
-    return jnp.einsum("mna,a->mn", hidden, w_a.astype(q_proj.dtype))
+    return _reduce_hidden(hidden, w_a)
 
 
-def _batched(fn, batch_shape, *arrays):
-    """Apply per-example `fn` over broadcast leading dims `batch_shape` (one vmap over a flat batch)."""
+def _batched(fn, batch_shape, *arrays, shared=()):
+    """Apply per-example `fn` over broadcast leading dims `batch_shape` (one vmap over a flat batch).
+
+    `arrays` have two core dims; each of `shared` is handed to every example as its own copy, so that
+    reverse mode sums its gradient per example first and then over examples (a tree, not one long dot).
+    """
+    size = math.prod(batch_shape)
     flat = []
     for x in arrays:
         core = x.shape[len(x.shape) - 2 :]
         x = jnp.broadcast_to(x, batch_shape + core)
-        flat.append(x.reshape((math.prod(batch_shape),) + core))
+        flat.append(x.reshape((size,) + core))
+    flat += [jnp.broadcast_to(x, (size,) + x.shape) for x in shared]
     out = jax.vmap(fn)(*flat)
     return out.reshape(batch_shape + out.shape[1:])
 
@@ -72,8 +108,7 @@ def _scores_acc(query, keys, w_q, w_k, w_a, bias, batch_shape, dtype):
     if bias is not None:
         q_proj = q_proj + bias.astype(dtype)
     k_proj = project(keys, w_k, dtype)  # once per key, not per (query, key) pair
-    score_fn = lambda qp, kp: _scores_from_projections(qp, kp, w_a)
-    return _batched(score_fn, batch_shape, q_proj, k_proj)
+    return _batched(_scores_from_projections, batch_shape, q_proj, k_proj, shared=(w_a.astype(dtype),))
 
 
 def additive_scores(query, keys, w_q, w_k, w_a, *, bias=None):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from attn_jax.functional._blocking import largest_divisor_at_most
 from attn_jax.functional._dtypes import accumulation_dtype, project
 from attn_jax.functional.softmax import apply_fully_masked
 
@@ -142,13 +143,7 @@ def _add_pair(x, y):
     return x[0] + y[0], x[1] + y[1]
 
 
-def _reduce_group(k: int) -> int:
-    """Keys summed by one sequential two-output reduction: the largest divisor of k up to 16.
-
-    A sequential sum of g terms has rounding error ~g ulps; groups are then summed by XLA's tree
-    reduction, so long chunks (k = 1024) keep the accuracy of short ones.
-    """
-    return max(g for g in range(1, min(k, 16) + 1) if k % g == 0)
+REDUCE_GROUP = 16  # keys per sequential sum in the backward's two-output reduction (~16 ulps)
 
 
 def _chunk_grads(q_proj, w_a, carry, xs):
@@ -164,7 +159,7 @@ def _chunk_grads(q_proj, w_a, carry, xs):
     m, k = d_s.shape
     hidden = jnp.tanh(q_proj[:, None, :] + k_chunk[None, :, :])
     d_pre = d_s[:, :, None] * (1.0 - hidden * hidden)  # d loss / d pre-activation, over w_a
-    group = _reduce_group(k)
+    group = largest_divisor_at_most(k, REDUCE_GROUP)  # groups are then summed as a tree
     grouped = lambda x: x.reshape(m, k // group, group, x.shape[-1])
     zero = jnp.zeros((), hidden.dtype)
     sums = lax.reduce((grouped(d_pre), grouped(d_s[:, :, None] * hidden)), (zero, zero), _add_pair, (2,))
