@@ -147,25 +147,27 @@ REDUCE_GROUP = 16  # keys per sequential sum in the backward's two-output reduct
 
 
 def _chunk_grads(q_proj, w_a, carry, xs):
-    """Backward of one (m, k, a) chunk of keys, tanh recomputed.
+    """Backward of one chunk of k keys, tanh recomputed in (k, m, a) layout.
 
-    xs = (keys (k, a), dL/dscores (m, k)). carry = (sum_k d_s (1 - h^2), sum_k d_s h), both (m, a): the
-    w_a-free parts of d q_proj and of d w_a, accumulated per query row across chunks. Returns the carry
-    and d keys (k, a). Both sums over k come from one two-output reduction of the chunk,
-    which reads the recomputed tanh once (about 1.6x faster on CPU than two separate sums).
+    xs = (keys (k, a), dL/dscores transposed (k, m)). carry = (sum_k d_s (1 - h^2), sum_k d_s h), both
+    (m, a): the w_a-free parts of d q_proj and of d w_a, accumulated per query row across chunks.
+    Returns the carry and d keys (k, a). Both sums over k come from one two-output reduction over the
+    leading axis, which reads the recomputed tanh once; on CPU that and the key-major layout make the
+    backward about 1.9x faster than separate row reductions of an (m, k, a) chunk.
     """
     d_q, d_wa_rows = carry
-    k_chunk, d_s = xs
-    m, k = d_s.shape
-    hidden = jnp.tanh(q_proj[:, None, :] + k_chunk[None, :, :])
-    d_pre = d_s[:, :, None] * (1.0 - hidden * hidden)  # d loss / d pre-activation, over w_a
+    k_chunk, d_s_t = xs
+    k, m = d_s_t.shape
+    hidden = jnp.tanh(k_chunk[:, None, :] + q_proj[None, :, :])
+    d_s = d_s_t[:, :, None]
+    d_pre = d_s * (1.0 - hidden * hidden)  # d loss / d pre-activation, over w_a
     group = largest_divisor_at_most(k, REDUCE_GROUP)  # groups are then summed as a tree
-    grouped = lambda x: x.reshape(m, k // group, group, x.shape[-1])
+    grouped = lambda x: x.reshape(k // group, group, m, x.shape[-1])
     zero = jnp.zeros((), hidden.dtype)
-    sums = lax.reduce((grouped(d_pre), grouped(d_s[:, :, None] * hidden)), (zero, zero), _add_pair, (2,))
-    sum_pre, sum_hidden = (jnp.sum(x, axis=1) for x in sums)
+    sums = lax.reduce((grouped(d_pre), grouped(d_s * hidden)), (zero, zero), _add_pair, (1,))
+    sum_pre, sum_hidden = (jnp.sum(x, axis=0) for x in sums)
     # w_a applied here, not after the scan: XLA would fuse it into a transposing copy for d W_k
-    return (d_q + sum_pre, d_wa_rows + sum_hidden), jnp.sum(d_pre, axis=0) * w_a
+    return (d_q + sum_pre, d_wa_rows + sum_hidden), jnp.sum(d_pre, axis=1) * w_a
 
 
 def _core_bwd(chunk_size, return_weights, residuals, cotangents):
@@ -186,7 +188,7 @@ def _core_bwd(chunk_size, return_weights, residuals, cotangents):
     num_chunks = -(-n // chunk_size)
     pad = num_chunks * chunk_size - n  # padded keys have d_s = 0 and contribute nothing
     k_chunks = _chunk(jnp.pad(k_proj, ((0, pad), (0, 0))), num_chunks, 0)
-    ds_chunks = _chunk(jnp.pad(d_s, ((0, 0), (0, pad))), num_chunks, 1)
+    ds_chunks = _chunk(jnp.pad(d_s.T, ((0, pad), (0, 0))), num_chunks, 0)  # (chunks, k, m)
     init = (jnp.zeros_like(q_proj), jnp.zeros_like(q_proj))
     step = functools.partial(_chunk_grads, q_proj, w_a)
     (d_q, d_wa_rows), d_k = lax.scan(step, init, (k_chunks, ds_chunks))
