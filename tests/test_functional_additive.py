@@ -95,13 +95,14 @@ def test_check_grads_unchunked_order2_fwd_rev():
         check_grads(jax.jit(loss), (q, h, p["w_q"], p["w_k"], p["w_a"], bias), order=2, modes=["fwd", "rev"])
 
 
-def test_check_grads_chunked_rev():
+@pytest.mark.parametrize("m", [3, 16])  # the backward shares tanh below 16 queries, recomputes it from 16
+def test_check_grads_chunked_rev(m):
     # The chunked path is a jax.custom_vjp: reverse mode only (JAX defines no JVP for custom_vjp
     # functions, so forward mode raises). Its backward is ordinary JAX, so reverse-over-reverse
     # (order 2) works too.
     with jax.enable_x64(True):
-        q, h, v, p, bias = make_inputs(3, (2,), (2,), (2,), 3, 7, a=4)
-        loss = _loss_fn(make_mask(3, (2, 3, 7)), 3, "zero", v)
+        q, h, v, p, bias = make_inputs(3, (2,), (2,), (2,), m, 7, a=4)
+        loss = _loss_fn(make_mask(3, (2, m, 7)), 3, "zero", v)
         check_grads(jax.jit(loss), (q, h, p["w_q"], p["w_k"], p["w_a"], bias), order=2, modes=["rev"])
 
 
