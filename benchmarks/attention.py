@@ -2,6 +2,7 @@
 
     python benchmarks/attention.py            # W1, W2, W3 + the too-big-for-naive size (minutes)
     python benchmarks/attention.py --quick    # W2 only, fewer repeats (~30 s)
+    python benchmarks/attention.py --rounds 3 # the whole sweep 3 times, interleaved; medians over rounds
 
 Each case runs in a fresh process (benchmarks/harness.py): median of back-to-back calls after
 warm-up, compiled temporaries (XLA memory_analysis) and memory first touched by one call (RSS rise).
@@ -10,6 +11,9 @@ measured in the case's own process just before and after its timed calls (mean o
 shared, loaded machine affects the time and its bound alike; fwd+bwd counts 3x the matmul flops and
 the tanh evaluations once.
 Error = relative L2 error against a float64 evaluation (context; fwd+bwd: worst over all gradients).
+On a shared machine one slow minute can skew a row: with --rounds R the sweep runs R times (every case
+in a fresh process each round) and each row reports the median over rounds of its median time and of
+its x LB, so rows compared side by side were measured in the same stretches of time.
 Writes benchmarks/results/attention_cpu.json (--quick: attention_cpu_quick.json; or --out).
 """
 
@@ -129,6 +133,20 @@ def _mean_rates(probes):
     return {key: float(np.mean([p[key] for p in probes])) for key in probes[0]}
 
 
+def combine_rounds(rounds: list[dict]) -> dict:
+    """One row from the same case measured in several rounds: medians of time and x LB, max memory."""
+    row = dict(rounds[0])
+    for key in ("ms", "x_lb", "lb_ms"):
+        row[key] = float(np.median([r[key] for r in rounds]))
+    for key in ("temp_mb", "touched_mb"):
+        values = [r[key] for r in rounds if r[key] is not None]
+        row[key] = max(values) if values else None
+    row["round_ms"] = [r["ms"] for r in rounds]
+    row["times_ms"] = [t for r in rounds for t in r["times_ms"]]
+    row["rates"] = [r["rates"] for r in rounds]
+    return row
+
+
 def run_row(name, shape, impl, mode, k, repeats, skip_error):
     res = harness.measure_case(
         "benchmarks.attention:build_case",
@@ -190,6 +208,7 @@ def main(argv=None):
     parser.add_argument("--shapes", default=None, help="comma-separated subset of W1,W2,W3")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-big", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; report medians over rounds")
     parser.add_argument("--out", default=None, help="JSON path (default results/attention_cpu[_quick].json)")
     args = parser.parse_args(argv)
     default_out = "attention_cpu_quick.json" if args.quick else "attention_cpu.json"
@@ -197,12 +216,16 @@ def main(argv=None):
     names = ["W2"] if args.quick else (args.shapes.split(",") if args.shapes else list(SHAPES))
     repeats = args.repeats or (5 if args.quick else 10)
     print(f"load average at start {os.getloadavg()}", flush=True)
-    rows = []
-    for name in names:
-        shape, k = SHAPES[name]
-        for mode in ("fwd", "fwd+bwd"):
-            for impl in IMPLS:
-                rows.append(run_row(name, shape, impl, mode, k, repeats, skip_error=args.quick))
+    cases = [(name, mode, impl) for name in names for mode in ("fwd", "fwd+bwd") for impl in IMPLS]
+    measured = {case: [] for case in cases}
+    for round_index in range(args.rounds):
+        if args.rounds > 1:
+            print(f"round {round_index + 1}/{args.rounds}", flush=True)
+        for name, mode, impl in cases:
+            shape, k = SHAPES[name]
+            skip_error = args.quick or round_index > 0  # the error does not change between rounds
+            measured[(name, mode, impl)].append(run_row(name, shape, impl, mode, k, repeats, skip_error))
+    rows = [combine_rounds(measured[case]) for case in cases]
     if not (args.quick or args.no_big):
         rows += big_case()
     harness.print_table(rows, COLUMNS)

@@ -55,3 +55,18 @@ def test_table_and_json(tmp_path, capsys):
     assert data["results"] == rows and data["rates"] == {"x": 1.0}
     assert data["environment"]["backend"] == jax.default_backend()
     assert harness.matmul_rate(size=128, repeats=2) > 0 and harness.fused_tanh_rate(64, 256, 2) > 0
+
+
+def test_attention_combine_rounds_takes_medians_and_max_memory():
+    from benchmarks.attention import combine_rounds
+
+    base = dict(shape="W2", mode="fwd", impl="chunked", rel_err=1e-7, lb_ms=20.0, temp_mb=10.0)
+    rounds = [
+        dict(base, ms=30.0, x_lb=1.5, touched_mb=12.0, times_ms=[30.0], rates={"r": 1}),
+        dict(base, ms=10.0, x_lb=0.5, touched_mb=15.0, times_ms=[10.0], rates={"r": 2}),
+        dict(base, ms=20.0, x_lb=1.0, touched_mb=None, times_ms=[20.0], rates={"r": 3}),
+    ]
+    row = combine_rounds(rounds)
+    assert (row["ms"], row["x_lb"], row["touched_mb"], row["temp_mb"]) == (20.0, 1.0, 15.0, 10.0)
+    assert row["round_ms"] == [30.0, 10.0, 20.0] and row["times_ms"] == [30.0, 10.0, 20.0]
+    assert row["rel_err"] == 1e-7 and len(row["rates"]) == 3
