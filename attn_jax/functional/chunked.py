@@ -23,6 +23,7 @@ from jax import lax
 
 from attn_jax.functional._blocking import largest_divisor_at_most
 from attn_jax.functional._dtypes import accumulation_dtype, project
+from attn_jax.functional.context import blocked_weighted_sum
 from attn_jax.functional.softmax import apply_fully_masked
 
 
@@ -101,7 +102,7 @@ def _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_scores):
         p = jnp.exp(scores - safe_max[:, None])  # masked (-inf) scores give exactly 0
         rescale = jnp.exp(run_max - safe_max)  # 0 while the row has seen no valid key
         run_sum = run_sum * rescale + jnp.sum(p, axis=-1)
-        acc = acc * rescale[:, None] + p @ v_block
+        acc = acc * rescale[:, None] + blocked_weighted_sum(p, v_block, p.dtype)
         return (new_max, run_sum, acc), (scores if return_scores else None)
 
     init = (
