@@ -1,4 +1,4 @@
-"""float32 gradients within 1e-6 (relative L2) of the same computation in float64, on shapes with long sums.
+"""float32 context and gradients within 1e-6 (relative L2) of the same computation in float64, long sums.
 
 Long sums are where float32 drifts: d w_a sums d_scores * tanh over every (batch, query, key), and the
 softmax gradient's rows cancel (they sum to zero). Both paths must block those sums; see
@@ -50,3 +50,17 @@ def test_float32_gradients_match_float64(shape, chunked):
             for (name, g32), g64 in zip(grads32.items(), grads64.values())
         }
     assert max(errors.values()) <= 1e-6, errors
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["unchunked", "chunked"])
+def test_float32_context_matches_float64(chunked):
+    # One query over 4096 keys of width 256: the context is a weighted mean of many random values,
+    # much smaller than the values, so one long float32 dot loses ~1e-6 of it (summed in blocks now).
+    b, m, n, d, a, chunk_size = 4, 1, 4096, 256, 256, 1024
+    args, _ = _inputs(b, m, n, d, a)
+    fn = jax.jit(lambda args: additive_attention(**args, chunk_size=chunk_size if chunked else None)[0])
+    context32 = np.asarray(fn(args), np.float64)
+    with jax.enable_x64(True):
+        context64 = np.asarray(fn(jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), args)))
+    error = np.linalg.norm(context32 - context64) / np.linalg.norm(context64)
+    assert error <= 1e-6, error
