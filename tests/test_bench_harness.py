@@ -70,3 +70,19 @@ def test_attention_combine_rounds_takes_medians_and_max_memory():
     assert (row["ms"], row["x_lb"], row["touched_mb"], row["temp_mb"]) == (20.0, 1.0, 15.0, 10.0)
     assert row["round_ms"] == [30.0, 10.0, 20.0] and row["times_ms"] == [30.0, 10.0, 20.0]
     assert row["rel_err"] == 1e-7 and len(row["rates"]) == 3
+
+
+def test_xla_reduction_variants_compute_the_same_sums():
+    import numpy as np
+
+    from benchmarks import xla_reductions as X
+
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    q = jax.random.normal(k1, (64, 8), jnp.float32)
+    keys = jax.random.normal(k2, (16, 8), jnp.float32)
+    d_s = jax.random.normal(k3, (64, 16), jnp.float32)
+    (lib_dq, lib_dwa), lib_dkeys = X.backward_library(q, keys, d_s)
+    (dq, dwa), dkeys = X.backward_stored_tanh(q, keys, d_s)
+    (dq2, dwa_rows), _ = X.sums_over_keys_one_output(q, keys, d_s)
+    for a, b in [(lib_dq, dq), (lib_dwa, dwa), (lib_dkeys, dkeys), (dq, dq2), (dwa, jnp.sum(dwa_rows, 0))]:
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
