@@ -49,23 +49,23 @@ def _block_size(chunk_size: int, m: int, n: int) -> int:
 
 
 def _chunk_scores(q_proj, k_chunk, w_a):
-    """One chunk: (m, a), (k, a), (a,) -> (tanh (m, k, a), scores (m, k)).
+    """Scores (m, k) of one chunk: (m, a), (k, a), (a,).
 
     The (m, k, a) tanh chunk is materialised (a few MiB) and reduced by a matrix-vector product:
     on CPU that is about 1.4x faster than fusing tanh into the reduction over `a`, which XLA emits as a
-    poorly vectorised row reduction (benchmarks/attention.py measures both paths).
+    poorly vectorised row reduction (and 4x faster than the two-output reductions the backward uses).
     """
     hidden = jnp.tanh(q_proj[:, None, :] + k_chunk[None, :, :])
-    return hidden, hidden @ w_a
+    return hidden @ w_a
 
 
 def _block_scores(q_proj, k_block, w_a, valid, chunk_size: int):
     """Masked scores (m, K) of a block of K keys, tanh evaluated chunk_size keys at a time."""
     num = k_block.shape[0] // chunk_size
     if num == 1:
-        scores = _chunk_scores(q_proj, k_block, w_a)[1]
+        scores = _chunk_scores(q_proj, k_block, w_a)
     else:
-        chunks = lax.map(lambda kc: _chunk_scores(q_proj, kc, w_a)[1], _chunk(k_block, num, 0))
+        chunks = lax.map(lambda kc: _chunk_scores(q_proj, kc, w_a), _chunk(k_block, num, 0))
         scores = _unchunk(chunks, 1)
     return jnp.where(valid, scores, -jnp.inf)
 
@@ -151,7 +151,8 @@ def _pair_sums(x, y, axis: int):
     """Sums of x and y over `axis` as one two-output reduction, in groups of <= REDUCE_GROUP terms.
 
     XLA's CPU backend emits a two-output reduction over a short axis as one vectorised loop with the
-    producer (here tanh) fused in; a one-output or long reduction takes a path about 3-5x slower.
+    producer (here tanh) fused in; a one-output or long reduction takes a path about 5x slower
+    (`python benchmarks/xla_reductions.py`).
     """
     n = x.shape[axis]
     group = largest_divisor_at_most(n, REDUCE_GROUP)
