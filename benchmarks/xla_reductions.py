@@ -27,13 +27,12 @@ from benchmarks import harness  # noqa: E402
 B, M, N, A = 8, 64, 1024, 128
 
 
-def _add_pair(x, y):
-    return x[0] + y[0], x[1] + y[1]
-
-
 def _two_output_sum(x, y, axis):
+    """Sums of x and y over the whole of `axis` as one two-output reduction (no grouping)."""
     import jax.numpy as jnp
     from jax import lax
+
+    from attn_jax.functional.chunked import _add_pair
 
     zero = jnp.zeros((), x.dtype)
     return lax.reduce((x, y), (zero, zero), _add_pair, (axis,))
@@ -71,16 +70,14 @@ def backward_stored_tanh(q, keys, d_s):
     """The full chunk backward with tanh computed once and shared by the sums over keys and queries."""
     import jax.numpy as jnp
 
-    from attn_jax.functional.chunked import REDUCE_GROUP
+    from attn_jax.functional.chunked import _pair_sums
 
     hidden = jnp.tanh(keys[:, None] + q[None])
     d = d_s.T[:, :, None]
     d_pre, d_hid = d * (1 - hidden * hidden), d * hidden
-    sum_pre, sum_hidden = _two_output_sum(d_pre, d_hid, 0)
-    k, m, a = hidden.shape
-    grouped = lambda t: t.reshape(k, m // REDUCE_GROUP, REDUCE_GROUP, a)
-    d_keys, _ = _two_output_sum(grouped(d_pre), grouped(d_hid), 2)
-    return (sum_pre, jnp.sum(sum_hidden, 0)), jnp.sum(d_keys, 1)
+    sum_pre, sum_hidden = _pair_sums(d_pre, d_hid, axis=0)
+    d_keys, _ = _pair_sums(d_pre, d_hid, axis=1)
+    return (sum_pre, jnp.sum(sum_hidden, 0)), d_keys
 
 
 def backward_library(q, keys, d_s):

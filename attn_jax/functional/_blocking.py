@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+KEY_BLOCK = 256  # keys per partial sum of a float32 sum over keys (d w_a, contexts); blocks then as a tree
+
 
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """Largest divisor of n that is <= limit (1 for a prime n > limit): a block size needing no padding."""

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.functional import _checks
-from attn_jax.functional._blocking import largest_divisor_at_most
+from attn_jax.functional._blocking import KEY_BLOCK, largest_divisor_at_most
 from attn_jax.functional._dtypes import accumulation_dtype, project
 from attn_jax.functional.context import attention_context
 from attn_jax.functional.softmax import _masked_softmax_f32
@@ -50,9 +50,6 @@ def _validate(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) -> tuple
     return batch
 
 
-SUM_BLOCK = 256  # keys per dot in d w_a; the blocks are then summed as a tree
-
-
 @jax.custom_jvp
 def _reduce_hidden(hidden, w_a):
     """hidden (m, n, a) @ w_a (a,) -> scores (m, n), differentiated so that d w_a is summed in blocks.
@@ -70,7 +67,7 @@ def _reduce_hidden_jvp(primals, tangents):
     hidden, w_a = primals
     d_hidden, d_w_a = tangents
     m, n, a = hidden.shape
-    block = largest_divisor_at_most(n, SUM_BLOCK)
+    block = largest_divisor_at_most(n, KEY_BLOCK)
     blocks = hidden.reshape(m, n // block, block, a)
     # Transposed, this broadcast becomes a sum over the per-block partial sums (w_a is per example here:
     # see `_batched(shared=...)`, else vmap would put the batch into each block's contraction).

@@ -6,9 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.functional import _checks
+from attn_jax.functional._blocking import KEY_BLOCK
 from attn_jax.functional._dtypes import accumulation_dtype
-
-CONTEXT_BLOCK = 256  # keys per partial sum of the context; the partial sums are then added as a tree
 
 
 def blocked_weighted_sum(weights, values, dtype):
@@ -18,14 +17,14 @@ def blocked_weighted_sum(weights, values, dtype):
     of 4096 random keys: 1.0e-6 relative, blocked 2.2e-7).
     """
     n = weights.shape[-1]
-    if n <= CONTEXT_BLOCK:
+    if n <= KEY_BLOCK:
         return jnp.matmul(weights, values, preferred_element_type=dtype)
-    num_blocks = -(-n // CONTEXT_BLOCK)
-    pad = num_blocks * CONTEXT_BLOCK - n  # zero weights on zero values: no contribution
+    num_blocks = -(-n // KEY_BLOCK)
+    pad = num_blocks * KEY_BLOCK - n  # zero weights on zero values: no contribution
     weights = jnp.pad(weights, [(0, 0)] * (weights.ndim - 1) + [(0, pad)])
     values = jnp.pad(values, [(0, 0)] * (values.ndim - 2) + [(0, pad), (0, 0)])
-    weights = weights.reshape(weights.shape[:-1] + (num_blocks, CONTEXT_BLOCK))
-    values = values.reshape(values.shape[:-2] + (num_blocks, CONTEXT_BLOCK, values.shape[-1]))
+    weights = weights.reshape(weights.shape[:-1] + (num_blocks, KEY_BLOCK))
+    values = values.reshape(values.shape[:-2] + (num_blocks, KEY_BLOCK, values.shape[-1]))
     partial = jnp.einsum("...mjk,...jkd->...mjd", weights, values, preferred_element_type=dtype)
     return jnp.sum(partial, axis=-2)
 
