@@ -72,9 +72,11 @@ def test_jit_equals_eager_and_vmap_equals_loop(chunk_size):
     jitted = jax.jit(fn)(q, h, v, mask)
     mapped = jax.vmap(fn)(q, h, v, mask)
     looped = [jax.jit(fn)(q[i], h[i], v[i], mask[i]) for i in range(3)]
+    # XLA may fuse and order the float32 sums differently under jit and vmap: a few ulps of the
+    # largest value (atol 1e-6) separate them; a batch mix-up or a dropped term is off by O(0.1).
     for i in range(2):
-        np.testing.assert_allclose(jitted[i], eager[i], rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(mapped[i], np.stack([r[i] for r in looped]), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(jitted[i], eager[i], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(mapped[i], np.stack([r[i] for r in looped]), rtol=1e-6, atol=1e-6)
 
 
 def _loss_fn(mask, chunk_size, fully_masked, v):

@@ -16,38 +16,11 @@ import math
 import jax
 import jax.numpy as jnp
 
-from attn_jax.functional import _checks
+from attn_jax import _checks
 from attn_jax.functional._blocking import KEY_BLOCK, largest_divisor_at_most
 from attn_jax.functional._dtypes import accumulation_dtype, project
 from attn_jax.functional.context import attention_context
 from attn_jax.functional.softmax import _masked_softmax_f32
-
-
-def _validate(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) -> tuple[int, ...]:
-    """Check every argument of the additive family; return the broadcast batch shape."""
-    _checks.check_rank("query", jnp.shape(query), 2, "(..., m, d_q)")
-    _checks.check_rank("keys", jnp.shape(keys), 2, "(..., n, d_k)")
-    _checks.check_rank("w_q", jnp.shape(w_q), 2, "(d_q, a)")
-    if jnp.ndim(w_q) != 2:
-        raise ValueError(f"w_q must have shape (d_q, a); got shape {jnp.shape(w_q)}")
-    d_q, a = jnp.shape(w_q)
-    d_k = jnp.shape(keys)[-1]
-    _checks.check_dim("query", jnp.shape(query), -1, d_q, f"w_q has d_q = {d_q} (w_q shape {(d_q, a)})")
-    _checks.check_exact_shape("w_k", jnp.shape(w_k), (d_k, a), "(d_k, a)")
-    _checks.check_exact_shape("w_a", jnp.shape(w_a), (a,), "(a,)")
-    if bias is not None:
-        _checks.check_exact_shape("bias", jnp.shape(bias), (a,), "(a,)")
-    shapes = {"query": (jnp.shape(query), 2), "keys": (jnp.shape(keys), 2)}
-    if values is not None:
-        _checks.check_rank("values", jnp.shape(values), 2, "(..., n, d_v)")
-        n = jnp.shape(keys)[-2]
-        _checks.check_dim("values", jnp.shape(values), -2, n, f"keys have n = {n} positions")
-        shapes["values"] = (jnp.shape(values), 2)
-    batch = _checks.broadcast_batch(shapes)
-    if mask is not None:
-        m, n = jnp.shape(query)[-2], jnp.shape(keys)[-2]
-        _checks.check_mask(jnp.shape(mask), batch + (m, n))
-    return batch
 
 
 @jax.custom_jvp
@@ -114,7 +87,7 @@ def additive_scores(query, keys, w_q, w_k, w_a, *, bias=None):
     query (..., m, d_q); keys (..., n, d_k); w_q (d_q, a); w_k (d_k, a); w_a (a,); bias (a,) or None.
     Returns (..., m, n) in the inputs' result dtype (accumulated in float32, float64 for float64).
     """
-    batch = _validate(query, keys, w_q, w_k, w_a, bias)
+    batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias)
     out_dtype = jnp.result_type(query.dtype, keys.dtype)
     dtype = accumulation_dtype(query, keys)
     return _scores_acc(query, keys, w_q, w_k, w_a, bias, batch, dtype).astype(out_dtype)
@@ -186,7 +159,7 @@ def additive_attention(
     _checks.check_chunk_size(chunk_size)
     backend = _resolve_implementation(implementation)
     values = keys if values is None else values
-    batch = _validate(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     if backend == "pallas":
         kernel = _pallas_kernel()

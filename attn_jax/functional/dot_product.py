@@ -10,7 +10,7 @@ import math
 
 import jax.numpy as jnp
 
-from attn_jax.functional import _checks
+from attn_jax import _checks
 from attn_jax.functional._dtypes import accumulation_dtype
 from attn_jax.functional.context import attention_context
 from attn_jax.functional.softmax import _masked_softmax_f32

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from attn_jax.functional import _checks
+from attn_jax import _checks
 from attn_jax.functional._dtypes import accumulation_dtype
 
 

@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from attn_jax.functional import _checks
-from attn_jax.functional.additive import _validate
+from attn_jax import _checks
 from attn_jax.kernels import _additive_kernels as K
 
 _GPU_BLOCKS = {"bq": 32, "bk": 32}  # default tiles for the Triton lowering (powers of two)
@@ -292,7 +291,7 @@ def pallas_additive_attention(
     """
     _checks.check_fully_masked(fully_masked)
     values = keys if values is None else values
-    batch = _validate(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
     cfg = make_config(

@@ -1,4 +1,5 @@
-"""Trace-time argument checks: bad input raises ValueError naming the argument and its shape."""
+"""Trace-time argument checks shared by `functional` and `kernels` (below both, so neither imports the other
+for them): bad input raises ValueError naming the argument and its shape."""
 
 from __future__ import annotations
 
@@ -65,3 +66,30 @@ def check_chunk_size(chunk_size) -> None:
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+
+
+def validate_additive(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) -> tuple[int, ...]:
+    """Check every argument of the additive family; return the broadcast batch shape."""
+    check_rank("query", np.shape(query), 2, "(..., m, d_q)")
+    check_rank("keys", np.shape(keys), 2, "(..., n, d_k)")
+    check_rank("w_q", np.shape(w_q), 2, "(d_q, a)")
+    if np.ndim(w_q) != 2:
+        raise ValueError(f"w_q must have shape (d_q, a); got shape {np.shape(w_q)}")
+    d_q, a = np.shape(w_q)
+    d_k = np.shape(keys)[-1]
+    check_dim("query", np.shape(query), -1, d_q, f"w_q has d_q = {d_q} (w_q shape {(d_q, a)})")
+    check_exact_shape("w_k", np.shape(w_k), (d_k, a), "(d_k, a)")
+    check_exact_shape("w_a", np.shape(w_a), (a,), "(a,)")
+    if bias is not None:
+        check_exact_shape("bias", np.shape(bias), (a,), "(a,)")
+    shapes = {"query": (np.shape(query), 2), "keys": (np.shape(keys), 2)}
+    if values is not None:
+        check_rank("values", np.shape(values), 2, "(..., n, d_v)")
+        n = np.shape(keys)[-2]
+        check_dim("values", np.shape(values), -2, n, f"keys have n = {n} positions")
+        shapes["values"] = (np.shape(values), 2)
+    batch = broadcast_batch(shapes)
+    if mask is not None:
+        m, n = np.shape(query)[-2], np.shape(keys)[-2]
+        check_mask(np.shape(mask), batch + (m, n))
+    return batch
