@@ -1,6 +1,6 @@
 """attn_jax: attention mechanisms for image understanding in JAX/Flax.
 
-The pure functions below are the public, stable core (see DESIGN.md's API contract).
+The pure functions below are the public, stable core (docs/ARCHITECTURE.md, "Public API contract").
 Subpackages: functional, kernels, nn, models, detection, losses, metrics, data, train, viz.
 """
 

@@ -1,4 +1,4 @@
-"""Float64 NumPy transcription of the seed formula (sections 3-4), the reference for the core tests.
+"""Float64 NumPy transcription of additive attention (Bahdanau et al. 2015), the core tests' reference.
 
 e_i = w_a . tanh(q W_q + h_i W_k + b);  alpha = softmax over valid i;  c = sum_i alpha_i v_i
 """

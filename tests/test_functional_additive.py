@@ -1,4 +1,4 @@
-"""Additive attention core (unchunked and chunked) against the float64 NumPy reference of the seed."""
+"""Additive attention core (unchunked and chunked) against the float64 NumPy reference of the formula."""
 
 import jax
 import jax.numpy as jnp

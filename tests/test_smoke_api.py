@@ -1,4 +1,4 @@
-"""The public API contract of DESIGN.md: names importable from attn_jax with the documented shapes."""
+"""The public API contract (docs/ARCHITECTURE.md): names importable from attn_jax, documented shapes."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The seed's three PyTorch models (section 5, copied verbatim) vs attn_jax.models with converted weights."""
+"""The three PyTorch reference task models (copied verbatim) vs attn_jax.models with converted weights."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from attn_jax.models import AttentionClassifier, AttentionDetector, AttentionSeg
 from attn_jax.nn import BottleneckResNetBlock, Decoder, ResNet, ResNetBlock, SmallCNN  # noqa: E402
 from attn_jax.nn.convert import SEED_RENAME, torch_to_flax, torchvision_resnet_rename  # noqa: E402
 
-# ---- copied from the seed, sections 5.1-5.3 (unchanged) -------------------------------------------
+# ---- the PyTorch reference models, verbatim (unchanged) --------------------------------------------
 
 
 class SeedAttentionClassifier(nn.Module):

@@ -1,4 +1,4 @@
-"""Capture and Grad-CAM on every registered attention family of the seed's classifier."""
+"""Capture and Grad-CAM on every registered attention family of the classifier."""
 
 import jax
 import numpy as np

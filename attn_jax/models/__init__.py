@@ -1,4 +1,4 @@
-"""The seed's three task models: classifier, detector and segmenter.
+"""The three task models: classifier, detector and segmenter, each gating backbone features with attention.
 
 All are called as ``model.apply(variables, images, train=bool)`` with NHWC images and take
 ``attention=`` (a name from `attn_jax.nn.available_attention()`) and ``attention_kwargs=``.

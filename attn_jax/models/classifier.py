@@ -1,4 +1,4 @@
-"""The seed's §5.1 AttentionClassifier."""
+"""AttentionClassifier: a backbone gated by an attention module, pooled, then a linear classifier."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ class AttentionClassifier(nn.Module):
 
     ``model.apply(variables, images, train=bool)``: images (B, H, W, C_in) -> logits (B, num_classes)
     float32. ``attention`` names a registry entry (`attn_jax.nn.available_attention()`), built with
-    ``attention_kwargs``. Seed: ``features * sigmoid(conv1x1(features))``, ``adaptive_avg_pool2d`` and
-    ``nn.Linear``. Deliberate difference: the seed's ``.squeeze()`` drops the batch axis when B == 1;
+    ``attention_kwargs``. The PyTorch reference (tests/test_torch_parity.py): ``features *
+    sigmoid(conv1x1(features))``, ``adaptive_avg_pool2d`` and
+    ``nn.Linear``. Deliberate difference: the reference's ``.squeeze()`` drops the batch axis when B == 1;
     here the output is always (B, num_classes).
     """
 

@@ -1,4 +1,4 @@
-"""The seed's §5.2 AttentionDetector."""
+"""AttentionDetector: a backbone gated by an attention module, with anchor-based class and box heads."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ class AttentionDetector(nn.Module):
     ``model.apply(variables, images, train=bool)`` returns ``(cls_logits, box_deltas)``, float32:
     cls_logits (B, h, w, num_anchors, num_classes) and box_deltas (B, h, w, num_anchors, 4), with
     (h, w) = (H, W) / backbone.stride. Anchor a at cell (i, j) is flattened (row-major over (h, w, A))
-    as index (i * w + j) * A + a. The heads are the seed's ``Conv2d(C, num_classes * num_anchors, 3,
-    padding=1)`` and ``Conv2d(C, 4 * num_anchors, 3, padding=1)``; their channel k is read as anchor
-    k // num_classes, class k % num_classes (and anchor k // 4, coordinate k % 4): the seed leaves the
-    layout open, this is the anchor-major one. The reshape to per-anchor axes is the only addition.
+    as index (i * w + j) * A + a. The heads are the PyTorch reference's
+    ``Conv2d(C, num_classes * num_anchors, 3, padding=1)`` and ``Conv2d(C, 4 * num_anchors, 3,
+    padding=1)``; their channel k is read as anchor k // num_classes, class k % num_classes (and anchor
+    k // 4, coordinate k % 4): the reference leaves the layout open, this is the anchor-major one. The
+    reshape to per-anchor axes is the only addition.
     """
 
     backbone: nn.Module

@@ -1,4 +1,4 @@
-"""The seed's §5.3 AttentionSegmenter."""
+"""AttentionSegmenter: encoder features gated by an attention module, decoded to per-pixel logits."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ class AttentionSegmenter(nn.Module):
     ``model.apply(variables, images, train=bool)``: images (B, H, W, C_in) -> logits (B, H, W,
     num_classes) float32. The decoder should upsample by the encoder's stride (e.g.
     ``Decoder(features)`` with log2(stride) entries); if its output grid differs from (H, W) the logits
-    are resized bilinearly to the input resolution (an addition: the seed returns the decoder's grid).
+    are resized bilinearly to the input resolution (an addition: the PyTorch reference returns the
+    decoder's grid).
     """
 
     encoder: nn.Module

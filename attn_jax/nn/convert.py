@@ -9,7 +9,7 @@ Layouts are moved by the tensor's rank and key suffix:
     running_mean / running_var    -> batch_stats "mean" / "var"  num_batches_tracked -> dropped
 Convolutions, pooling and padding must be NHWC-equivalent on the Flax side (the attn_jax backbones pad
 3x3 convs by 1, like PyTorch), and a Flatten before a Linear would need its kernel rows permuted (the
-seed's models pool instead, so none is needed there).
+task models pool instead, so none is needed there).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-#: The seed's head modules (section 5) -> the attn_jax task models' submodule paths.
+#: The PyTorch reference task models' head modules (tests/test_torch_parity.py) -> attn_jax submodule paths.
 SEED_RENAME: Mapping[str, str] = {
     "attention.0": "attention/conv",
     "classifier": "classifier",

@@ -1,4 +1,5 @@
-"""Feature-gating attention modules: none, spatial (the seed's), SE, CBAM, ECA, Attention U-Net gate.
+"""Feature-gating attention modules: none, spatial (1x1 conv + sigmoid), SE (Hu et al. 2018), CBAM (Woo et al.
+2018), ECA (Wang et al. 2020), Attention U-Net gate (Oktay et al. 2018).
 
 Uniform call convention (every registry entry): ``module(x, *, guide=None, train=False) -> y`` with
 x and y of shape (B, H, W, C), NHWC. ``guide`` is an optional second input for the entries that use one
@@ -45,7 +46,7 @@ class Identity(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """The seed's gate: a = sigmoid(Conv1x1(x)) of shape (B, H, W, 1); returns x * a."""
+    """Spatial gate: a = sigmoid(Conv1x1(x)) of shape (B, H, W, 1); returns x * a."""
 
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32

@@ -1,4 +1,5 @@
-"""Query attention modules over the positions of a feature grid: additive (seed §3) and non-local.
+"""Query attention over the positions of a feature grid: additive (Bahdanau et al. 2015; Xu et al. 2015)
+and non-local (Wang et al. 2018).
 
 Same call convention as `attn_jax.nn.gates`: ``module(x, *, guide=None, train=False) -> y``, x and y
 (B, H, W, C). Both sow a (B, m, n) query-by-position weight matrix as "attention_map".
@@ -29,13 +30,15 @@ def _query_from_guide(guide, batch: int):
 
 
 class AdditiveAttention(nn.Module):
-    """The seed's additive attention pooling the grid: e_i = w_a . tanh(q W_q + h_i W_k + b).
+    """Additive attention (Bahdanau et al. 2015) pooling the grid, as in Show-Attend-Tell (Xu et al. 2015).
+
+    e_i = w_a . tanh(q W_q + h_i W_k + b).
 
     Keys and values are the n = H*W feature vectors h_i (C each); the query is ``guide`` ((m, d_q) or
     (B, m, d_q)) if given, else ``num_queries`` learned vectors of size C. Sows "attention_map" (B, m, n)
     (the softmax weights alpha) and "context" (B, m, C) (c = sum_i alpha_i h_i). Returns the gate
     x * n * mean_m(alpha) (B, H, W, C), so that averaging the output over positions gives exactly the mean
-    context vector: a model that average-pools (the seed's classifier) pools with alpha.
+    context vector: a model that average-pools (AttentionClassifier) pools with alpha.
     ``chunk_size`` (memory-bounded keys) and ``implementation`` ("xla", "pallas", "auto") are passed to
     `attn_jax.additive_attention`.
     """
