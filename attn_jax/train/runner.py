@@ -44,10 +44,13 @@ class Runner:
                 jax.shard_map(eval_fn, mesh=mesh, in_specs=specs, out_specs=specs, check_vma=False)
             )
         elif self.mode == "pmap":
-            if jax.process_count() > 1 or mesh.size != jax.local_device_count():
-                raise ValueError("parallel='pmap' runs on all local devices of one process; use 'shard_map'")
-            self.train = parallel.pmap_step(step_fn)
-            self.eval = jax.pmap(eval_fn, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, 0))
+            if jax.process_count() > 1:
+                raise ValueError("parallel='pmap' runs on the local devices of one process; use 'shard_map'")
+            devices = list(mesh.devices.flat)
+            self.train = parallel.pmap_step(step_fn, devices=devices)
+            self.eval = jax.pmap(
+                eval_fn, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, 0), devices=devices
+            )
         else:
             raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.mode!r}")
 
