@@ -195,3 +195,12 @@ def test_bfloat16_compute_trains_with_float32_parameters(data_dir):
     state, metrics = runner.train(runner.place(runner.init_state(0)), runner.batch(batch))
     assert np.isfinite(float(metrics["loss"])) and float(metrics["count"]) == 16
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(state.params))
+
+
+def test_importing_the_train_package_loads_neither_viz_nor_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, attn_jax.train; bad = [m for m in ('attn_jax.viz', 'matplotlib') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
