@@ -202,8 +202,7 @@ def test_importing_the_train_package_loads_neither_viz_nor_matplotlib():
     import sys
 
     code = (
-        "import sys, attn_jax.train\n"
-        "print([m for m in ('attn_jax.viz', 'matplotlib') if m in sys.modules])"
+        "import sys, attn_jax.train\nprint([m for m in ('attn_jax.viz', 'matplotlib') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

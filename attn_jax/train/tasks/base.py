@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
@@ -85,13 +84,3 @@ def jsonable(result: dict) -> dict:
         else:
             out[k] = v
     return out
-
-
-def mean_sums(sums: dict, count_key: str = "count") -> dict:
-    """Every entry divided by sums[count_key] (at least 1)."""
-    count = max(float(np.asarray(sums[count_key])), 1.0)
-    return {k: float(np.asarray(v)) / count for k, v in sums.items() if k != count_key}
-
-
-def zeros_like_sums(tree):
-    return jax.tree.map(jnp.zeros_like, tree)
