@@ -1,7 +1,8 @@
 """`attn-jax` console entry: train / eval / visualize / bench.
 
-attn-jax train --config experiments/configs/classification.py [--config.lr=...] [--workdir DIR]
-attn-jax eval --config experiments/configs/classification.py --workdir DIR
+attn-jax train --config experiments/configs/{classification,detection,segmentation}.py[:ATTENTION]
+               [--config.lr=...] [--workdir DIR]
+attn-jax eval --config experiments/configs/<task>.py[:ATTENTION] --workdir DIR
 attn-jax visualize ...   # = python -m attn_jax.viz ...   (arguments passed through verbatim)
 attn-jax bench ...       # = python benchmarks/run.py ... (arguments passed through verbatim)
 """
@@ -32,6 +33,14 @@ def _benchmarks_runner() -> str:
     )
 
 
+def train_callbacks() -> tuple:
+    """End-of-run hooks of `attn-jax train`: the attention-map PNG (attn_jax.viz draws it; the train
+    package itself never imports viz)."""
+    from attn_jax.viz.hooks import attention_png
+
+    return (attention_png,)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Dispatch argv[1] (argv defaults to sys.argv); everything after the subcommand is passed untouched."""
     argv = list(sys.argv if argv is None else argv)
@@ -42,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     if command in ("train", "eval"):
         from attn_jax.train.main import run
 
-        run(command, [f"attn-jax {command}", *rest])
+        run(command, [f"attn-jax {command}", *rest], callbacks=train_callbacks())
     elif command == "visualize":
         sys.argv = ["attn_jax.viz", *rest]
         runpy.run_module("attn_jax.viz", run_name="__main__", alter_sys=True)

@@ -4,8 +4,10 @@ classification, then score its attention map (and Grad-CAM) against the digit's 
     python experiments/localization.py --workdir runs/localization             # ~15 min on 2 CPU cores
     python experiments/localization.py --workdir /tmp/loc --config tiny        # seconds (tests)
 
-Writes WORKDIR/localization.json, WORKDIR/localization.md (the table), WORKDIR/localization.png (test
-images x families) and one run per family in WORKDIR/<family>/ (drawn by `python -m attn_jax.viz`).
+Each family is trained by the library's loop (attn_jax.train.train_and_evaluate, a classification config
+per family), one `attn-jax train` run per family in WORKDIR/<family>/ (drawn by `python -m attn_jax.viz`).
+Writes WORKDIR/localization.json, WORKDIR/localization.md (the table) and WORKDIR/localization.png (test
+images x families).
 Columns: test accuracy; pointing game (map maximum inside the digit's box); energy (share of the map's
 mass on the digit's pixels); the same two for the untrained model. Chance: a uniform map.
 """
@@ -17,18 +19,16 @@ import json
 import os
 import time
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
-from attn_jax.data import make_pipeline
 from attn_jax.metrics.localization import LocalizationStats, boxes_to_mask, uniform_chance
+from attn_jax.train import build_model, train_and_evaluate
 from attn_jax.viz.capture import capture_attention
 from attn_jax.viz.draw import attention_grid
 from attn_jax.viz.explain import grad_cam, last_conv
-from attn_jax.viz.runs import classifier, eval_batches, image_shape, init_variables, save_run
+from attn_jax.viz.runs import classifier_config, eval_batches, image_shape, init_variables, load_train_run
 
 
 def get_config(arg: str = "default") -> ml_collections.ConfigDict:
@@ -51,47 +51,27 @@ def get_config(arg: str = "default") -> ml_collections.ConfigDict:
     return c
 
 
-def _train_step(model, tx):
-    def loss_fn(params, batch_stats, images, labels):
-        logits, updates = model.apply(
-            {"params": params, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        return loss, updates["batch_stats"]
-
-    @jax.jit
-    def step(params, batch_stats, opt_state, images, labels):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch_stats, images, labels
-        )
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), batch_stats, opt_state, loss
-
-    return step
+def family_config(config, family: str) -> ml_collections.ConfigDict:
+    """The library's classification config (attn_jax.train.config vocabulary) of one family's run:
+    AdamW on a cosine schedule, no warmup, no clipping, no label smoothing, evaluated only at the end."""
+    c = classifier_config(family, widths=config.widths, stride=config.stride, dataset=config.dataset)
+    c.seed, c.batch_size, c.num_train_steps = config.seed, config.batch_size, config.steps
+    c.lr, c.weight_decay, c.warmup_steps, c.clip_norm = config.learning_rate, config.weight_decay, 0, 0.0
+    c.label_smoothing = 0.0
+    c.eval_batch_size, c.eval_examples = config.eval_batch_size, config.eval_examples
+    c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 50, 0, 0
+    c.keep_latest, c.keep_best = 1, 0
+    c.progress, c.png_examples = False, 0
+    return c
 
 
-def train(model, config, shape) -> tuple[dict, dict]:
-    """Trains `model` for config.steps AdamW steps (cosine decay); returns variables and a summary."""
-    variables = init_variables(model, shape, config.seed)
-    params, batch_stats = variables["params"], variables.get("batch_stats", {})
-    tx = optax.adamw(
-        optax.cosine_decay_schedule(config.learning_rate, config.steps), weight_decay=config.weight_decay
-    )
-    opt_state = tx.init(params)
-    step = _train_step(model, tx)
-    loader = make_pipeline(
-        config.dataset, "train", batch_size=config.batch_size, train=True, seed=config.seed, num_devices=1,
-        shard_index=0, shard_count=1,
-    )  # fmt: skip
-    start, losses = time.perf_counter(), []
-    for i, batch in zip(range(config.steps), loader):
-        params, batch_stats, opt_state, loss = step(
-            params, batch_stats, opt_state, jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
-        )
-        if i % 50 == 0 or i == config.steps - 1:
-            losses.append(float(loss))
-    seconds = time.perf_counter() - start
-    return {"params": params, "batch_stats": batch_stats}, {"train_seconds": seconds, "losses": losses}
+def train(config, family: str, run_dir: str) -> tuple[object, dict, dict]:
+    """Trains `family` with attn_jax.train.train_and_evaluate into run_dir (resuming a run there);
+    returns the model, its trained variables (the run's final checkpoint) and the run's summary."""
+    run_config = family_config(config, family)
+    summary = train_and_evaluate(run_config, run_dir)
+    model, variables, _ = load_train_run(run_config, run_dir)
+    return model, variables, {"train_seconds": summary["train_time_s"], "run": run_dir}
 
 
 def _scores(stats: dict[str, LocalizationStats], key: str, maps, batch) -> None:
@@ -171,19 +151,17 @@ def run(config, workdir: str) -> dict:
     shape = image_shape(config.dataset)
     rows, results, models = [], {}, {}
     for family in config.families:
-        model = classifier(family, widths=config.widths, stride=config.stride)
+        untrained_model = build_model(family_config(config, family), bn_axis_name=None)
         cams = family in config.grad_cam_families
-        untrained = evaluate(model, init_variables(model, shape, config.seed), config, with_grad_cam=cams)
-        variables, summary = train(model, config, shape)
+        untrained_vars = init_variables(untrained_model, shape, config.seed)
+        untrained = evaluate(untrained_model, untrained_vars, config, with_grad_cam=cams)
+        model, variables, summary = train(config, family, os.path.join(workdir, family))
         result = {**evaluate(model, variables, config, with_grad_cam=cams), **summary}
         results[family] = {"trained": result, "untrained": untrained}
         rows.append(_row(family, result, "attention", untrained))
         if cams:
             rows.append(_row(f"Grad-CAM ({family} model)", result, "grad_cam", untrained, accuracy=False))
         models[family] = (model, variables)
-        run_config = {"family": family, "widths": list(config.widths), "stride": config.stride,
-                      "num_classes": 10, "image_shape": list(shape), "dataset": config.dataset}  # fmt: skip
-        save_run(os.path.join(workdir, family), variables, run_config)
         print(f"{family}: {json.dumps(rows[-1])}", flush=True)
     first = results[config.families[0]]["trained"]
     rows.append(

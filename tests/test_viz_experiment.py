@@ -54,7 +54,7 @@ def test_cli_draws_an_attn_jax_train_run(tmp_path, capsys):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     spec = os.path.join(root, "experiments", "configs", "classification.py") + ":gate,tiny"
     config = load_config(spec)
-    model = build_model(config.model, 10, bn_axis_name=None)
+    model = build_model(config, bn_axis_name=None)
     state = create_train_state(model, build_optimizer(config), jax.random.key(7), np.zeros((1, 32, 32, 1)))
     state = state.replace(params=jax.tree.map(lambda p: p + 0.5, state.params))
     iterator = iter(make_pipeline(config.dataset, "train", batch_size=16, train=True, num_devices=1))

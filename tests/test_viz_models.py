@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 
 from attn_jax.nn import available_attention
+from attn_jax.train.factory import build_model
 from attn_jax.viz.capture import capture_attention
 from attn_jax.viz.explain import grad_cam, last_conv
-from attn_jax.viz.runs import classifier, init_variables
+from attn_jax.viz.runs import classifier_config, init_variables
+
+
+def classifier(family, widths, stride):
+    """The classifier built by the train package's one model builder (no BatchNorm axis)."""
+    return build_model(classifier_config(family, widths=widths, stride=stride), bn_axis_name=None)
+
 
 KIND = {"se": "channel", "eca": "channel", "additive": "query", "nonlocal": "query"}
 

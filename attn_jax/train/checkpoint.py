@@ -110,3 +110,24 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator=None
 def with_shardings(abstract_tree, sharding):
     """ShapeDtypeStructs of `abstract_tree` carrying `sharding` (e.g. replicated over the current mesh)."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_tree)
+
+
+def restore_read_only(directory: str, abstract_state, step: int | None = None):
+    """(state, step) of `step` (default: the latest readable one) in a checkpoint directory, opened
+    read-only (safe beside a running job; only the "state" item is read). FileNotFoundError when there is
+    no readable step. abstract_state: ShapeDtypeStructs with the shardings wanted (e.g. one device)."""
+    directory = os.path.abspath(directory)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoints in {directory!r}")
+    manager = make_manager(directory, keep_best=0, async_save=False, read_only=True)
+    try:
+        if step is None:
+            state, step = restore_latest(manager, abstract_state)
+        else:
+            items = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+            state = manager.restore(step, args=items)["state"]
+    finally:
+        manager.close()
+    if state is None:
+        raise FileNotFoundError(f"no finished checkpoint in {directory!r}")
+    return state, step

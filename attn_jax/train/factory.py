@@ -1,4 +1,8 @@
-"""Build the classifier and the optimizer named by an experiment config (see experiments/configs)."""
+"""The one model builder and the optimizer of an experiment config (see experiments/configs).
+
+model = build_model(config)        # the task's model (config.task), BatchNorm over the axis "data"
+tx = build_optimizer(config)
+"""
 
 from __future__ import annotations
 
@@ -11,29 +15,39 @@ BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_model(model_cfg, num_classes: int, *, bn_axis_name: str | None = AXIS):
-    """AttentionClassifier(backbone, num_classes, attention=model_cfg.attention); BatchNorm statistics are
-    averaged over `bn_axis_name` (the data axis), so a data-parallel step equals one full-batch step."""
-    from attn_jax.models import AttentionClassifier
+def model_dtype(model_cfg):
+    """Compute dtype named by model_cfg.dtype (parameters stay float32)."""
+    if model_cfg.dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {model_cfg.dtype!r}; known: {list(DTYPES)}")
+    return DTYPES[model_cfg.dtype]
+
+
+def build_backbone(model_cfg, bn_axis_name: str | None = AXIS):
+    """SmallCNN(features, stride, blocks_per_stage) or a ResNet (small stem) of model_cfg."""
     from attn_jax.nn import ResNet18, ResNet34, ResNet50, SmallCNN
 
     if model_cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {model_cfg.backbone!r}; known: {list(BACKBONES)}")
-    if model_cfg.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {model_cfg.dtype!r}; known: {list(DTYPES)}")
-    dtype = DTYPES[model_cfg.dtype]
+    dtype = model_dtype(model_cfg)
     if model_cfg.backbone == "small_cnn":
-        backbone = SmallCNN(
+        return SmallCNN(
             features=tuple(model_cfg.features),
             stride=model_cfg.stride,
             blocks_per_stage=model_cfg.blocks_per_stage,
             dtype=dtype,
             bn_axis_name=bn_axis_name,
         )
-    else:
-        resnet = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}[model_cfg.backbone]
-        backbone = resnet(stem="small", dtype=dtype, bn_axis_name=bn_axis_name)
-    return AttentionClassifier(backbone, num_classes, attention=model_cfg.attention, dtype=dtype)
+    resnet = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}[model_cfg.backbone]
+    return resnet(stem="small", dtype=dtype, bn_axis_name=bn_axis_name)
+
+
+def build_model(config, meta=None, *, bn_axis_name: str | None = AXIS):
+    """The model of `config`'s task (AttentionClassifier / AttentionDetector / AttentionSegmenter) with
+    config.model's backbone and attention; BatchNorm statistics are averaged over `bn_axis_name` (the data
+    axis), so a data-parallel step equals one full-batch step. meta: dataset facts (default: looked up)."""
+    from attn_jax.train.tasks import make_task
+
+    return make_task(config, meta).build_model(bn_axis_name)
 
 
 def build_optimizer(config):
@@ -47,4 +61,5 @@ def build_optimizer(config):
         momentum=config.get("momentum", 0.9),
         clip_norm=config.clip_norm or None,
         skip_nonfinite=config.get("skip_nonfinite", 0),
+        end_factor=config.get("end_lr_factor", 0.0),
     )

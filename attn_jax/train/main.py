@@ -1,7 +1,8 @@
-"""`attn-jax train` / `python experiments/run.py`: absl flags around `train_and_evaluate`.
+"""`attn-jax train` / `python experiments/run.py`: absl flags around `train_and_evaluate`, any task.
 
 attn-jax train --config experiments/configs/classification.py:spatial --config.lr=3e-3 --workdir runs/x
-attn-jax eval  --config experiments/configs/classification.py --workdir runs/x   # latest checkpoint
+attn-jax train --config experiments/configs/detection.py:spatial --workdir runs/det
+attn-jax eval  --config experiments/configs/segmentation.py --workdir runs/seg   # latest checkpoint
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def _workdir(config) -> str:
 
 
 _VERBOSE = False
+_CALLBACKS: tuple = ()
 
 
 def _quiet() -> None:
@@ -43,12 +45,17 @@ def train_main(argv) -> None:
     if config is None:
         raise app.UsageError("--config is required, e.g. --config experiments/configs/classification.py")
     workdir = _workdir(config)
-    summary = train_and_evaluate(config, workdir)
+    summary = train_and_evaluate(config, workdir, callbacks=_CALLBACKS)
     print(json.dumps(summary, indent=2))
     if summary["stop_reason"] == "done":
+        from attn_jax.train.tasks import get_task
+
+        keys = [k for k in get_task(summary["task"]).headline if f"test_{k}" in summary]
+        shown = ", ".join(f"{k} {summary[f'test_{k}']:.4f}" for k in keys)
         print(
-            f"test accuracy {summary['test_accuracy']:.4f} after {summary['step']} steps "
-            f"({summary['wall_time_s']:.0f} s); outputs in {summary['workdir']}"
+            f"{summary['task']} test {shown} after {summary['step']} steps "
+            f"(train {summary['train_time_s']:.0f} s, total {summary['wall_time_s']:.0f} s); "
+            f"outputs in {summary['workdir']}"
         )
     else:
         print(f"stopped by SIGTERM at step {summary['step']}; checkpoint saved in {summary['workdir']}")
@@ -65,8 +72,10 @@ def eval_main(argv) -> None:
     print(json.dumps(evaluate_checkpoint(_CONFIG.value, _WORKDIR.value), indent=2))
 
 
-def run(command: str, argv: list[str]) -> None:
-    """Parse flags from argv (argv[0] = program name) and run "train" or "eval"."""
-    global _VERBOSE
+def run(command: str, argv: list[str], callbacks=()) -> None:
+    """Parse flags from argv (argv[0] = program name) and run "train" or "eval"; `callbacks` go to
+    train_and_evaluate (e.g. attn_jax.viz.hooks.attention_png)."""
+    global _VERBOSE, _CALLBACKS
+    _CALLBACKS = tuple(callbacks)
     _VERBOSE = any(a.startswith(("-v", "--v")) for a in argv[1:])
     app.run({"train": train_main, "eval": eval_main}[command], argv=argv)

@@ -28,15 +28,17 @@ def make_optimizer(
     momentum: float = 0.9,
     clip_norm: float | None = None,
     skip_nonfinite: int = 0,
+    end_factor: float = 0.0,
 ) -> optax.GradientTransformation:
     """`name` in OPTIMIZERS. clip_norm: clip_by_global_norm first. skip_nonfinite > 0 wraps the whole
     transformation in optax.apply_if_finite (updates with NaN/Inf gradients are skipped, at most that many
-    in a row). Weight decay for "sgd" is added to the gradient (L2), for "adamw" it is decoupled."""
+    in a row). end_factor: the schedule ends at lr * end_factor. Weight decay for "sgd" is added to the
+    gradient (L2), for "adamw" it is decoupled."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; known: {list(OPTIMIZERS)}")
     if lr <= 0:
         raise ValueError(f"lr must be positive, got {lr}")
-    schedule = make_schedule(lr, total_steps, warmup_steps)
+    schedule = make_schedule(lr, total_steps, warmup_steps, end_factor)
     parts = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
     if name == "adamw":
         parts.append(optax.adamw(schedule, weight_decay=weight_decay))

@@ -1,7 +1,10 @@
-"""Classification loss and ONE per-device train / eval step, written for an axis named "data".
+"""ONE per-device train / eval step for every task, written for an axis named "data".
 
 The same functions run under `jax.shard_map` (inside `jax.jit`) and under `jax.pmap`; see `parallel.py`.
-Metrics are (sum, count) pairs, summed over devices with `lax.psum` and divided on the host.
+A task supplies `loss_fn(outputs, batch, axis_name) -> (loss, sums)` (this device's loss under the
+mean-gradient convention: the step averages gradients over the axis) and, for evaluation,
+`outputs_fn(outputs, batch, axis_name)`; classification's are the defaults. Metrics are sums (e.g. loss,
+correct, count), summed over devices with `lax.psum` and divided on the host.
 """
 
 from __future__ import annotations
@@ -28,8 +31,18 @@ def classification_sums(logits, labels, weights=None, label_smoothing: float = 0
     return {"loss": jnp.sum(losses * w), "correct": jnp.sum(correct * w), "count": jnp.sum(w)}
 
 
-def loss_and_updates(params, batch_stats, batch, rng, *, model, label_smoothing: float = 0.0):
-    """Mean loss of `batch` (as seen by this device) and (new batch_stats, metric sums)."""
+def classification_loss(logits, batch, axis_name=None, *, label_smoothing: float = 0.0):
+    """Mean cross-entropy of this device's examples and their sums (loss, correct, count). With equal
+    local batch sizes the mean of the devices' gradients is the full-batch gradient."""
+    sums = classification_sums(logits, batch["label"], batch.get("valid"), label_smoothing)
+    return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
+
+
+def loss_and_updates(
+    params, batch_stats, batch, rng, *, model, label_smoothing: float = 0.0, loss_fn=None, axis_name=None
+):
+    """This device's loss of `batch` and (new batch_stats, metric sums). loss_fn(outputs, batch,
+    axis_name) -> (loss, sums); default: classification cross-entropy with `label_smoothing`."""
     variables = {"params": params}
     mutable = []
     if batch_stats:
@@ -38,13 +51,22 @@ def loss_and_updates(params, batch_stats, batch, rng, *, model, label_smoothing:
     logits, updates = model.apply(
         variables, batch["image"], train=True, mutable=mutable, rngs={"dropout": rng}
     )
-    sums = classification_sums(logits, batch["label"], batch.get("valid"), label_smoothing)
-    loss = sums["loss"] / jnp.maximum(sums["count"], 1.0)
+    if loss_fn is None:
+        loss, sums = classification_loss(logits, batch, label_smoothing=label_smoothing)
+    else:
+        loss, sums = loss_fn(logits, batch, axis_name)
     return loss, (updates.get("batch_stats", batch_stats), sums)
 
 
 def train_step(
-    state: TrainState, batch: dict, *, model, tx, label_smoothing: float = 0.0, axis_name: str = AXIS
+    state: TrainState,
+    batch: dict,
+    *,
+    model,
+    tx,
+    label_smoothing: float = 0.0,
+    loss_fn=None,
+    axis_name: str = AXIS,
 ) -> tuple[TrainState, dict]:
     """One optimizer step on this device's share of the batch; gradients averaged over `axis_name`.
 
@@ -57,7 +79,14 @@ def train_step(
     local_params = lax.pcast(state.params, axis_name, to="varying")
     grad_fn = jax.grad(loss_and_updates, has_aux=True)
     grads, (batch_stats, sums) = grad_fn(
-        local_params, state.batch_stats, batch, rng, model=model, label_smoothing=label_smoothing
+        local_params,
+        state.batch_stats,
+        batch,
+        rng,
+        model=model,
+        label_smoothing=label_smoothing,
+        loss_fn=loss_fn,
+        axis_name=axis_name,
     )
     grads = lax.pmean(grads, axis_name)
     batch_stats = lax.pmean(batch_stats, axis_name)  # already equal when BatchNorm syncs over the axis
@@ -70,12 +99,15 @@ def train_step(
     return new, metrics
 
 
-def eval_step(state: TrainState, batch: dict, *, model, axis_name: str = AXIS) -> dict:
-    """Metric sums (loss, correct, count) over this device's batch, summed over `axis_name`.
+def eval_step(state: TrainState, batch: dict, *, model, outputs_fn=None, axis_name: str = AXIS):
+    """What the task evaluates on this device's batch: outputs_fn(model outputs, batch, axis_name), by
+    default the classification sums (loss, correct, count) summed over `axis_name`.
 
     Padded examples (batch["valid"] False) count for nothing."""
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-    logits = model.apply(variables, batch["image"], train=False)
-    return lax.psum(classification_sums(logits, batch["label"], batch.get("valid")), axis_name)
+    outputs = model.apply(variables, batch["image"], train=False)
+    if outputs_fn is not None:
+        return outputs_fn(outputs, batch, axis_name)
+    return lax.psum(classification_sums(outputs, batch["label"], batch.get("valid")), axis_name)

@@ -37,15 +37,17 @@ class MetricWriter:
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))
 
     def write(self, step: int, prefix: str, scalars: dict) -> None:
+        """One JSONL record (numbers and lists) and TensorBoard scalars (finite numbers) at `step`."""
         if not self.active:
             return
         record = {"step": int(step), "split": prefix, "time": time.time()}
-        record.update({k: float(v) for k, v in scalars.items()})
+        scalars = {k: (np.asarray(v).tolist() if np.ndim(v) else float(v)) for k, v in scalars.items()}
+        record.update(scalars)
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        if self._tb is not None:
+        if self._tb is not None:  # lists (e.g. per-class IoU) go to the JSONL file only
             for k, v in scalars.items():
-                if math.isfinite(float(v)):
+                if isinstance(v, float) and math.isfinite(v):
                     self._tb.add_scalar(f"{prefix}/{k}", float(v), int(step))
 
     def close(self) -> None:

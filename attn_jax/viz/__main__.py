@@ -4,9 +4,10 @@
     python -m attn_jax.viz --attention spatial,cbam --num-images 4 --grad-cam   # untrained models
     python -m attn_jax.viz --config experiments/configs/classification.py:cbam --workdir DIR  # attn-jax train
 
-For each attention family, the run in WORKDIR/<family>/ (written by experiments/localization.py) is
-loaded; with --config, WORKDIR is one `attn-jax train` run of that config (its latest checkpoint), drawn
-for the config's attention family. Families without a run are drawn untrained and the title says so.
+For each attention family, the `attn-jax train` run in WORKDIR/<family>/ (e.g. written by
+experiments/localization.py; its config.json and latest checkpoint) is loaded; with --config, WORKDIR is
+one `attn-jax train` run of that config, drawn for the config's attention family. Families without a
+run are drawn untrained (models from attn_jax.train.build_model) and the title says so.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn_jax.nn import available_attention
+from attn_jax.train.factory import build_model
 from attn_jax.viz.capture import capture_attention
 from attn_jax.viz.draw import attention_grid
 from attn_jax.viz.explain import grad_cam, last_conv
 from attn_jax.viz.runs import (
-    classifier,
+    classifier_config,
     eval_batches,
     image_shape,
     init_variables,
@@ -53,11 +55,12 @@ def _model(family: str, args, shape, train_run):
     if train_run is not None and family == train_run[0]:
         return *train_run[1:], True
     run_dir = os.path.join(args.workdir, family) if args.workdir and train_run is None else None
-    if run_dir and os.path.exists(os.path.join(run_dir, "config.json")):
+    if run_dir and os.path.exists(os.path.join(run_dir, "checkpoints")):
         model, variables, _ = load_run(run_dir)
         return model, variables, True
     widths = tuple(int(w) for w in args.widths.split(","))
-    model = classifier(family, widths=widths, stride=args.stride)
+    config = classifier_config(family, widths=widths, stride=args.stride, dataset=args.dataset)
+    model = build_model(config, bn_axis_name=None)
     return model, init_variables(model, shape, args.seed), False
 
 

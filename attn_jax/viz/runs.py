@@ -1,8 +1,8 @@
-"""Classifier runs the viz tools draw and score: build by attention family, save / load, eval batches.
+"""Runs the viz tools draw and score: open an `attn-jax train` run, build untrained models, eval batches.
 
-A run directory holds `config.json` (family, backbone widths and stride, classes, image shape) and an
-orbax checkpoint of the model variables in `checkpoint/`; runs of `attn-jax train` (the train package's
-checkpoints plus the experiment config) load with `load_train_run`. Eval batches come from the data pipeline's
+A run is a directory written by attn_jax.train.train_and_evaluate: `config.json` (the experiment config)
+and `checkpoints/` (opened read-only through attn_jax.train.checkpoint). Models come from the train
+package's one builder (attn_jax.train.build_model). Eval batches come from the data pipeline's
 segmentation view so the digit's mask (and its tight box) are known for every image.
 """
 
@@ -11,53 +11,35 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
 from attn_jax.data import dataset_info, make_pipeline
-from attn_jax.models import AttentionClassifier
-from attn_jax.nn import SmallCNN
+from attn_jax.train import checkpoint as ckpt
+from attn_jax.train.config import base_config
+from attn_jax.train.factory import build_model, build_optimizer
+from attn_jax.train.state import abstract_train_state
+from attn_jax.train.tasks import make_task
 
 
-def classifier(family: str, *, widths: Sequence[int] = (16, 32, 64), stride: int = 8, num_classes: int = 10):
-    """AttentionClassifier(SmallCNN(widths, stride), num_classes, attention=family)."""
-    return AttentionClassifier(SmallCNN(features=tuple(widths), stride=stride), num_classes, attention=family)
+def classifier_config(
+    family: str, *, widths: Sequence[int] = (16, 32, 64), stride: int = 8, dataset: str = "cluttered_digits"
+) -> ml_collections.ConfigDict:
+    """A classification config (attn_jax.train.config vocabulary) for a SmallCNN(widths, stride) classifier
+    with attention `family`; its model is built by attn_jax.train.build_model."""
+    c = base_config("classification", family)
+    c.dataset = dataset
+    c.model.features, c.model.stride = tuple(widths), stride
+    return c
 
 
 def init_variables(model, image_shape: Sequence[int], seed: int = 0) -> dict:
     """Untrained variables for images of (H, W, C) = image_shape."""
     return dict(model.init(jax.random.key(seed), jnp.zeros((1, *image_shape), jnp.float32), train=False))
-
-
-def save_run(run_dir: str, variables: Mapping, config: Mapping) -> str:
-    """Writes config.json and an orbax checkpoint of `variables` under run_dir (replacing one there)."""
-    run_dir = os.path.abspath(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        json.dump(dict(config), f, indent=1)
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(os.path.join(run_dir, "checkpoint"), dict(variables), force=True)
-    return run_dir
-
-
-def load_run(run_dir: str):
-    """(model, variables, config) of a run saved with `save_run`; FileNotFoundError when absent."""
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no run in {run_dir!r} (config.json missing)")
-    with open(path) as f:
-        config = json.load(f)
-    model = classifier(
-        config["family"], widths=config["widths"], stride=config["stride"], num_classes=config["num_classes"]
-    )
-    target = jax.eval_shape(lambda: init_variables(model, config["image_shape"]))
-    with ocp.StandardCheckpointer() as ckpt:
-        variables = ckpt.restore(os.path.join(os.path.abspath(run_dir), "checkpoint"), target)
-    return model, dict(variables), config
 
 
 def load_config(spec: str):
@@ -71,31 +53,29 @@ def load_config(spec: str):
     return module.get_config(arg) if arg else module.get_config()
 
 
-def load_train_run(config, workdir: str):
-    """(model, variables, step) of the latest checkpoint an `attn-jax train` run wrote in
-    workdir/checkpoints (opened read-only); FileNotFoundError when there is none."""
-    from attn_jax.train.checkpoint import with_shardings
-    from attn_jax.train.factory import build_model, build_optimizer
-    from attn_jax.train.state import abstract_train_state
-
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"no checkpoints in {directory!r}")
-    meta = dataset_info(config.dataset, task="classification", data_dir=config.get("data_dir"))
-    model = build_model(config.model, meta.num_classes, bn_axis_name=None)
-    sample = jnp.zeros((1, *meta.image_shape), jnp.float32)
-    abstract = abstract_train_state(model, build_optimizer(config), sample)
-    abstract = with_shardings(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
-    options = ocp.CheckpointManagerOptions(read_only=True)
-    handlers = {"state": ocp.StandardCheckpointHandler()}
-    with ocp.CheckpointManager(directory, item_handlers=handlers, options=options) as manager:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"no finished checkpoint in {directory!r}")
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))[
-            "state"
-        ]
+def load_train_run(config, workdir: str, step: int | None = None):
+    """(model, variables, step) of the latest (or `step`) checkpoint an `attn-jax train` run of `config`
+    wrote in workdir/checkpoints, opened read-only; FileNotFoundError when there is none. The model has
+    no BatchNorm axis (plain apply on one device)."""
+    task = make_task(config)
+    model = build_model(config, task.meta, bn_axis_name=None)
+    sample = jnp.zeros((1, *task.meta.image_shape), jnp.float32)
+    abstract = abstract_train_state(model, build_optimizer(config), sample, task.init_params)
+    abstract = ckpt.with_shardings(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    state, step = ckpt.restore_read_only(os.path.join(workdir, "checkpoints"), abstract, step)
     return model, {"params": state.params, "batch_stats": state.batch_stats}, step
+
+
+def load_run(run_dir: str):
+    """(model, variables, config) of the `attn-jax train` run in run_dir (its config.json and latest
+    checkpoint); FileNotFoundError when absent."""
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no run in {run_dir!r} (config.json missing)")
+    with open(path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    model, variables, _ = load_train_run(config, run_dir)
+    return model, variables, config
 
 
 def digit_regions(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,41 +1,37 @@
-"""Segmentation on cluttered_digits/detection masks: the seed's AttentionSegmenter (SmallCNN + Decoder).
+"""Segmentation on cluttered_digits/detection masks: the AttentionSegmenter (SmallCNN encoder, attention
+gate, bilinear decoder; 11 classes = background + 10 digits) trained by the same loop as classification.
 
-11 classes: background + 10 digits. Run (any attention registry name):
-    python experiments/detseg.py --config experiments/configs/segmentation.py:spatial --workdir /tmp/seg
-Small local variant for a smoke run: --config experiments/configs/segmentation.py:spatial,tiny
+    attn-jax train --config experiments/configs/segmentation.py               # spatial attention
+    attn-jax eval --config experiments/configs/segmentation.py --workdir runs/seg
+    attn-jax train --config experiments/configs/segmentation.py:spatial,tiny  # seconds, for smoke tests
+
+Loss: pixel cross-entropy + dice_weight x soft Dice. Common fields: attn_jax.train.config.
 """
 
 import ml_collections
 
+from attn_jax.train.config import base_config, parse_arg
+
 
 def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
-    attention, *flags = arg.split(",")
-    c = ml_collections.ConfigDict()
-    c.task = "segmentation"
-    c.attention = attention
-    c.dataset = "cluttered_digits/detection"
-    c.num_classes = 11
-    c.image_size = 64
-    c.backbone_features = (16, 32, 48, 64)  # 4 stages: 31 px receptive field (digits are 13-24 px)
-    c.stride = 4
-    c.decoder_features = (32, 16)  # log2(stride) 2x upsamplings back to 64x64
+    _, tiny = parse_arg(arg)
+    c = base_config("segmentation", arg)
+    c.dataset = "cluttered_digits/tiny_detection" if tiny else "cluttered_digits/detection"
+    c.model.features = (8, 16) if tiny else (16, 32, 48, 64)  # 4 stages: 31 px receptive field
+    c.model.stride = 4
+    c.model.decoder_features = (16, 8) if tiny else (32, 16)  # log2(stride) 2x upsamplings
     c.ignore_index = 255
     c.dice_weight = 0.5
-    c.batch_size = 32
-    c.num_steps = 2000
-    c.learning_rate = 2e-3
-    c.warmup_steps = 200
-    c.weight_decay = 1e-4
-    c.seed = 0
-    c.log_every = 200
-    c.checkpoint_every = 500  # steps; the latest 2 are kept in <workdir>/checkpoints, a re-run resumes
-    c.eval_batch_size = 250
-    c.eval_examples = 0  # 0 = the whole test split (10,000)
-    if "tiny" in flags:
-        c.dataset = "cluttered_digits/tiny_detection"
-        c.image_size = 32
-        c.backbone_features = (8, 16)
-        c.decoder_features = (16, 8)
-        c.batch_size, c.num_steps, c.warmup_steps, c.log_every, c.eval_batch_size = 16, 4, 1, 2, 32
-        c.checkpoint_every = 2
+
+    c.lr = 2e-3
+    c.warmup_steps = 1 if tiny else 200
+    c.end_lr_factor = 0.01
+
+    c.batch_size = 16 if tiny else 32
+    c.eval_batch_size = 32 if tiny else 500
+    c.num_train_steps = 8 if tiny else 2000
+    c.log_every_steps = 4 if tiny else 100
+    c.eval_every_steps = 0  # the test split once, at the end
+    c.checkpoint_every_steps = 4 if tiny else 500
+    c.cpu_devices = 0 if tiny else 4
     return c

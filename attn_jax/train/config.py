@@ -1,0 +1,82 @@
+"""The config vocabulary shared by every task's experiment config (experiments/configs/*.py).
+
+    c = base_config("detection", "spatial,tiny")   # common fields; the config file sets its numbers
+
+Argument strings are "<attention>[,tiny]" with <attention> an attention registry name
+(attn_jax.nn.available_attention()); "tiny" selects the 32x32 test datasets and small models.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, default: str = "spatial") -> tuple[str, bool]:
+    """ "<attention>[,tiny]" -> (attention, tiny)."""
+    parts = [p.strip() for p in (arg or default).split(",") if p.strip()]
+    unknown = [p for p in parts[1:] if p != "tiny"]
+    if unknown:
+        raise ValueError(f"config argument {arg!r}: expected '<attention>[,tiny]', got extra {unknown}")
+    attention = parts[0] if parts and parts[0] != "tiny" else default
+    return attention, "tiny" in parts
+
+
+def base_config(task: str, arg: str | None = "spatial") -> ml_collections.ConfigDict:
+    """Fields every task's config has, with their defaults; the task's file overrides the numbers.
+
+    Vocabulary: model.{backbone, features, stride, blocks_per_stage, attention, dtype}; optimizer, lr,
+    weight_decay, momentum, warmup_steps, end_lr_factor, clip_norm, skip_nonfinite, augment; batch_size
+    (global), eval_batch_size, eval_examples, num_train_steps, log_every_steps, eval_every_steps,
+    checkpoint_every_steps, keep_latest, keep_best; cpu_devices, num_devices, parallel, coordinator,
+    preemption_check_every_steps; progress, tensorboard, png_examples.
+    """
+    attention, tiny = parse_arg(arg)
+    c = ml_collections.ConfigDict()
+    c.task = task
+    c.name = f"{task}-{attention}" + ("-tiny" if tiny else "")
+    c.dataset = ""
+    c.data_dir = ml_collections.config_dict.placeholder(
+        str
+    )  # None: $ATTN_JAX_DATA_DIR or ~/tensorflow_datasets
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.backbone = "small_cnn"  # or resnet18 / resnet34 / resnet50 (small stem)
+    c.model.features = (8, 16)
+    c.model.stride = 4
+    c.model.blocks_per_stage = 1
+    c.model.attention = attention
+    c.model.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
+
+    c.optimizer = "adamw"  # or "sgd"
+    c.lr = 1e-3
+    c.weight_decay = 1e-4
+    c.momentum = 0.9  # sgd only
+    c.warmup_steps = 0
+    c.end_lr_factor = 0.0  # the cosine schedule ends at lr * end_lr_factor
+    c.clip_norm = 0.0  # 0: no global-norm clipping
+    c.skip_nonfinite = 0  # > 0: optax.apply_if_finite with that many consecutive skips
+    # training augmentations (attn_jax.data.AUGMENTATIONS): pad-and-crop; "affine" adds zoom and rotation
+    c.augment = ("crop",)
+
+    c.batch_size = 32  # global, over all devices and processes
+    c.eval_batch_size = 32
+    c.eval_examples = 0  # 0: the whole test split
+    c.num_train_steps = 8
+    c.log_every_steps = 4
+    c.eval_every_steps = 0  # 0: only at the end
+    c.checkpoint_every_steps = 4
+    c.keep_latest = 2
+    c.keep_best = 1  # by the task's eval metric (accuracy, AP50_voc, mIoU)
+    c.async_checkpoints = True
+
+    # CPU only: split the host into this many XLA devices, one data-parallel shard each; 0 = JAX's default
+    c.cpu_devices = 0
+    c.num_devices = 0  # 0: all devices
+    c.parallel = "shard_map"  # or "pmap"
+    c.preemption_check_every_steps = 10  # multi-process: how often processes agree on a SIGTERM
+    c.coordinator = ""  # host:port for multi-host (or ATTN_JAX_COORDINATOR and friends)
+    c.progress = True
+    c.tensorboard = True
+    c.png_examples = 8  # test images in attention_maps.png (drawn by the CLI's hook)
+    return c
