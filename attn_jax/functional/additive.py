@@ -159,6 +159,8 @@ def additive_attention(
     backend = _resolve_implementation(implementation)
     values = keys if values is None else values
     batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    if query.shape[-2] == 0:  # no query: empty outputs, the same for every backend (kernels tile m)
+        backend, chunk_size = "xla", None
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     if backend == "pallas":
         kernel = _pallas_kernel()
