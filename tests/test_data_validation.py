@@ -109,3 +109,9 @@ def test_damaged_cache_names_the_file_and_how_to_rebuild(data_dir, tmp_path, mon
     with pytest.raises(ms.DamagedCacheError, match=want) as err:
         ms.MemorySource(source, cache)
     assert cache in str(err.value) and f"rm -r {cache}" in str(err.value)
+
+
+def test_building_says_no_download(tmp_path, capfd):
+    prepare("tiny", str(tmp_path))
+    out = capfd.readouterr().out
+    assert "locally (no download)" in out and "Downloading" not in out
