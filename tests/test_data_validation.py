@@ -40,6 +40,12 @@ def _raw_records(data_dir, n=8):
             r"example 3: boxes .* within \[0, 1\]",
         ),
         (
+            "detection",
+            "boxes",
+            np.array([[0.5, 0.1, 0.2, 0.4]], np.float32),
+            r"example 3: .*max below its min",
+        ),
+        (
             "segmentation",
             "mask",
             np.full((32, 32), 11, np.uint8),
@@ -47,16 +53,18 @@ def _raw_records(data_dir, n=8):
         ),
     ],
 )
+@pytest.mark.parametrize("columns", [True, False], ids=["memory_columns", "per_record"])
 def test_out_of_range_data_is_an_error_naming_example_and_file(
-    data_dir, monkeypatch, task, field, value, match
+    data_dir, monkeypatch, task, field, value, match, columns
 ):
     records = _raw_records(data_dir)
     records[3] = dict(records[3], **{field: value})
     if field == "box_labels":
         records[3]["boxes"] = np.asarray(records[3]["boxes"])[:1]
-    monkeypatch.setattr(P, "load_source", lambda adapter, split, data_dir: ms.MemorySource(records))
-    loader = make_pipeline(TINY_DET, "test", batch_size=8, task=task, data_dir=data_dir, num_devices=1)
+    source = ms.MemorySource(records) if columns else records  # columns: checked once, vectorised
+    monkeypatch.setattr(P, "load_source", lambda adapter, split, data_dir: source)
     with pytest.raises(ValueError, match=match) as err:
+        loader = make_pipeline(TINY_DET, "test", batch_size=8, task=task, data_dir=data_dir, num_devices=1)
         next(iter(loader))
     assert f"split 'test' ({os.path.join(data_dir, TINY_DET)})" in str(err.value)
 

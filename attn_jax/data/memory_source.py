@@ -199,6 +199,12 @@ class MemorySource:
                 out[key] = np.asarray(column[index])
         return out
 
+    def column(self, key: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """(values, offsets (n + 1,) for a ragged column else None), or None without such a column."""
+        if key not in self._columns:
+            return None
+        return self._columns[key], self._offsets.get(key)
+
     @property
     def location(self) -> str | None:
         """The cache directory (None when held in memory only)."""

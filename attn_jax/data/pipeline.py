@@ -196,7 +196,10 @@ def make_pipeline(
         data_dir or default_data_dir(), adapter.tfds_name
     )
     where = f"dataset {adapter.name!r} split {split!r} ({location})"
-    source = validate.CheckedSource(raw, adapter.canonicalize, task, adapter.tasks[task], where)
+    columns = adapter.config is not None and isinstance(
+        raw, MemorySource
+    )  # cluttered_digits: canonical columns
+    source = validate.CheckedSource(raw, adapter.canonicalize, task, adapter.tasks[task], where, columns)
     shard_options = grain.sharding.ShardOptions(index, count, drop_remainder=True)
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),
