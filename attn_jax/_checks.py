@@ -5,9 +5,44 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 
 FULLY_MASKED_MODES = ("zero", "uniform", "nan")
+MASK_CONVENTION = (
+    "mask must be a bool array, True = may attend, False = masked out; got dtype {dtype}. "
+    "A 0/1 mask converts with mask.astype(bool); an additive mask (0 = attend, -inf = masked) with "
+    "mask == 0; a float bias to add to the scores is not a mask: add it to the scores and call masked_softmax"
+)
+
+
+def check_array(name: str, x) -> None:
+    """Raise unless `x` is an array (has shape and dtype): lists and scalars are rejected by name."""
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        raise ValueError(f"{name} must be an array (jax.Array or np.ndarray); got {type(x).__name__}")
+
+
+def check_float(name: str, x) -> None:
+    """Raise unless `x` is an array of a real floating dtype (integer/bool inputs would truncate)."""
+    check_array(name, x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise ValueError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64); got {x.dtype} "
+            f"with shape {tuple(x.shape)}: cast it, e.g. {name}.astype(jnp.float32)"
+        )
+
+
+def check_bool_mask(mask) -> None:
+    """Raise unless `mask` is a bool array (a float or int mask is ambiguous: additive or 0/1?)."""
+    check_array("mask", mask)
+    if mask.dtype != jnp.bool_:
+        raise ValueError(MASK_CONVENTION.format(dtype=mask.dtype))
+
+
+def check_keys_nonempty(name: str, shape: Sequence[int]) -> None:
+    """Raise when there is no key position (n = 0): attention over nothing has no defined context."""
+    if shape[-2] == 0:
+        raise ValueError(f"{name} has n = 0 positions (shape {tuple(shape)}); attention needs n >= 1")
 
 
 def check_rank(name: str, shape: Sequence[int], min_rank: int, layout: str) -> None:
@@ -70,6 +105,12 @@ def check_chunk_size(chunk_size) -> None:
 
 def validate_additive(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) -> tuple[int, ...]:
     """Check every argument of the additive family; return the broadcast batch shape."""
+    named = {"query": query, "keys": keys, "w_q": w_q, "w_k": w_k, "w_a": w_a, "bias": bias, "values": values}
+    for name, x in named.items():
+        if x is not None:
+            check_float(name, x)
+    if mask is not None:
+        check_bool_mask(mask)
     check_rank("query", np.shape(query), 2, "(..., m, d_q)")
     check_rank("keys", np.shape(keys), 2, "(..., n, d_k)")
     check_rank("w_q", np.shape(w_q), 2, "(d_q, a)")
@@ -82,6 +123,7 @@ def validate_additive(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) 
     check_exact_shape("w_a", np.shape(w_a), (a,), "(a,)")
     if bias is not None:
         check_exact_shape("bias", np.shape(bias), (a,), "(a,)")
+    check_keys_nonempty("keys", np.shape(keys))
     shapes = {"query": (np.shape(query), 2), "keys": (np.shape(keys), 2)}
     if values is not None:
         check_rank("values", np.shape(values), 2, "(..., n, d_v)")

@@ -129,6 +129,22 @@ class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
             homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
         )
 
+    def _log_download_bytes(
+        self,
+    ) -> None:  # tfds would say "Downloading and preparing": nothing is downloaded
+        counts = self.builder_config.num_examples
+        print(
+            f"Building {self.name}/{self.builder_config.name} locally (no download): "
+            f"{sum(counts.values()):,} examples into {self.data_dir} ...",
+            flush=True,
+        )
+
+    def _log_download_done(self) -> None:
+        print(
+            f"Built {self.name}/{self.builder_config.name} in {self.data_dir}; later runs reuse it.",
+            flush=True,
+        )
+
     def _split_generators(self, dl_manager):
         del dl_manager  # everything is generated from data shipped inside scikit-learn
         return {split: self._generate_examples(split) for split in _SPLIT_CODES}

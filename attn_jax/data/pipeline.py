@@ -11,11 +11,14 @@ it = iter(loader); it.set_state(state)   # ... and a resumed run sees exactly th
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import grain
 
 from attn_jax.data import cluttered_digits as cd
 from attn_jax.data import transforms as T
+from attn_jax.data import validate
+from attn_jax.data._paths import default_data_dir
 from attn_jax.data.memory_source import MemorySource
 from attn_jax.data.sources import get_adapter, load_source
 
@@ -119,7 +122,7 @@ def _operations(adapter, task, train, image_size, max_boxes, augment, batch):
     if unknown:
         raise ValueError(f"unknown augment {sorted(unknown)}; known: {list(AUGMENTATIONS)}")
     ops = [
-        T.Prepare(adapter.canonicalize, task, size, max_boxes),
+        T.Prepare(validate.identity, task, size, max_boxes),  # CheckedSource canonicalises and checks
         grain.transforms.Batch(batch, drop_remainder=train),
     ]
     if train and augment:
@@ -133,7 +136,7 @@ def _operations(adapter, task, train, image_size, max_boxes, augment, batch):
 def _read_options(source, read_threads: int, batch: int) -> grain.ReadOptions:
     """Prefetch threads for file-backed sources; none for an in-memory one, where reading a record
     costs microseconds and the thread hand-off alone would double the per-batch time."""
-    if isinstance(source, MemorySource):
+    if isinstance(getattr(source, "source", source), MemorySource):
         return grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     return grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(2 * batch, 16))
 
@@ -188,7 +191,15 @@ def make_pipeline(
     if worker_count < 0 or read_threads < 1:
         raise ValueError(f"need worker_count >= 0 and read_threads >= 1, got {worker_count}, {read_threads}")
     ops = _operations(adapter, task, train, image_size, max_boxes, augment, batch)
-    source = load_source(adapter, split, data_dir)
+    raw = load_source(adapter, split, data_dir)
+    location = getattr(raw, "location", None) or os.path.join(
+        data_dir or default_data_dir(), adapter.tfds_name
+    )
+    where = f"dataset {adapter.name!r} split {split!r} ({location})"
+    columns = adapter.config is not None and isinstance(
+        raw, MemorySource
+    )  # cluttered_digits: canonical columns
+    source = validate.CheckedSource(raw, adapter.canonicalize, task, adapter.tasks[task], where, columns)
     shard_options = grain.sharding.ShardOptions(index, count, drop_remainder=True)
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),

@@ -81,8 +81,10 @@ def postprocess(
 
     Sigmoid scores over all (anchor, class) pairs; the pre_nms_top_k best above score_threshold are decoded
     (clipped to [0, 1] if clip), suppressed per class, and the max_detections best kept. Leading batch dims
-    are vmapped. Returns Detections with leading dims (..., max_detections).
+    are vmapped. Returns Detections with leading dims (..., max_detections). anchors may be the NumPy array
+    generate_anchors returns (converted here, so batched and jitted calls work).
     """
+    anchors = jnp.asarray(anchors)
     if cls_logits.ndim > 2:
         fn = lambda c, d: postprocess(
             c, d, anchors, score_threshold, iou_threshold, pre_nms_top_k, max_detections, variances, clip

@@ -19,8 +19,7 @@ import jax.numpy as jnp
 from attn_jax import _checks
 from attn_jax.functional._blocking import KEY_BLOCK, largest_divisor_at_most
 from attn_jax.functional._dtypes import accumulation_dtype, project
-from attn_jax.functional.context import attention_context
-from attn_jax.functional.softmax import _masked_softmax_f32
+from attn_jax.functional.softmax import softmax_context
 
 
 @jax.custom_jvp
@@ -160,6 +159,8 @@ def additive_attention(
     backend = _resolve_implementation(implementation)
     values = keys if values is None else values
     batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    if query.shape[-2] == 0:  # no query: empty outputs, the same for every backend (kernels tile m)
+        backend, chunk_size = "xla", None
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     if backend == "pallas":
         kernel = _pallas_kernel()
@@ -176,8 +177,7 @@ def additive_attention(
     else:
         dtype = accumulation_dtype(query, keys, values)
         scores = _scores_acc(query, keys, w_q, w_k, w_a, bias, batch, dtype)
-        weights = _masked_softmax_f32(scores, mask, fully_masked)
-        context = attention_context(weights, values.astype(dtype))
+        context, weights = softmax_context(scores, mask, values.astype(dtype), fully_masked)
         weights = weights if return_weights else None
     context = context.astype(out_dtype)
     return context, (None if weights is None else weights.astype(out_dtype))

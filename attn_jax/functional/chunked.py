@@ -44,7 +44,7 @@ BLOCK_SCORES = 16384  # (m, K) scores per online-softmax step: few steps, big ma
 
 def _block_size(chunk_size: int, m: int, n: int) -> int:
     """Keys per scan step K: a multiple of chunk_size with m * K near BLOCK_SCORES, at most ~n."""
-    block = chunk_size * max(1, BLOCK_SCORES // (m * chunk_size))
+    block = chunk_size * max(1, BLOCK_SCORES // (max(m, 1) * chunk_size))  # m = 0: empty output
     return min(block, -(-n // chunk_size) * chunk_size)
 
 
@@ -111,7 +111,7 @@ def _forward(q_proj, k_proj, values, w_a, mask, chunk_size, return_scores):
         jnp.zeros((m, values.shape[-1]), q_proj.dtype),
     )
     (run_max, run_sum, acc), scores = lax.scan(step, init, (k_blocks, v_blocks, valid_blocks))
-    row_valid = run_sum > 0
+    row_valid = run_sum != 0  # exactly 0 only without a valid key; a NaN sum stays NaN
     inv_sum = jnp.where(row_valid, 1.0 / jnp.where(row_valid, run_sum, 1.0), 0.0)
     context = acc * inv_sum[:, None]
     norm = (jnp.where(row_valid, run_max, 0.0), inv_sum)

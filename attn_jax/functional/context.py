@@ -35,6 +35,8 @@ def attention_context(weights: jax.Array, values: jax.Array) -> jax.Array:
     weights: (..., m, n); values: (..., n, d_v), leading dims broadcastable. Returns (..., m, d_v)
     in the result dtype of the inputs, accumulated in float32 (float64 for float64 inputs).
     """
+    _checks.check_float("weights", weights)
+    _checks.check_float("values", values)
     _checks.check_rank("weights", jnp.shape(weights), 2, "(..., m, n)")
     _checks.check_rank("values", jnp.shape(values), 2, "(..., n, d_v)")
     if weights.shape[-1] != values.shape[-2]:

@@ -12,12 +12,16 @@ import jax.numpy as jnp
 
 from attn_jax import _checks
 from attn_jax.functional._dtypes import accumulation_dtype
-from attn_jax.functional.context import attention_context
-from attn_jax.functional.softmax import _masked_softmax_f32
+from attn_jax.functional.softmax import softmax_context
 
 
 def _validate(query, keys, values=None, mask=None, w=None) -> tuple[int, ...]:
     """Check the dot-product family's arguments; return the broadcast batch shape."""
+    for name, x in {"query": query, "keys": keys, "values": values, "w": w}.items():
+        if x is not None:
+            _checks.check_float(name, x)
+    if mask is not None:
+        _checks.check_bool_mask(mask)
     _checks.check_rank("query", jnp.shape(query), 2, "(..., m, d_q)")
     _checks.check_rank("keys", jnp.shape(keys), 2, "(..., n, d_k)")
     d_q, d_k = jnp.shape(query)[-1], jnp.shape(keys)[-1]
@@ -27,6 +31,8 @@ def _validate(query, keys, values=None, mask=None, w=None) -> tuple[int, ...]:
         _checks.check_exact_shape("w", jnp.shape(w), (d_q, d_k), "(d_q, d_k)")
     shapes = {"query": (jnp.shape(query), 2), "keys": (jnp.shape(keys), 2)}
     n = jnp.shape(keys)[-2]
+    if values is not None:  # attention (not scores alone) over no key has no context
+        _checks.check_keys_nonempty("keys", jnp.shape(keys))
     if values is not None:
         _checks.check_rank("values", jnp.shape(values), 2, "(..., n, d_v)")
         _checks.check_dim("values", jnp.shape(values), -2, n, f"keys have n = {n} positions")
@@ -79,8 +85,7 @@ def dot_product_attention(
     arrays = (query, keys, values) if w is None else (query, keys, values, w)
     dtype = accumulation_dtype(*arrays)
     scores = _scores(query, keys, w, scale, dtype)
-    weights = _masked_softmax_f32(scores, mask, fully_masked)
-    context = attention_context(weights, values.astype(dtype))
+    context, weights = softmax_context(scores, mask, values.astype(dtype), fully_masked)
     out_dtype = jnp.result_type(*arrays)
     weights = weights.astype(out_dtype) if return_weights else None
     return context.astype(out_dtype), weights

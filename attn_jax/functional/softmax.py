@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from attn_jax import _checks
 from attn_jax.functional._dtypes import accumulation_dtype
+from attn_jax.functional.context import attention_context
 
 
 def masked_softmax(scores: jax.Array, mask: jax.Array | None = None, *, fully_masked: str = "zero"):
@@ -16,11 +17,14 @@ def masked_softmax(scores: jax.Array, mask: jax.Array | None = None, *, fully_ma
     Computed in float32 (float64 for float64 scores; row max subtracted, so any finite scores are
     safe) and returned in the scores' dtype. Masked positions get exactly 0.
     Rows with no valid position follow `fully_masked`: "zero" (all zeros, finite gradients),
-    "uniform" (1/n each) or "nan".
+    "uniform" (1/n each) or "nan". A NaN or +-Inf score at a valid position makes its row NaN under
+    every policy (it is never mistaken for a fully-masked row). Float/int masks are a ValueError.
     """
     _checks.check_fully_masked(fully_masked)
+    _checks.check_float("scores", scores)
     _checks.check_rank("scores", jnp.shape(scores), 1, "(..., n)")
     if mask is not None:
+        _checks.check_bool_mask(mask)
         _checks.check_mask(jnp.shape(mask), jnp.shape(scores))
     weights = _masked_softmax_f32(scores.astype(accumulation_dtype(scores)), mask, fully_masked)
     return weights.astype(scores.dtype)
@@ -31,8 +35,9 @@ def _masked_softmax_f32(scores, mask, fully_masked: str):
     if mask is None:
         return jax.nn.softmax(scores, axis=-1)
     mask = jnp.broadcast_to(mask, scores.shape)
-    row_max = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True)
-    row_valid = jnp.isfinite(row_max)  # False only where every position is masked
+    row_max = jnp.max(jnp.where(mask, scores, -jnp.inf), axis=-1, keepdims=True, initial=-jnp.inf)
+    # From the mask, not from isfinite(row_max): a NaN/Inf score must give NaN, not a "fully masked" row.
+    row_valid = jnp.any(mask, axis=-1, keepdims=True)
     row_max = jax.lax.stop_gradient(jnp.where(row_valid, row_max, 0.0))
     # Masked entries are replaced before exp so neither value nor gradient can overflow.
     shifted = jnp.where(mask, scores - row_max, 0.0)
@@ -40,6 +45,22 @@ def _masked_softmax_f32(scores, mask, fully_masked: str):
     denom = jnp.sum(unnormalised, axis=-1, keepdims=True)
     weights = unnormalised / jnp.where(row_valid, denom, 1.0)
     return apply_fully_masked(weights, row_valid, fully_masked)
+
+
+def softmax_context(scores, mask, values, fully_masked: str):
+    """(context (..., m, d_v), weights (..., m, n)) of checked scores (..., m, n) and values (..., n, d_v).
+
+    Under "nan" the context is computed from the "zero" weights and its fully-masked rows set to NaN
+    afterwards, so rows a loss leaves out do not put NaN into the values' (or other rows') gradients.
+    """
+    inner = "zero" if fully_masked == "nan" else fully_masked
+    weights = _masked_softmax_f32(scores, mask, inner)
+    context = attention_context(weights, values)
+    if fully_masked == "nan" and mask is not None:
+        row_valid = jnp.any(jnp.broadcast_to(mask, scores.shape), axis=-1, keepdims=True)
+        weights = apply_fully_masked(weights, row_valid, "nan")
+        context = jnp.where(row_valid, context, jnp.asarray(jnp.nan, context.dtype))
+    return context, weights
 
 
 def apply_fully_masked(weights, row_valid, fully_masked: str):

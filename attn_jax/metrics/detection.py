@@ -128,6 +128,17 @@ def _class_records(records, cls, scale, area_ranges, iou_thresholds, max_det):
     return scores, matched, ignore, num_gt
 
 
+def check_scores(records: Sequence[ImageRecord]) -> None:
+    """Raise if any detection score is NaN: ranking by score would then depend on the records' order."""
+    for i, rec in enumerate(records):
+        bad = np.isnan(np.asarray(rec.det_scores, np.float64))
+        if bad.any():
+            raise ValueError(
+                f"det_scores of image {i} contain {int(bad.sum())} NaN (of {bad.size}); detection metrics "
+                "rank by score, so NaN scores have no defined result: fix or drop them first"
+            )
+
+
 def coco_evaluate(
     records: Sequence[ImageRecord],
     num_classes: int,
@@ -136,7 +147,9 @@ def coco_evaluate(
     max_dets: Sequence[int] = COCO_MAX_DETS,
 ) -> dict[str, float]:
     """COCO bbox metrics over images, -> {"mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
-    "AR100", "ARs", "ARm", "ARl"} (-1 where undefined, as pycocotools). Classes with no gt are skipped."""
+    "AR100", "ARs", "ARm", "ARl"} (-1 where undefined, as pycocotools). Classes with no gt are skipped.
+    NaN scores are a ValueError."""
+    check_scores(records)
     scale = np.array([image_size[0], image_size[1], image_size[0], image_size[1]], np.float64)
     area_ranges = np.array(list(COCO_AREA_RANGES.values()))
     iou_thresholds = np.asarray(iou_thresholds, np.float64)
@@ -206,7 +219,9 @@ def voc_evaluate(
     records: Sequence[ImageRecord], num_classes: int, iou_threshold: float = 0.5, use_07_metric: bool = False
 ) -> dict[str, float | list[float]]:
     """PASCAL VOC AP per class (IoU > iou_threshold; a second detection of a matched gt is a false
-    positive) -> {"AP50_voc": mean over classes with gt, "per_class": [AP or nan]}."""
+    positive) -> {"AP50_voc": mean over classes with gt (-1 if none), "per_class": [AP or nan]}. NaN scores
+    are a ValueError."""
+    check_scores(records)
     per_class = []
     for k in range(num_classes):
         dets, num_gt = [], 0
@@ -241,7 +256,8 @@ def voc_evaluate(
 @dataclass
 class DetectionEvaluator:
     """Accumulates batches of fixed-size detections (e.g. from detection.postprocess) and padded ground
-    truth over an eval set; result() returns the COCO metrics plus VOC AP@0.5 ("AP50_voc")."""
+    truth over an eval set; result() returns the COCO metrics plus VOC AP@0.5 ("AP50_voc"). With no image
+    added every metric is NaN (num_images 0), the convention of every evaluator in attn_jax.metrics."""
 
     num_classes: int
     image_size: tuple[float, float] = (1.0, 1.0)
@@ -256,11 +272,19 @@ class DetectionEvaluator:
         keep = np.ones(b, bool) if example_valid is None else np.asarray(example_valid, bool)
         for i in np.flatnonzero(keep):
             v, gv = valid[i].astype(bool), gt_valid[i].astype(bool)
+            if np.isnan(scores[i][v]).any():
+                raise ValueError(
+                    f"scores of batch example {i} (image {len(self.records)} of the eval set) contain NaN "
+                    "at valid detections; detection metrics rank by score and cannot order NaN"
+                )
             self.records.append(
                 ImageRecord(gt_boxes[i][gv], gt_labels[i][gv], boxes[i][v], scores[i][v], classes[i][v])
             )
 
     def result(self) -> dict[str, float]:
+        if not self.records:
+            keys = list(coco_evaluate([], 1)) + ["AP50_voc"]
+            return {**{k: float("nan") for k in keys}, "num_images": 0}
         out = coco_evaluate(self.records, self.num_classes, self.image_size)
         out["AP50_voc"] = voc_evaluate(self.records, self.num_classes)["AP50_voc"]
         out["num_images"] = len(self.records)

@@ -93,9 +93,10 @@ class LocalizationStats:
         self.count += int(keep.sum())
 
     def compute(self) -> dict[str, float]:
-        """{"pointing_game", "energy", "count"}; ValueError when nothing was added."""
+        """{"pointing_game", "energy", "count"}; NaN scores (count 0) when nothing was added, the
+        convention of every evaluator in attn_jax.metrics."""
         if self.count == 0:
-            raise ValueError("LocalizationStats.compute: no examples with a non-empty region were added")
+            return {"pointing_game": float("nan"), "energy": float("nan"), "count": 0}
         return {
             "pointing_game": self.pointing_sum / self.count,
             "energy": self.energy_sum / self.count,

@@ -47,7 +47,8 @@ def iou_from_confusion(cm: np.ndarray) -> dict[str, float | np.ndarray]:
 
 @dataclass
 class SegmentationEvaluator:
-    """Sums confusion matrices over an eval set (from predictions or from in-step confusion_matrix)."""
+    """Sums confusion matrices over an eval set (from predictions or from in-step confusion_matrix); with
+    nothing added, mIoU and pixel accuracy are NaN like every empty evaluator in attn_jax.metrics."""
 
     num_classes: int
     ignore_index: int | None = 255
