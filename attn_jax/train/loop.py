@@ -25,6 +25,7 @@ from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
 from attn_jax.train.preemption import SigtermFlag
 from attn_jax.train.runner import Runner, build_steps
 from attn_jax.train.tasks.base import jsonable
+from attn_jax.train.workdir_lock import workdir_lock
 from attn_jax.train.writers import MetricWriter, progress_bar
 
 
@@ -191,24 +192,25 @@ def train_and_evaluate(config, workdir: str, *, model=None, callbacks: Sequence[
         )
     )
     os.makedirs(workdir, exist_ok=True)
-    _save_config(config, workdir)
-    manager = _manager(
-        config, workdir, runner.task, keep_latest=config.keep_latest, keep_best=config.keep_best,
-        async_save=config.get("async_checkpoints", True),
-    )  # fmt: skip
-    writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
-    try:
-        state, start = _init_state(config, runner, manager, iterator)
-        train_start = time.time()
-        with SigtermFlag() as sigterm:
-            state, last_eval, reason = _train(
-                config, runner, state, start, iterator, manager, writer, sigterm
-            )
-        manager.wait_until_finished()
-        train_s = time.time() - train_start
-    finally:
-        writer.close()
-        manager.close()
+    with workdir_lock(workdir):  # a second run on this workdir fails at once (WorkdirInUseError)
+        _save_config(config, workdir)
+        manager = _manager(
+            config, workdir, runner.task, keep_latest=config.keep_latest, keep_best=config.keep_best,
+            async_save=config.get("async_checkpoints", True),
+        )  # fmt: skip
+        writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
+        try:
+            state, start = _init_state(config, runner, manager, iterator)
+            train_start = time.time()
+            with SigtermFlag() as sigterm:
+                state, last_eval, reason = _train(
+                    config, runner, state, start, iterator, manager, writer, sigterm
+                )
+            manager.wait_until_finished()
+            train_s = time.time() - train_start
+        finally:
+            writer.close()
+            manager.close()
     summary = {
         "workdir": os.path.abspath(workdir),
         "task": runner.task.name,
