@@ -142,7 +142,9 @@ def test_mixed_precision(dtype, chunk_size, seed):
     assert ctx.dtype == dtype and w.dtype == dtype
     q, h, v, p, bias = args
     ref_ctx, ref_w = reference_attention(q, h, v, **p, bias=bias)  # exact math on the rounded inputs
-    np.testing.assert_allclose(np.asarray(w, np.float64), ref_w, rtol=0, atol=tol["weights"], err_msg=where)
+    np.testing.assert_allclose(
+        np.asarray(w, np.float64), ref_w, rtol=0, atol=tol["weights"], equal_nan=False, err_msg=where
+    )
     error = _relative_max_error(ctx, ref_ctx)
     assert error <= tol["context"], f"{where}: context relative error {error}"
     # Gradients of every input against float64 autodiff of the formula written out plainly (below), on

@@ -140,8 +140,9 @@ def _run(name, x, seed, guide=None, **attrs):
 
 def _close(got, want, what):
     assert got.shape == want.shape, f"{what}: shape {got.shape}, want {want.shape}"
+    assert np.all(np.isfinite(want)), f"{what}: reference not finite"
     scale = max(1.0, float(np.abs(want).max()))
-    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale, err_msg=what)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=RTOL * scale, equal_nan=False, err_msg=what)
 
 
 def _check(name, seed, got, want):

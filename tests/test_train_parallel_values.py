@@ -89,7 +89,7 @@ def reference():
 def _assert_close(got, want, what):
     def check(path, g, w):
         name = f"{what} {jax.tree_util.keystr(path)} (seed {SEED})"
-        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6, equal_nan=False, err_msg=name)
 
     jax.tree_util.tree_map_with_path(check, got, want)
 
