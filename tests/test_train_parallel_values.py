@@ -70,8 +70,9 @@ def _full_batch_sgd(batches):
     model = TinyNet()
     state = _initial_state(model, optax.sgd(LR), batches[0])
     params, stats = state.params, state.batch_stats
+    grad_fn = jax.jit(jax.grad(_mean_loss, has_aux=True), static_argnums=3)
     for b in batches:
-        grads, stats = jax.grad(_mean_loss, has_aux=True)(params, stats, b, model)
+        grads, stats = grad_fn(params, stats, b, model)
         params = jax.tree.map(lambda p, g: p - LR * g, params, grads)
     return jax.device_get(params), jax.device_get(stats)
 
