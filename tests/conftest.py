@@ -5,6 +5,32 @@ XLA_FLAGS must be set before jax is first imported, which is why this lives in c
 
 import os
 
+import numpy as np
+import pytest
+
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _upsample2x_bilinear(x):
+    """NumPy 2x bilinear upsampling of (..., h, w) -> (..., 2h, 2w): half-pixel centres, clamped edges.
+
+    Output pixel 2i sits at input coordinate i - 1/4 and 2i + 1 at i + 1/4: 3/4 of x[i] plus 1/4 of the
+    neighbour before / after (the edge pixel itself past the border). Written out independently of
+    jax.image.resize, which the library uses.
+    """
+    x = np.asarray(x, np.float64)
+    for axis in (-2, -1):
+        y = np.moveaxis(x, axis, -1)
+        prev = np.concatenate([y[..., :1], y[..., :-1]], -1)
+        nxt = np.concatenate([y[..., 1:], y[..., -1:]], -1)
+        out = np.stack([0.75 * y + 0.25 * prev, 0.75 * y + 0.25 * nxt], -1).reshape(*y.shape[:-1], -1)
+        x = np.moveaxis(out, -1, axis)
+    return x
+
+
+@pytest.fixture
+def upsample2x_bilinear():
+    """The NumPy reference above, for tests of modules and tools that resize maps by 2."""
+    return _upsample2x_bilinear

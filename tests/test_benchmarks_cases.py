@@ -17,7 +17,9 @@ def test_implementations_agree(mode):
         outs[impl] = jax.tree.leaves(fn(*args))
     for impl in ("unchunked", "pallas"):
         for got, want in zip(outs[impl], outs["naive"]):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+            assert np.all(np.isfinite(want)), "naive output not finite"  # a NaN scale would pass anything
+            scale = float(np.abs(want).max())
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale, equal_nan=False, err_msg=impl)
 
 
 def test_counts_scale_with_mode():

@@ -113,6 +113,28 @@ def test_training_order_depends_on_seed_and_epoch(data_dir):
     assert not np.array_equal(a[0]["image"], a[16]["image"])  # epoch 2 reshuffled and re-augmented
 
 
+def _epoch_order(loader, num_batches):
+    """The examples of num_batches batches, each identified by its (unaugmented) image bytes."""
+    batches = itertools.islice(loader, num_batches)
+    return [image.tobytes() for batch in batches for image in batch["image"]]
+
+
+def test_training_set_is_reshuffled_without_augmentation(data_dir):
+    # Augmentation off, so only the sampler's shuffle can change the order: every training epoch is a
+    # permutation of the evaluation order, a different one per epoch and per seed.
+    reference = _epoch_order(_pipe(data_dir, train=False), 16)  # 256 examples, fixed order
+    assert len(set(reference)) == len(reference) == 256
+    orders = {}
+    for seed in (0, 1):
+        both = _epoch_order(_pipe(data_dir, train=True, seed=seed, augment=()), 32)
+        orders[seed] = both[:256], both[256:]
+    for seed, (first, second) in orders.items():
+        assert sorted(first) == sorted(second) == sorted(reference), f"seed {seed}: not a permutation"
+        assert first != reference and second != reference, f"seed {seed}: training order not shuffled"
+        assert first != second, f"seed {seed}: epoch 2 repeats epoch 1's order"
+    assert orders[0][0] != orders[1][0], "seeds 0 and 1 give the same order"
+
+
 def test_batch_must_divide_devices_and_processes(data_dir):
     with pytest.raises(ValueError, match=r"batch_size=12 .*device count \(8\)"):
         make_pipeline(TINY, "train", batch_size=12, data_dir=data_dir)

@@ -93,8 +93,9 @@ def _random_records(rng, n_images, num_classes):
     return recs
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", range(30))
 def test_matches_pycocotools(seed):
+    """Exactly equal (not merely close) to COCOeval on 30 random sets of 40 images with tied scores."""
     coco_mod = pytest.importorskip("pycocotools.coco")
     cocoeval_mod = pytest.importorskip("pycocotools.cocoeval")
     rng = np.random.default_rng(seed)
@@ -121,5 +122,6 @@ def test_matches_pycocotools(seed):
         ev.summarize()
     ours = coco_evaluate(recs, num_classes, image_size=(size, size))
     keys = ["mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
-    assert min(ev.stats[:6]) > 0  # every area range is exercised
-    np.testing.assert_allclose([ours[k] for k in keys], ev.stats, rtol=0, atol=1e-6)
+    if seed < 2:
+        assert min(ev.stats[:6]) > 0, f"seed {seed}"  # every area range is exercised
+    np.testing.assert_array_equal([ours[k] for k in keys], ev.stats, err_msg=f"seed {seed}: {keys}")

@@ -130,8 +130,9 @@ def _flax(model, images, state_dict):
 
 def _close(flax_out, torch_out):
     expected = torch_out.detach().numpy()
+    assert np.all(np.isfinite(expected)), "torch output not finite"
     scale = float(np.abs(expected).max())
-    np.testing.assert_allclose(np.asarray(flax_out), expected, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(np.asarray(flax_out), expected, rtol=1e-5, atol=1e-5 * scale, equal_nan=False)
 
 
 def test_classifier_matches_seed():
