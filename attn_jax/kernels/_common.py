@@ -1,0 +1,64 @@
+"""Pieces shared by the GPU (Triton) and TPU (Mosaic) additive-attention kernels: the XLA projections,
+padding to the kernels' tiles, the fully-masked policies, and the per-platform choice of a kernel."""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+from jax import lax
+
+
+def project(x, w):
+    """x (..., p, d) @ w (d, a) -> (..., p, a) float32 (the kernels compute tanh in float32)."""
+    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(jnp.float32)
+
+
+def round_up(x: int, k: int) -> int:
+    return -(-x // k) * k
+
+
+def flat_padded(x, batch_shape, rows, cols, fill=0):
+    """Broadcast x (..., r, c) to batch_shape, flatten the batch, zero-pad to (B, rows, cols)."""
+    x = jnp.broadcast_to(x, batch_shape + x.shape[-2:])
+    x = x.reshape((math.prod(batch_shape),) + x.shape[-2:])
+    pad = ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]))
+    return jnp.pad(x, pad, constant_values=fill)
+
+
+def fill_fully_masked(context, weights, values, row_valid, fully_masked, n):
+    """Apply "uniform" / "nan" to rows without a valid key (the kernels already give "zero")."""
+    if fully_masked == "uniform":
+        mean_v = jnp.mean(values.astype(jnp.float32), axis=-2, keepdims=True)
+        context = jnp.where(row_valid, context, mean_v)
+        fill = 1.0 / n
+    else:
+        context = jnp.where(row_valid, context, jnp.nan)
+        fill = jnp.nan
+    weights = None if weights is None else jnp.where(row_valid, weights, fill)
+    return context, weights
+
+
+def on_platform(run, interpret, platforms, args):
+    """run(interpret: bool, *args) -> outputs, with the kernel chosen when the program is lowered.
+
+    interpret=None: the compiled kernel when lowering for one of `platforms` (e.g. ("cuda", "rocm")), the
+    Pallas interpreter for any other platform; so a program traced on a CPU host and exported for an
+    accelerator carries the kernel. True / False force the interpreter / the compiled kernel.
+    """
+    if interpret is not None:
+        return run(bool(interpret), *args)
+
+    def native(*a):
+        return run(False, *a)
+
+    def interpreted(*a):
+        return run(True, *a)
+
+    return lax.platform_dependent(*args, **{p: native for p in platforms}, default=interpreted)
+
+
+def mask_valid(mask, batch, m, n):
+    """bool (..., m, n) mask broadcast to batch + (m, n), and its per-row 'any valid key' (..., m, 1)."""
+    mask_b = jnp.broadcast_to(mask, batch + (m, n))
+    return mask_b, jnp.any(mask_b, axis=-1, keepdims=True)
