@@ -144,18 +144,23 @@ def _resolve_implementation(implementation: str) -> str:
     return implementation
 
 
-def _per_platform(args, kw, xla):
+def _per_platform(args, kw, xla, out_dtype):
     """The fused kernel chosen when the program is lowered: Triton on cuda / rocm, Mosaic on tpu, and on
     any other platform `xla` ("auto") or, if None, the Triton kernel in the Pallas interpreter ("pallas").
     A program traced on a CPU host and exported for an accelerator thus carries that accelerator's kernel.
     """
     gpu, tpu = _pallas_kernels()
 
+    def cast(fn):  # every branch must give the same dtypes
+        return lambda *a: jax.tree.map(lambda x: x.astype(out_dtype), fn(*a))
+
     def branch(kernel, **options):
-        return lambda *a: kernel(*a[:3], w_q=a[3], w_k=a[4], w_a=a[5], bias=a[6], mask=a[7], **kw, **options)
+        return cast(
+            lambda *a: kernel(*a[:3], w_q=a[3], w_k=a[4], w_a=a[5], bias=a[6], mask=a[7], **kw, **options)
+        )
 
     on_gpu = branch(gpu, interpret=False)
-    other = xla if xla is not None else branch(gpu, interpret=True)
+    other = cast(xla) if xla is not None else branch(gpu, interpret=True)
     return jax.lax.platform_dependent(
         *args, cuda=on_gpu, rocm=on_gpu, tpu=branch(tpu, interpret=False), default=other
     )
@@ -200,6 +205,6 @@ def additive_attention(
         context, weights = xla(*args)
     else:
         kw = dict(fully_masked=fully_masked, return_weights=return_weights)
-        context, weights = _per_platform(args, kw, xla if backend == "auto" else None)
+        context, weights = _per_platform(args, kw, xla if backend == "auto" else None, out_dtype)
     context = context.astype(out_dtype)
     return context, (None if weights is None else weights.astype(out_dtype))

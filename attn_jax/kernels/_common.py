@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -62,3 +63,27 @@ def mask_valid(mask, batch, m, n):
     """bool (..., m, n) mask broadcast to batch + (m, n), and its per-row 'any valid key' (..., m, 1)."""
     mask_b = jnp.broadcast_to(mask, batch + (m, n))
     return mask_b, jnp.any(mask_b, axis=-1, keepdims=True)
+
+
+def align_varying(args):
+    """Make the arrays of `args` (None allowed) vary over the same mesh axes, and return them with a
+    factory struct(shape, dtype) -> jax.ShapeDtypeStruct for outputs varying like them.
+
+    Inside `jax.shard_map` (check_vma) a pallas_call needs its out_shape to say over which mesh axes it
+    varies; a replicated weight next to a batch-split input must first be cast to varying. Outside
+    shard_map nothing varies and this changes nothing.
+    """
+    present = [x for x in args if x is not None]
+    axes = frozenset().union(*(jax.typeof(x).manual_axis_type.varying for x in present))
+
+    def cast(x):
+        missing = None if x is None else axes - jax.typeof(x).manual_axis_type.varying
+        return lax.pcast(x, tuple(sorted(missing)), to="varying") if missing else x
+
+    args = tuple(cast(x) for x in args)
+    mat = jax.typeof(next(x for x in args if x is not None)).manual_axis_type
+
+    def struct(shape, dtype):
+        return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mat)
+
+    return args, struct

@@ -116,10 +116,11 @@ def _forward(qT, kT, v, w_a, mask, cfg, write_scores):
     """Forward kernel + split combine -> (context (B, m_pad, dv_pad), lse (B, m_pad), scores or None)."""
     batch, sp = qT.shape[0], cfg.splits
     f32 = jnp.float32
+    (qT, kT, v, w_a, mask), struct = C.align_varying((qT, kT, v, w_a, mask))
     out_shape = [
-        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad, cfg.dv_pad), f32),
-        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad), f32),
-        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad), f32),
+        struct((batch, sp, cfg.m_pad, cfg.dv_pad), f32),
+        struct((batch, sp, cfg.m_pad), f32),
+        struct((batch, sp, cfg.m_pad), f32),
     ]
     row_spec = pl.BlockSpec((None, None, cfg.bq), lambda b, i, s: (b, s, i))
     out_specs = [
@@ -128,7 +129,7 @@ def _forward(qT, kT, v, w_a, mask, cfg, write_scores):
         row_spec,
     ]
     if write_scores:
-        out_shape.append(jax.ShapeDtypeStruct((batch, cfg.m_pad, cfg.n_pad), f32))
+        out_shape.append(struct((batch, cfg.m_pad, cfg.n_pad), f32))
         out_specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i, s: (b, i, 0)))
     kernel = functools.partial(K.forward_kernel, cfg=cfg, write_scores=write_scores)
     grid = (batch, cfg.m_pad // cfg.bq, sp)
@@ -176,12 +177,13 @@ def _fused_bwd(cfg, with_weights, res, cotangents):
     batch = qT.shape[0]
     extra = (dctx, lse, delta) + (() if dweights is None else (dweights,))
     args = (qT, kT, v, w_a) + ((mask,) if cfg.has_mask else ()) + extra
-    dqT = _backward_dq(args, batch, cfg, dweights is not None)
-    dkT, dv, dwa_parts = _backward_dk(args, batch, cfg, dweights is not None)
+    args, struct = C.align_varying(args)
+    dqT = _backward_dq(args, batch, cfg, dweights is not None, struct)
+    dkT, dv, dwa_parts = _backward_dk(args, batch, cfg, dweights is not None, struct)
     return dqT, dkT, dv, jnp.sum(dwa_parts, axis=(0, 1)), None
 
 
-def _backward_dq(args, batch, cfg, has_dw):
+def _backward_dq(args, batch, cfg, has_dw, struct):
     """dq kernel over (batch, query block, key split); the per-split partials are summed here."""
     row = pl.BlockSpec((None, cfg.bq), lambda b, i, s: (b, i))
     specs = _specs(cfg, True) + [
@@ -190,14 +192,14 @@ def _backward_dq(args, batch, cfg, has_dw):
     if has_dw:
         specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i, s: (b, i, 0)))
     out_spec = pl.BlockSpec((None, None, cfg.a_pad, cfg.bq), lambda b, i, s: (b, s, 0, i))
-    out_shape = jax.ShapeDtypeStruct((batch, cfg.splits, cfg.a_pad, cfg.m_pad), jnp.float32)
+    out_shape = struct((batch, cfg.splits, cfg.a_pad, cfg.m_pad), jnp.float32)
     kernel = functools.partial(K.dq_kernel, cfg=cfg, has_dw=has_dw)
     grid = (batch, cfg.m_pad // cfg.bq, cfg.splits)
     parts = _call(kernel, grid, specs, out_spec, out_shape, cfg, "additive_bwd_dq")(*args)
     return jnp.sum(parts, axis=1)
 
 
-def _backward_dk(args, batch, cfg, has_dw):
+def _backward_dk(args, batch, cfg, has_dw, struct):
     specs = _specs(cfg, False) + [
         pl.BlockSpec((None, cfg.m_pad, cfg.dv_pad), lambda b, j: (b, 0, 0)),
         pl.BlockSpec((None, cfg.m_pad), lambda b, j: (b, 0)),
@@ -212,9 +214,9 @@ def _backward_dk(args, batch, cfg, has_dw):
         pl.BlockSpec((None, None, cfg.a_pad), lambda b, j: (b, j, 0)),
     ]
     out_shape = [
-        jax.ShapeDtypeStruct((batch, cfg.a_pad, cfg.n_pad), jnp.float32),
-        jax.ShapeDtypeStruct((batch, cfg.n_pad, cfg.dv_pad), jnp.float32),
-        jax.ShapeDtypeStruct((batch, nk, cfg.a_pad), jnp.float32),
+        struct((batch, cfg.a_pad, cfg.n_pad), jnp.float32),
+        struct((batch, cfg.n_pad, cfg.dv_pad), jnp.float32),
+        struct((batch, nk, cfg.a_pad), jnp.float32),
     ]
     kernel = functools.partial(K.dk_kernel, cfg=cfg, has_dw=has_dw)
     return _call(kernel, (batch, nk), specs, out_specs, out_shape, cfg, "additive_bwd_dk")(*args)

@@ -84,16 +84,17 @@ def _in_specs(cfg, by_query: bool, has_dw: bool, backward: bool):
 def _forward(q, kT, v, w_a, mask, cfg, write_scores):
     """-> context (B, m_pad, dv_pad), lse (B, m_pad, 128), scores (B, m_pad, n_pad) or None; float32."""
     batch, f32 = q.shape[0], jnp.float32
+    (q, kT, v, w_a, mask), struct = C.align_varying((q, kT, v, w_a, mask))
     out_shape = [
-        jax.ShapeDtypeStruct((batch, cfg.m_pad, cfg.dv_pad), f32),
-        jax.ShapeDtypeStruct((batch, cfg.m_pad, LANES), f32),
+        struct((batch, cfg.m_pad, cfg.dv_pad), f32),
+        struct((batch, cfg.m_pad, LANES), f32),
     ]
     out_specs = [
         pl.BlockSpec((None, cfg.bq, cfg.dv_pad), lambda b, i, j: (b, i, 0)),
         pl.BlockSpec((None, cfg.bq, LANES), lambda b, i, j: (b, i, 0)),
     ]
     if write_scores:
-        out_shape.append(jax.ShapeDtypeStruct((batch, cfg.m_pad, cfg.n_pad), f32))
+        out_shape.append(struct((batch, cfg.m_pad, cfg.n_pad), f32))
         out_specs.append(pl.BlockSpec((None, cfg.bq, cfg.bk), lambda b, i, j: (b, i, j)))
     scratch = [pltpu.VMEM((cfg.bq, LANES), f32), pltpu.VMEM((cfg.bq, LANES), f32),
                pltpu.VMEM((cfg.bq, cfg.dv_pad), f32)]  # fmt: skip
@@ -131,12 +132,13 @@ def _fused_bwd(cfg, with_weights, res, cotangents):
     has_dw = dweights is not None
     args = (q, kT, v, w_a) + ((mask,) if cfg.has_mask else ()) + (dctx.astype(v.dtype), lse, delta)
     args += (dweights,) if has_dw else ()
+    args, struct = C.align_varying(args)
     batch, f32 = q.shape[0], jnp.float32
     dq = _call(
         functools.partial(K.dq_kernel, cfg=cfg, has_dw=has_dw), (batch, cfg.nq, cfg.nk),
         _in_specs(cfg, True, has_dw, True),
         pl.BlockSpec((None, cfg.bq, cfg.a_pad), lambda b, i, j: (b, i, 0)),
-        jax.ShapeDtypeStruct(q.shape, f32), [], cfg, "additive_tpu_bwd_dq",
+        struct(q.shape, f32), [], cfg, "additive_tpu_bwd_dq",
     )(*args)  # fmt: skip
     out_specs = [
         pl.BlockSpec((None, cfg.a_pad, cfg.bk), lambda b, j, i: (b, 0, j)),
@@ -144,9 +146,9 @@ def _fused_bwd(cfg, with_weights, res, cotangents):
         pl.BlockSpec((None, None, cfg.a_pad, LANES), lambda b, j, i: (b, j, 0, 0)),
     ]
     out_shape = [
-        jax.ShapeDtypeStruct(kT.shape, f32),
-        jax.ShapeDtypeStruct((batch, cfg.n_pad, cfg.dv_pad), f32),
-        jax.ShapeDtypeStruct((batch, cfg.nk, cfg.a_pad, LANES), f32),
+        struct(kT.shape, f32),
+        struct((batch, cfg.n_pad, cfg.dv_pad), f32),
+        struct((batch, cfg.nk, cfg.a_pad, LANES), f32),
     ]
     dkT, dv, dwa = _call(
         functools.partial(K.dk_kernel, cfg=cfg, has_dw=has_dw), (batch, cfg.nk, cfg.nq),
