@@ -1,6 +1,7 @@
-"""The Pallas TPU (Mosaic) kernel, run by the Pallas TPU interpreter on CPU, equals the XLA path:
-outputs and every gradient, ragged n and m, several query / key / attention-dim blocks, masks, every
-fully-masked policy, bfloat16. (Its lowering for TPU: tests/test_export_kernels.py.)"""
+"""The Pallas TPU (Mosaic) kernel equals the XLA path: outputs and every gradient, ragged n and m,
+several query / key / attention-dim blocks, masks, every fully-masked policy, bfloat16. On CPU it runs in
+the Pallas TPU interpreter; on a TPU host (benchmarks/tpu_check.sh) the same tests compile it through
+Mosaic. (Its lowering for TPU from a CPU host: tests/test_export_kernels.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -20,8 +21,15 @@ CASES = {
 }
 
 
+ON_TPU = jax.default_backend() == "tpu"
+
+
 def _kernel(**blocks):
-    return lambda *a, **k: tpu_additive_attention(*a, **k, interpret=True, **blocks)
+    """The kernel: compiled on a TPU host (attention-dim chunks then must be 128 or all of a), else the
+    TPU interpreter."""
+    if ON_TPU:
+        blocks.pop("block_a", None)
+    return lambda *a, **k: tpu_additive_attention(*a, **k, interpret=None if ON_TPU else True, **blocks)
 
 
 @pytest.mark.parametrize(
@@ -50,9 +58,9 @@ def test_outputs_and_gradients_match_xla(case, return_weights):
         close(g_k, g_x, f"d{name}")
 
 
-def test_generic_interpreter_under_jit_with_broadcast_mask():
-    """interpret=None off TPU: the generic Pallas interpreter, here under jit with values=None, no bias
-    and an (m, n) mask broadcast over the batch."""
+def test_default_under_jit_with_broadcast_mask():
+    """interpret=None: Mosaic on TPU, the generic Pallas interpreter elsewhere; here under jit with
+    values=None, no bias and an (m, n) mask broadcast over the batch."""
     args, mask = problem(3, (3,), 4, 9, 5, 5, 5, 6, 0.5, mask_shape=(4, 9))
     q, h, _, w_q, w_k, w_a, _ = args
     fn = jax.jit(lambda q, h: tpu_additive_attention(q, h, w_q=w_q, w_k=w_k, w_a=w_a, mask=mask))

@@ -22,6 +22,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 LANES = 128
+F32 = jnp.float32
 TRANS_B = (((1,), (1,)), ((), ()))  # x @ y^T
 TRANS_A = (((0,), (0,)), ((), ()))  # x^T @ y
 
@@ -92,6 +93,11 @@ def _mxu(x, cfg: TpuConfig):
     return x.astype(jnp.dtype(cfg.mxu_dtype))
 
 
+def _precision(cfg: TpuConfig):
+    """float32 matmuls at full precision (not one bfloat16 pass); bfloat16 ones as they are."""
+    return lax.Precision.HIGHEST if cfg.mxu_dtype == "float32" else lax.Precision.DEFAULT
+
+
 def forward_kernel(*refs, cfg: TpuConfig, write_scores: bool):
     """Grid (batch, query block, key block). Online softmax over the key blocks; at the last one writes
     the normalised context (bq, dv_pad), lse (bq, 128) and, if asked, the raw scores tile."""
@@ -118,7 +124,7 @@ def forward_kernel(*refs, cfg: TpuConfig, write_scores: bool):
     p = jnp.exp(s - m_safe[:, :1])  # exactly 0 where s = -inf
     corr = jnp.exp(m_prev - m_safe)
     l_sc[...] = corr * l_sc[...] + jnp.sum(p, axis=1, keepdims=True)
-    pv = lax.dot(_mxu(p, cfg), _mxu(v_ref[...], cfg), preferred_element_type=jnp.float32)
+    pv = lax.dot(_mxu(p, cfg), _mxu(v_ref[...], cfg), precision=_precision(cfg), preferred_element_type=F32)
     acc_sc[...] = corr[:, :1] * acc_sc[...] + pv
     m_sc[...] = m_new
 
@@ -139,7 +145,11 @@ def _score_grad(refs, k_block, cfg: TpuConfig):
     s = _masked_scores(q_ref, k_ref, wa_ref, mask_ref, k_block, cfg)
     p = jnp.exp(s - lse_ref[...][:, :1])  # lse = +inf on rows without a valid key
     dp = lax.dot_general(
-        _mxu(dc_ref[...], cfg), _mxu(v_ref[...], cfg), TRANS_B, preferred_element_type=jnp.float32
+        _mxu(dc_ref[...], cfg),
+        _mxu(v_ref[...], cfg),
+        TRANS_B,
+        _precision(cfg),
+        preferred_element_type=jnp.float32,
     )
     if dw_ref is not None:
         dp = dp + dw_ref[...]
@@ -204,7 +214,7 @@ def dk_kernel(*refs, cfg: TpuConfig, has_dw: bool):
 
     p, ds = _score_grad(ins, pl.program_id(1), cfg)
     dv_ref[...] += lax.dot_general(
-        _mxu(p, cfg), _mxu(ins[5][...], cfg), TRANS_A, preferred_element_type=jnp.float32
+        _mxu(p, cfg), _mxu(ins[5][...], cfg), TRANS_A, _precision(cfg), preferred_element_type=jnp.float32
     )
 
     def body(start, d, w, t, carry):
