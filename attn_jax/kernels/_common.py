@@ -59,10 +59,9 @@ def on_platform(run, interpret, platforms, args):
     return lax.platform_dependent(*args, **{p: native for p in platforms}, default=interpreted)
 
 
-def mask_valid(mask, batch, m, n):
-    """bool (..., m, n) mask broadcast to batch + (m, n), and its per-row 'any valid key' (..., m, 1)."""
-    mask_b = jnp.broadcast_to(mask, batch + (m, n))
-    return mask_b, jnp.any(mask_b, axis=-1, keepdims=True)
+def _varying(x) -> frozenset:
+    """Mesh axes `x` varies over inside jax.shard_map (empty outside)."""
+    return jax.typeof(x).manual_axis_type.varying
 
 
 def align_varying(args):
@@ -73,11 +72,12 @@ def align_varying(args):
     varies; a replicated weight next to a batch-split input must first be cast to varying. Outside
     shard_map nothing varies and this changes nothing.
     """
-    present = [x for x in args if x is not None]
-    axes = frozenset().union(*(jax.typeof(x).manual_axis_type.varying for x in present))
+    axes = frozenset().union(*(_varying(x) for x in args if x is not None))
+    if not axes:
+        return tuple(args), jax.ShapeDtypeStruct
 
     def cast(x):
-        missing = None if x is None else axes - jax.typeof(x).manual_axis_type.varying
+        missing = None if x is None else axes - _varying(x)
         return lax.pcast(x, tuple(sorted(missing)), to="varying") if missing else x
 
     args = tuple(cast(x) for x in args)
