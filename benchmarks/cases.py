@@ -6,6 +6,7 @@ Attention implementations of the same formula (context only, no weights returned
     chunked    attn_jax.additive_attention(chunk_size=...) (XLA, online softmax, recomputing VJP)
     pallas     attn_jax.kernels.additive_pallas (fused kernel; Triton on GPU, interpret mode elsewhere)
     pallas_fast  the same with fast_tanh=True (GPU tanh.approx.f32)
+    pallas_tpu   attn_jax.kernels.additive_tpu (fused kernel; Mosaic on TPU, interpret mode elsewhere)
 mode "fwd" times the context; "fwdbwd" the gradient of sum(context * g) w.r.t. every input.
 """
 
@@ -25,7 +26,7 @@ SHAPES = {
     "L": {"B": 32, "m": 256, "n": 4096, "d": 256, "a": 256, "chunk": 16},
 }
 SWEEP = {"B": 8, "m": 64, "d": 128, "a": 128, "chunk": 16}  # time vs n, n from the runner
-IMPLS = ("naive", "unchunked", "chunked", "pallas", "pallas_fast")
+IMPLS = ("naive", "unchunked", "chunked", "pallas", "pallas_fast", "pallas_tpu")
 
 
 def shape_dims(shape, n: int | None = None) -> dict:
@@ -75,7 +76,9 @@ def attention_fn(impl: str, chunk_size: int = 16):
     """(q, h, v, w_q, w_k, w_a, bias) -> context for one implementation name."""
     if impl == "naive":
         return naive_formula
-    if impl.startswith("pallas"):
+    if impl == "pallas_tpu":
+        from attn_jax.kernels.additive_tpu import tpu_additive_attention as kernel
+    elif impl.startswith("pallas"):
         from attn_jax.kernels.additive_pallas import pallas_additive_attention
 
         kernel = functools.partial(pallas_additive_attention, fast_tanh=impl == "pallas_fast")

@@ -12,10 +12,10 @@ TINY = {"B": 2, "m": 3, "n": 10, "d": 4, "a": 5}
 @pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
 def test_implementations_agree(mode):
     outs = {}
-    for impl in ("naive", "unchunked", "pallas"):  # pallas runs in interpret mode on CPU
+    for impl in ("naive", "unchunked", "pallas", "pallas_tpu"):  # the kernels run in interpret mode on CPU
         fn, args = attention_case(shape=TINY, impl=impl, mode=mode)
         outs[impl] = jax.tree.leaves(fn(*args))
-    for impl in ("unchunked", "pallas"):
+    for impl in ("unchunked", "pallas", "pallas_tpu"):
         for got, want in zip(outs[impl], outs["naive"]):
             assert np.all(np.isfinite(want)), "naive output not finite"  # a NaN scale would pass anything
             scale = float(np.abs(want).max())

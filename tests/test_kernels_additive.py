@@ -9,43 +9,7 @@ import pytest
 
 import attn_jax
 from attn_jax.kernels.additive_pallas import make_config, pallas_additive_attention
-
-ARG_NAMES = ("query", "keys", "values", "w_q", "w_k", "w_a", "bias")
-
-
-def _problem(seed, lead, m, n, d_q, d_k, d_v, a, mask_p=None, mask_shape=None):
-    ks = jax.random.split(jax.random.key(seed), 8)
-    args = (
-        jax.random.normal(ks[0], lead + (m, d_q)),
-        jax.random.normal(ks[1], lead + (n, d_k)),
-        jax.random.normal(ks[2], lead + (n, d_v)),
-        jax.random.normal(ks[3], (d_q, a)) / np.sqrt(d_q),
-        jax.random.normal(ks[4], (d_k, a)) / np.sqrt(d_k),
-        jax.random.normal(ks[5], (a,)),
-        jax.random.normal(ks[6], (a,)),
-    )
-    mask = None
-    if mask_p is not None:
-        mask = jax.random.bernoulli(ks[7], mask_p, mask_shape or lead + (m, n))
-    return args, mask
-
-
-def _loss(fn, mask, **kw):
-    """A scalar touching context and weights nonlinearly, so both cotangents are nontrivial."""
-
-    def loss(q, h, v, w_q, w_k, w_a, b):
-        ctx, w = fn(q, h, v, w_q=w_q, w_k=w_k, w_a=w_a, bias=b, mask=mask, **kw)
-        total = jnp.sum(ctx * jnp.cos(ctx))
-        return total if w is None else total + jnp.sum(w * jnp.sin(3.0 * w))
-
-    return loss
-
-
-def _close(got, want, name, rtol=2e-5):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale, err_msg=name)
-
+from tests._kernel_problems import ARG_NAMES, close, loss_of, problem
 
 CASES = {
     # lead dims, m, n, d_q, d_k, d_v, a, mask probability, blocks (q, k, a)
@@ -75,7 +39,7 @@ CASES = {
 )
 def test_outputs_and_gradients_match_xla(case, return_weights):
     lead, m, n, d_q, d_k, d_v, a, mask_p, blocks = CASES[case]
-    args, mask = _problem(list(CASES).index(case), lead, m, n, d_q, d_k, d_v, a, mask_p)
+    args, mask = problem(list(CASES).index(case), lead, m, n, d_q, d_k, d_v, a, mask_p)
     if mask is not None:
         mask = mask.at[(0,) * len(lead) + (1,)].set(False)  # one fully masked row ("zero" mode)
     kernel = lambda *a_, **k: pallas_additive_attention(*a_, **k, **blocks)
@@ -84,57 +48,57 @@ def test_outputs_and_gradients_match_xla(case, return_weights):
         *args[:3], w_q=args[3], w_k=args[4], w_a=args[5], bias=args[6], mask=mask
     )
     assert ctx_k.shape == lead + (m, d_v) and w_k.shape == lead + (m, n)
-    _close(ctx_k, ctx_x, "context")
-    _close(w_k, w_x, "weights")
-    grads_k = jax.grad(_loss(kernel, mask, return_weights=return_weights), argnums=range(7))(*args)
+    close(ctx_k, ctx_x, "context")
+    close(w_k, w_x, "weights")
+    grads_k = jax.grad(loss_of(kernel, mask, return_weights=return_weights), argnums=range(7))(*args)
     grads_x = jax.grad(
-        _loss(attn_jax.additive_attention, mask, return_weights=return_weights), argnums=range(7)
+        loss_of(attn_jax.additive_attention, mask, return_weights=return_weights), argnums=range(7)
     )(*args)
     for name, g_k, g_x in zip(ARG_NAMES, grads_k, grads_x):
         assert np.all(np.isfinite(g_k)), name
-        _close(g_k, g_x, f"d{name}")
+        close(g_k, g_x, f"d{name}")
 
 
 def test_defaults_broadcast_mask_and_jit():
     """values=None (keys), no bias, an (m, n) mask broadcast over the batch, under jit."""
-    args, mask = _problem(3, (3,), 4, 9, 5, 5, 5, 6, 0.5, mask_shape=(4, 9))
+    args, mask = problem(3, (3,), 4, 9, 5, 5, 5, 6, 0.5, mask_shape=(4, 9))
     q, h, _, w_q, w_k, w_a, _ = args
     fn = jax.jit(lambda q, h: pallas_additive_attention(q, h, w_q=w_q, w_k=w_k, w_a=w_a, mask=mask))
     ctx_k, w_k_ = fn(q, h)
     ctx_x, w_x = attn_jax.additive_attention(q, h, w_q=w_q, w_k=w_k, w_a=w_a, mask=mask)
-    _close(ctx_k, ctx_x, "context")
-    _close(w_k_, w_x, "weights")
+    close(ctx_k, ctx_x, "context")
+    close(w_k_, w_x, "weights")
 
 
 @pytest.mark.parametrize("mode", ["zero", "uniform", "nan"])
 def test_fully_masked_rows(mode):
-    args, _ = _problem(5, (2,), 3, 5, 2, 3, 4, 4)
+    args, _ = problem(5, (2,), 3, 5, 2, 3, 4, 4)
     mask = jnp.ones((2, 3, 5), bool).at[1, 2].set(False).at[0, 0, :2].set(False)
     kw = dict(w_q=args[3], w_k=args[4], w_a=args[5], bias=args[6], mask=mask, fully_masked=mode)
     ctx_k, w_k = pallas_additive_attention(*args[:3], block_k=2, **kw)
     ctx_x, w_x = attn_jax.additive_attention(*args[:3], **kw)
     np.testing.assert_array_equal(np.isnan(ctx_k), np.isnan(ctx_x))
     assert np.isnan(ctx_k[1, 2]).all() == (mode == "nan")
-    _close(np.nan_to_num(ctx_k), np.nan_to_num(ctx_x), "context")
-    _close(np.nan_to_num(w_k), np.nan_to_num(w_x), "weights")
+    close(np.nan_to_num(ctx_k), np.nan_to_num(ctx_x), "context")
+    close(np.nan_to_num(w_k), np.nan_to_num(w_x), "weights")
     if mode == "zero":
         assert np.all(w_k[1, 2] == 0) and np.all(ctx_k[1, 2] == 0)
         assert np.all(w_k[0, 0, :2] == 0)  # masked keys get exactly zero
 
 
 def test_uniform_mode_gradient_reaches_values():
-    args, _ = _problem(6, (1,), 2, 4, 3, 3, 2, 4)
+    args, _ = problem(6, (1,), 2, 4, 3, 3, 2, 4)
     mask = jnp.ones((1, 2, 4), bool).at[0, 1].set(False)
-    loss_k = _loss(pallas_additive_attention, mask, fully_masked="uniform")
-    loss_x = _loss(attn_jax.additive_attention, mask, fully_masked="uniform")
+    loss_k = loss_of(pallas_additive_attention, mask, fully_masked="uniform")
+    loss_x = loss_of(attn_jax.additive_attention, mask, fully_masked="uniform")
     for name, g_k, g_x in zip(
         ARG_NAMES, jax.grad(loss_k, range(7))(*args), jax.grad(loss_x, range(7))(*args)
     ):
-        _close(g_k, g_x, f"d{name}")
+        close(g_k, g_x, f"d{name}")
 
 
 def test_bfloat16_inputs_give_bfloat16_outputs():
-    args, mask = _problem(7, (2,), 3, 6, 4, 4, 4, 8, 0.8)
+    args, mask = problem(7, (2,), 3, 6, 4, 4, 4, 8, 0.8)
     bf = [x.astype(jnp.bfloat16) for x in args]
     kw = dict(w_q=bf[3], w_k=bf[4], w_a=bf[5], bias=bf[6], mask=mask)
     ctx_k, w_k = pallas_additive_attention(*bf[:3], **kw)
@@ -173,7 +137,7 @@ def test_bad_input_raises_value_error(change, match):
         )  # fmt: skip
 
 
-def test_gpu_tiles_are_powers_of_two_and_cover_the_problem():
+def test_gpu_tiles_are_powers_of_two_and_cover_theproblem():
     """The Triton lowering needs power-of-two tiles (>= 16 keys); padding must cover m, n, a."""
     cfg = make_config(m=100, n=4097, a=200, d_v=24, has_mask=True, interpret=False)
     for tile in (cfg.bq, cfg.bk, cfg.ba, cfg.a_pad, cfg.dv_pad):
@@ -200,7 +164,7 @@ def test_kernels_lower_to_triton_for_gpu(lead, m, n, masked, fast):
     step before PTX compilation), for the matmul tiles and for the one-query (broadcast-sum) tiles."""
     from jax import export
 
-    args, mask = _problem(8, lead, m, n, 8, 8, 16, 12, 0.5 if masked else None)
+    args, mask = problem(8, lead, m, n, 8, 8, 16, 12, 0.5 if masked else None)
 
     def loss(q, h, v, w_q, w_k, w_a, b):
         ctx, w = pallas_additive_attention(

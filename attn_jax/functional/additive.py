@@ -10,6 +10,7 @@ broadcast leading batch dims. Projections are computed once per query and once p
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 
@@ -92,41 +93,75 @@ def additive_scores(query, keys, w_q, w_k, w_a, *, bias=None):
     return _scores_acc(query, keys, w_q, w_k, w_a, bias, batch, dtype).astype(out_dtype)
 
 
+def _xla_attention(query, keys, values, w_q, w_k, w_a, bias, mask, *, chunk_size, fully_masked,
+                   return_weights, batch):  # fmt: skip
+    """The XLA paths (unchunked, or chunked when `chunk_size`) on validated arguments."""
+    if chunk_size is not None:
+        from attn_jax.functional.chunked import chunked_additive_attention
+
+        return chunked_additive_attention(
+            query, keys, values, w_q, w_k, w_a, bias, mask, chunk_size, fully_masked, return_weights, batch
+        )
+    dtype = accumulation_dtype(query, keys, values)
+    scores = _scores_acc(query, keys, w_q, w_k, w_a, bias, batch, dtype)
+    context, weights = softmax_context(scores, mask, values.astype(dtype), fully_masked)
+    return context, (weights if return_weights else None)
+
+
 IMPLEMENTATIONS = ("xla", "pallas", "auto")
 
 
 class PallasUnavailableError(ImportError):
-    """implementation="pallas" was asked for but attn_jax.kernels.additive_pallas cannot be imported."""
+    """implementation="pallas" was asked for but the kernels of attn_jax.kernels cannot be imported."""
 
 
-def _pallas_kernel():
-    """Lazily import the fused Pallas kernel (attn_jax.kernels.additive_pallas)."""
+def _pallas_kernels():
+    """Lazily import the fused kernels: (GPU/Triton `pallas_additive_attention`, TPU/Mosaic
+    `tpu_additive_attention`)."""
     try:  # import_module, not `from attn_jax.kernels import ...`: it honours sys.modules (tests patch it)
-        additive_pallas = importlib.import_module("attn_jax.kernels.additive_pallas")
+        gpu = importlib.import_module("attn_jax.kernels.additive_pallas").pallas_additive_attention
+        tpu = importlib.import_module("attn_jax.kernels.additive_tpu").tpu_additive_attention
     except ImportError as e:
         raise PallasUnavailableError(
-            "implementation='pallas' needs attn_jax.kernels.additive_pallas.pallas_additive_attention, "
-            f"which could not be imported ({e}); use implementation='xla' or 'auto'"
+            "implementation='pallas' needs attn_jax.kernels (additive_pallas.pallas_additive_attention and "
+            f"additive_tpu.tpu_additive_attention), which could not be imported ({e}); use "
+            "implementation='xla' or 'auto'"
         ) from e
-    return additive_pallas.pallas_additive_attention
+    return gpu, tpu
 
 
 def _resolve_implementation(implementation: str) -> str:
-    """'xla' | 'pallas' | 'auto' -> 'xla' or 'pallas' ('auto': Pallas on GPU when importable).
-
-    The kernel lowers through Pallas' Triton backend; on TPU it would run in interpret mode, so 'auto' keeps
-    XLA there."""
+    """'xla' | 'pallas' | 'auto' -> itself; 'auto' -> 'xla' when the kernels cannot be imported."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}; got {implementation!r}")
-    if implementation != "auto":
-        return implementation
-    if jax.default_backend() != "gpu":
-        return "xla"
-    try:
-        _pallas_kernel()
-    except PallasUnavailableError:
-        return "xla"
-    return "pallas"
+    if implementation == "auto":
+        try:
+            _pallas_kernels()
+        except PallasUnavailableError:
+            return "xla"
+    return implementation
+
+
+def _per_platform(args, kw, xla, out_dtype):
+    """The fused kernel chosen when the program is lowered: Triton on cuda / rocm, Mosaic on tpu, and on
+    any other platform `xla` ("auto") or, if None, the Triton kernel in the Pallas interpreter ("pallas").
+    A program traced on a CPU host and exported for an accelerator thus carries that accelerator's kernel.
+    """
+    gpu, tpu = _pallas_kernels()
+
+    def cast(fn):  # every branch must give the same dtypes
+        return lambda *a: jax.tree.map(lambda x: x.astype(out_dtype), fn(*a))
+
+    def branch(kernel, **options):
+        return cast(
+            lambda *a: kernel(*a[:3], w_q=a[3], w_k=a[4], w_a=a[5], bias=a[6], mask=a[7], **kw, **options)
+        )
+
+    on_gpu = branch(gpu, interpret=False)
+    other = cast(xla) if xla is not None else branch(gpu, interpret=True)
+    return jax.lax.platform_dependent(
+        *args, cuda=on_gpu, rocm=on_gpu, tpu=branch(tpu, interpret=False), default=other
+    )
 
 
 def additive_attention(
@@ -152,7 +187,8 @@ def additive_attention(
     float32 (float64 for float64 inputs); outputs are in the inputs' dtype. `chunk_size=k` bounds
     memory by processing keys k at a time (see `attn_jax.functional.chunked`). `implementation`:
     "xla" (default), "pallas" (fused kernel of attn_jax.kernels; it tiles keys itself, so
-    `chunk_size` is ignored) or "auto" (Pallas on GPU when available, else XLA).
+    `chunk_size` is ignored) or "auto". Both choose when the program is lowered: the Triton kernel on
+    GPU, the Mosaic kernel on TPU; elsewhere "pallas" interprets the Triton kernel and "auto" runs XLA.
     """
     _checks.check_fully_masked(fully_masked)
     _checks.check_chunk_size(chunk_size)
@@ -162,22 +198,13 @@ def additive_attention(
     if query.shape[-2] == 0:  # no query: empty outputs, the same for every backend (kernels tile m)
         backend, chunk_size = "xla", None
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
-    if backend == "pallas":
-        kernel = _pallas_kernel()
-        context, weights = kernel(
-            query, keys, values, w_q=w_q, w_k=w_k, w_a=w_a, bias=bias, mask=mask,
-            fully_masked=fully_masked, return_weights=return_weights,
-        )  # fmt: skip
-    elif chunk_size is not None:
-        from attn_jax.functional.chunked import chunked_additive_attention
-
-        context, weights = chunked_additive_attention(
-            query, keys, values, w_q, w_k, w_a, bias, mask, chunk_size, fully_masked, return_weights, batch
-        )
+    args = (query, keys, values, w_q, w_k, w_a, bias, mask)
+    xla = functools.partial(_xla_attention, chunk_size=chunk_size, fully_masked=fully_masked,
+                            return_weights=return_weights, batch=batch)  # fmt: skip
+    if backend == "xla":
+        context, weights = xla(*args)
     else:
-        dtype = accumulation_dtype(query, keys, values)
-        scores = _scores_acc(query, keys, w_q, w_k, w_a, bias, batch, dtype)
-        context, weights = softmax_context(scores, mask, values.astype(dtype), fully_masked)
-        weights = weights if return_weights else None
+        kw = dict(fully_masked=fully_masked, return_weights=return_weights)
+        context, weights = _per_platform(args, kw, xla if backend == "auto" else None, out_dtype)
     context = context.astype(out_dtype)
     return context, (None if weights is None else weights.astype(out_dtype))

@@ -4,8 +4,8 @@ Projections q W_q + b and h W_k run once as XLA matmuls (so their gradients come
 autodiff); the Pallas kernels take it from there. Forward: per (batch, query block) a loop over key
 blocks computes tanh, the w_a reduction, an online softmax and the context on chip. Backward
 (custom VJP): two kernels recompute tanh, one per query block (d q-projection) and one per key block
-(d k-projection, d values, d w_a). On GPU the kernels lower through Pallas' Triton backend; on any
-other backend they run in Pallas interpret mode (slow, for tests and CPU CI).
+(d k-projection, d values, d w_a). When the program is lowered for a GPU the kernels go through Pallas'
+Triton backend; for any other platform they run in Pallas interpret mode (slow, for tests and CPU CI).
 """
 
 from __future__ import annotations
@@ -19,24 +19,9 @@ from jax.experimental import pallas as pl
 
 from attn_jax import _checks
 from attn_jax.kernels import _additive_kernels as K
+from attn_jax.kernels import _common as C
 
 _GPU_BLOCKS = {"bq": 32, "bk": 32}  # default tiles for the Triton lowering (powers of two)
-
-
-def _project(x, w):
-    """x (..., p, d) @ w (d, a) -> (..., p, a) float32 (the kernels compute in float32)."""
-    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(jnp.float32)
-
-
-def _use_interpret(interpret: bool | None) -> bool:
-    """Interpret mode unless the default backend is a GPU (Triton lowering) or the caller says."""
-    if interpret is not None:
-        return bool(interpret)
-    return jax.default_backend() not in ("gpu", "cuda", "rocm")
-
-
-def _round_up(x: int, k: int) -> int:
-    return -(-x // k) * k
 
 
 def _pow2(x: int, minimum: int = 1) -> int:
@@ -60,13 +45,13 @@ def make_config(m, n, a, d_v, has_mask, *, interpret, batch=1, block_q=None, blo
         bq = block_q or min(_pow2(m), 64)
         bk = block_k or min(_pow2(n), 128)
         ba = block_a or _pow2(a)
-        a_pad, dv_pad = _round_up(a, ba), d_v
+        a_pad, dv_pad = C.round_up(a, ba), d_v
         splits = key_splits or 1
     else:  # requested tiles are rounded up to what Triton accepts
         bq = _pow2(block_q or min(_GPU_BLOCKS["bq"], _pow2(m)))
         bk = _pow2(block_k or min(_GPU_BLOCKS["bk"], _pow2(n)), 16)
         ba = _pow2(block_a or max(1, min(_pow2(a), 4096 // (bq * bk))))
-        a_pad, dv_pad = _round_up(_pow2(a), ba), _pow2(d_v)
+        a_pad, dv_pad = C.round_up(_pow2(a), ba), _pow2(d_v)
         programs = batch * -(-m // bq)
         splits = key_splits or max(1, min(-(-n // bk), -(-2 * _gpu_cores() // programs)))
     return K.KernelConfig(
@@ -74,8 +59,8 @@ def make_config(m, n, a, d_v, has_mask, *, interpret, batch=1, block_q=None, blo
         bk=bk,
         ba=ba,
         n=n,
-        m_pad=_round_up(m, bq),
-        n_pad=_round_up(n, bk * splits),
+        m_pad=C.round_up(m, bq),
+        n_pad=C.round_up(n, bk * splits),
         a_pad=a_pad,
         dv_pad=dv_pad,
         has_mask=has_mask,
@@ -131,10 +116,11 @@ def _forward(qT, kT, v, w_a, mask, cfg, write_scores):
     """Forward kernel + split combine -> (context (B, m_pad, dv_pad), lse (B, m_pad), scores or None)."""
     batch, sp = qT.shape[0], cfg.splits
     f32 = jnp.float32
+    (qT, kT, v, w_a, mask), struct = C.align_varying((qT, kT, v, w_a, mask))
     out_shape = [
-        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad, cfg.dv_pad), f32),
-        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad), f32),
-        jax.ShapeDtypeStruct((batch, sp, cfg.m_pad), f32),
+        struct((batch, sp, cfg.m_pad, cfg.dv_pad), f32),
+        struct((batch, sp, cfg.m_pad), f32),
+        struct((batch, sp, cfg.m_pad), f32),
     ]
     row_spec = pl.BlockSpec((None, None, cfg.bq), lambda b, i, s: (b, s, i))
     out_specs = [
@@ -143,7 +129,7 @@ def _forward(qT, kT, v, w_a, mask, cfg, write_scores):
         row_spec,
     ]
     if write_scores:
-        out_shape.append(jax.ShapeDtypeStruct((batch, cfg.m_pad, cfg.n_pad), f32))
+        out_shape.append(struct((batch, cfg.m_pad, cfg.n_pad), f32))
         out_specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i, s: (b, i, 0)))
     kernel = functools.partial(K.forward_kernel, cfg=cfg, write_scores=write_scores)
     grid = (batch, cfg.m_pad // cfg.bq, sp)
@@ -191,12 +177,13 @@ def _fused_bwd(cfg, with_weights, res, cotangents):
     batch = qT.shape[0]
     extra = (dctx, lse, delta) + (() if dweights is None else (dweights,))
     args = (qT, kT, v, w_a) + ((mask,) if cfg.has_mask else ()) + extra
-    dqT = _backward_dq(args, batch, cfg, dweights is not None)
-    dkT, dv, dwa_parts = _backward_dk(args, batch, cfg, dweights is not None)
+    args, struct = C.align_varying(args)
+    dqT = _backward_dq(args, batch, cfg, dweights is not None, struct)
+    dkT, dv, dwa_parts = _backward_dk(args, batch, cfg, dweights is not None, struct)
     return dqT, dkT, dv, jnp.sum(dwa_parts, axis=(0, 1)), None
 
 
-def _backward_dq(args, batch, cfg, has_dw):
+def _backward_dq(args, batch, cfg, has_dw, struct):
     """dq kernel over (batch, query block, key split); the per-split partials are summed here."""
     row = pl.BlockSpec((None, cfg.bq), lambda b, i, s: (b, i))
     specs = _specs(cfg, True) + [
@@ -205,14 +192,14 @@ def _backward_dq(args, batch, cfg, has_dw):
     if has_dw:
         specs.append(pl.BlockSpec((None, cfg.bq, cfg.n_pad), lambda b, i, s: (b, i, 0)))
     out_spec = pl.BlockSpec((None, None, cfg.a_pad, cfg.bq), lambda b, i, s: (b, s, 0, i))
-    out_shape = jax.ShapeDtypeStruct((batch, cfg.splits, cfg.a_pad, cfg.m_pad), jnp.float32)
+    out_shape = struct((batch, cfg.splits, cfg.a_pad, cfg.m_pad), jnp.float32)
     kernel = functools.partial(K.dq_kernel, cfg=cfg, has_dw=has_dw)
     grid = (batch, cfg.m_pad // cfg.bq, cfg.splits)
     parts = _call(kernel, grid, specs, out_spec, out_shape, cfg, "additive_bwd_dq")(*args)
     return jnp.sum(parts, axis=1)
 
 
-def _backward_dk(args, batch, cfg, has_dw):
+def _backward_dk(args, batch, cfg, has_dw, struct):
     specs = _specs(cfg, False) + [
         pl.BlockSpec((None, cfg.m_pad, cfg.dv_pad), lambda b, j: (b, 0, 0)),
         pl.BlockSpec((None, cfg.m_pad), lambda b, j: (b, 0)),
@@ -227,36 +214,15 @@ def _backward_dk(args, batch, cfg, has_dw):
         pl.BlockSpec((None, None, cfg.a_pad), lambda b, j: (b, j, 0)),
     ]
     out_shape = [
-        jax.ShapeDtypeStruct((batch, cfg.a_pad, cfg.n_pad), jnp.float32),
-        jax.ShapeDtypeStruct((batch, cfg.n_pad, cfg.dv_pad), jnp.float32),
-        jax.ShapeDtypeStruct((batch, nk, cfg.a_pad), jnp.float32),
+        struct((batch, cfg.a_pad, cfg.n_pad), jnp.float32),
+        struct((batch, cfg.n_pad, cfg.dv_pad), jnp.float32),
+        struct((batch, nk, cfg.a_pad), jnp.float32),
     ]
     kernel = functools.partial(K.dk_kernel, cfg=cfg, has_dw=has_dw)
     return _call(kernel, (batch, nk), specs, out_specs, out_shape, cfg, "additive_bwd_dk")(*args)
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
-
-
-def _flat_padded(x, batch_shape, rows, cols, fill=0):
-    """Broadcast x (..., r, c) to batch_shape, flatten the batch, zero-pad to (B, rows, cols)."""
-    x = jnp.broadcast_to(x, batch_shape + x.shape[-2:])
-    x = x.reshape((math.prod(batch_shape),) + x.shape[-2:])
-    pad = ((0, 0), (0, rows - x.shape[1]), (0, cols - x.shape[2]))
-    return jnp.pad(x, pad, constant_values=fill)
-
-
-def _fill_fully_masked(context, weights, values, row_valid, fully_masked, n):
-    """Apply "uniform" / "nan" to rows without a valid key (the kernel already gives "zero")."""
-    if fully_masked == "uniform":
-        mean_v = jnp.mean(values.astype(jnp.float32), axis=-2, keepdims=True)
-        context = jnp.where(row_valid, context, mean_v)
-        fill = 1.0 / n
-    else:
-        context = jnp.where(row_valid, context, jnp.nan)
-        fill = jnp.nan
-    weights = None if weights is None else jnp.where(row_valid, weights, fill)
-    return context, weights
 
 
 def pallas_additive_attention(
@@ -283,7 +249,9 @@ def pallas_additive_attention(
     query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default keys); w_q (d_q, a);
     w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n).
     Returns (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype; all kernel
-    arithmetic is float32. `interpret=None` picks Triton on GPU, interpret mode elsewhere;
+    arithmetic is float32. `interpret=None`: Triton when the program is lowered for a GPU (cuda, rocm),
+    the Pallas interpreter on any other platform (chosen at lowering, so an export for cuda from a CPU
+    host carries the kernel); True / False force one;
     block_q / block_k / block_a override the tile sizes (query rows, keys, attention-dim chunk) and
     key_splits the number of programs sharing one query block's keys (default: 1 in interpret mode,
     enough to fill the GPU otherwise). `fast_tanh=True` uses the GPU's tanh.approx.f32 (faster, about
@@ -291,30 +259,38 @@ def pallas_additive_attention(
     """
     _checks.check_fully_masked(fully_masked)
     values = keys if values is None else values
-    batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
+    options = dict(block_q=block_q, block_k=block_k, block_a=block_a, key_splits=key_splits)
+    options["fast_tanh"] = fast_tanh
+    run = functools.partial(_run, fully_masked=fully_masked, return_weights=return_weights, options=options)
+    args = (query, keys, values, w_q, w_k, w_a, bias, mask)
+    context, weights = C.on_platform(run, interpret, ("cuda", "rocm"), args)
+    context = context.astype(out_dtype)
+    return context, (None if weights is None else weights.astype(out_dtype))
+
+
+def _run(interpret, query, keys, values, w_q, w_k, w_a, bias, mask, *, fully_masked, return_weights, options):
+    """The kernel on validated arguments: Triton (interpret False) or the Pallas interpreter."""
+    batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
     m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
-    cfg = make_config(
-        m, n, a, d_v, mask is not None, interpret=_use_interpret(interpret), batch=math.prod(batch),
-        block_q=block_q, block_k=block_k, block_a=block_a, key_splits=key_splits, fast_tanh=fast_tanh,
-    )  # fmt: skip
-    q_proj = _project(query, w_q)
+    cfg = make_config(m, n, a, d_v, mask is not None, interpret=interpret, batch=math.prod(batch), **options)
+    q_proj = C.project(query, w_q)
     if bias is not None:
         q_proj = q_proj + bias.astype(jnp.float32)
-    k_proj = _project(keys, w_k)
-    qT = jnp.swapaxes(_flat_padded(q_proj, batch, cfg.m_pad, cfg.a_pad), 1, 2)
-    kT = jnp.swapaxes(_flat_padded(k_proj, batch, cfg.n_pad, cfg.a_pad), 1, 2)
-    v = _flat_padded(values.astype(jnp.float32), batch, cfg.n_pad, cfg.dv_pad)
+    k_proj = C.project(keys, w_k)
+    qT = jnp.swapaxes(C.flat_padded(q_proj, batch, cfg.m_pad, cfg.a_pad), 1, 2)
+    kT = jnp.swapaxes(C.flat_padded(k_proj, batch, cfg.n_pad, cfg.a_pad), 1, 2)
+    v = C.flat_padded(values.astype(jnp.float32), batch, cfg.n_pad, cfg.dv_pad)
     wa = jnp.pad(w_a.astype(jnp.float32), (0, cfg.a_pad - a))
     mask_i8 = None
     if mask is not None:
         mask_b = jnp.broadcast_to(mask, batch + (m, n))
-        mask_i8 = _flat_padded(mask_b.astype(jnp.int8), batch, cfg.m_pad, cfg.n_pad)
+        mask_i8 = C.flat_padded(mask_b.astype(jnp.int8), batch, cfg.m_pad, cfg.n_pad)
     outs = _fused(qT, kT, v, wa, mask_i8, cfg, return_weights)
     context = outs[0][:, :m, :d_v].reshape(batch + (m, d_v))
     weights = outs[1][:, :m, :n].reshape(batch + (m, n)) if return_weights else None
     if mask is not None and fully_masked != "zero":
         row_valid = jnp.any(mask_b, axis=-1, keepdims=True)
-        context, weights = _fill_fully_masked(context, weights, values, row_valid, fully_masked, n)
-    context = context.astype(out_dtype)
-    return context, (None if weights is None else weights.astype(out_dtype))
+        context, weights = C.fill_fully_masked(context, weights, values, row_valid, fully_masked, n)
+    return context, weights
