@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax import _checks
+from attn_jax.functional._auto import resolve_chunk_size
 from attn_jax.functional._blocking import KEY_BLOCK, largest_divisor_at_most
 from attn_jax.functional._dtypes import accumulation_dtype, project
 from attn_jax.functional.context import attention_context
@@ -140,7 +141,7 @@ def additive_attention(
     w_a,
     bias=None,
     mask=None,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     fully_masked: str = "zero",
     return_weights: bool = True,
     implementation: str = "xla",
@@ -151,7 +152,8 @@ def additive_attention(
     w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n), True = may attend.
     Returns (context (..., m, d_v), weights (..., m, n) or None). Softmax and reductions run in
     float32 (float64 for float64 inputs); outputs are in the inputs' dtype. `chunk_size=k` bounds
-    memory by processing keys k at a time (see `attn_jax.functional.chunked`). `implementation`:
+    memory by processing keys k at a time (see `attn_jax.functional.chunked`); None never chunks; "auto"
+    (default) chooses from the static shapes (`attn_jax.functional._auto.auto_chunk_size`). `implementation`:
     "xla" (default), "pallas" (fused kernel of attn_jax.kernels; it tiles keys itself, so
     `chunk_size` is ignored) or "auto" (Pallas on GPU when available, else XLA).
     """
@@ -161,6 +163,8 @@ def additive_attention(
     values = keys if values is None else values
     batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
+    dims = (query.shape[-2], keys.shape[-2], w_a.shape[0], accumulation_dtype(query, keys, values))
+    chunk_size = resolve_chunk_size(chunk_size, batch, *dims)
     if backend == "pallas":
         kernel = _pallas_kernel()
         context, weights = kernel(
