@@ -71,6 +71,8 @@ def _scores(q_proj, k_proj, w_a, chunk_size: int):
     def tanh_form(q_proj, k_chunks):
         return lax.map(lambda kc: jnp.tanh(q_proj[:, :, None, :] + kc[:, None, :, :]) @ w_a, k_chunks)
 
+    if q_proj.shape[1] == 1:  # one query: each e^{2y} would serve one element, no cheaper than tanh
+        return _unchunk(tanh_form(q_proj, k_chunks), 2)[:, :, :n]
     bound = jnp.maximum(jnp.max(jnp.abs(q_proj)), jnp.max(jnp.abs(k_proj)))
     chunks = lax.cond(bound <= EXP_FORM_LIMIT, exp_form, tanh_form, q_proj, k_chunks)  # (num, B, m, k)
     return _unchunk(chunks, 2)[:, :, :n]
