@@ -96,11 +96,11 @@ def check_fully_masked(mode: str) -> None:
 
 
 def check_chunk_size(chunk_size) -> None:
-    """Raise unless `chunk_size` is None or a positive Python int."""
-    if chunk_size is None:
+    """Raise unless `chunk_size` is None, "auto" or a positive Python int."""
+    if chunk_size is None or (isinstance(chunk_size, str) and chunk_size == "auto"):
         return
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int or None; got {chunk_size!r}")
+        raise ValueError(f"chunk_size must be a positive int, 'auto' or None; got {chunk_size!r}")
 
 
 def validate_additive(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) -> tuple[int, ...]:

@@ -1,8 +1,15 @@
-"""Additive-attention benchmark: naive jitted formula vs unchunked vs chunked, forward and fwd+bwd.
+"""Additive-attention benchmark: the library's default call and its peers, forward and fwd+bwd.
 
-    python benchmarks/attention.py            # W1, W2, W3 + the too-big-for-naive size (minutes)
-    python benchmarks/attention.py --quick    # W2 only, fewer repeats (~30 s)
+    python benchmarks/attention.py            # W1, W2, W3 + the too-big-for-naive size
+    python benchmarks/attention.py --quick    # W2 only, fewer repeats
     python benchmarks/attention.py --rounds 3 # the whole sweep 3 times, interleaved; medians over rounds
+
+Implementations (IMPLS): "default" = additive_attention with its default arguments (chunk_size="auto"),
+"chunked" = chunk_size=k (k per shape in SHAPES), "unchunked" = chunk_size=None, "baseline" = a 20-line
+JAX reference (lax.map over key chunks of the whole batch, chunk body under jax.checkpoint; chunk = the
+largest divisor c of n with B*m*c*a <= 2^20), "naive" = jax.jit of the formula (the (B, m, n, a) tensor),
+and, when torch is installed, "torch eager" and "torch.compile" of the same formula
+(benchmarks/torch_peer.py). fwd+bwd = gradients of sum(context * g) w.r.t. q, h, W_q, W_k, w_a.
 
 Each case runs in a fresh process (benchmarks/harness.py): median of back-to-back calls after
 warm-up, compiled temporaries (XLA memory_analysis) and memory first touched by one call (RSS rise).
@@ -14,7 +21,9 @@ Error = relative L2 error against a float64 evaluation (context; fwd+bwd: worst 
 On a shared machine one slow minute can skew a row: with --rounds R the sweep runs R times (every case
 in a fresh process each round) and each row reports the median over rounds of its median time and of
 its x LB, so rows compared side by side were measured in the same stretches of time.
-Writes benchmarks/results/attention_cpu.json (--quick: attention_cpu_quick.json; or --out).
+Prints the rows and a summary (one line per shape and mode, one column per implementation, ms), and
+writes benchmarks/results/attention_cpu.json (--quick: attention_cpu_quick.json; or --out) with
+`uptime` recorded at the start and the end.
 """
 
 from __future__ import annotations
@@ -30,14 +39,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import harness  # noqa: E402
 
-# name: (B, m, n, d, a) and the chunk size used for it
+# name: (B, m, n, d, a) and the chunk size of the "chunked" rows (the baseline's c)
 SHAPES = {
-    "W1": ((64, 1, 196, 512, 512), 98),
+    "W1": ((64, 1, 196, 512, 512), 28),
     "W2": ((8, 64, 1024, 256, 128), 16),
     "W3": ((4, 1, 4096, 256, 256), 1024),
 }
 BIG = ((8, 256, 32768, 256, 128), 16)  # naive tanh tensor alone: 8*256*32768*128*4 B = 32 GiB
-IMPLS = ("naive", "unchunked", "chunked")
+IMPLS = ("default", "chunked", "baseline", "unchunked", "naive")
+TORCH_IMPLS = ("torch.compile", "torch eager")
+BASELINE_FLOATS = 2**20  # the baseline's (B, m, c, a) chunk
 
 
 def _inputs(shape, dtype):
@@ -62,16 +73,40 @@ def naive_attention(q, h, w_q, w_k, w_a):
     return weights @ h
 
 
+def baseline_attention(q, h, w_q, w_k, w_a):
+    """Reference: lax.map over key chunks (whole batch per chunk), chunk body under jax.checkpoint."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+
+    from attn_jax.functional._blocking import largest_divisor_at_most
+
+    b, m, _ = q.shape
+    n, a = h.shape[1], w_a.shape[0]
+    c = largest_divisor_at_most(n, max(1, BASELINE_FLOATS // (b * m * a)))
+    q_proj, k_proj = q @ w_q, h @ w_k
+    k_chunks = k_proj.reshape(b, n // c, c, a).transpose(1, 0, 2, 3)
+
+    @jax.checkpoint
+    def chunk_scores(k_chunk):
+        return jnp.tanh(q_proj[:, :, None, :] + k_chunk[:, None, :, :]) @ w_a
+
+    scores = lax.map(chunk_scores, k_chunks).transpose(1, 2, 0, 3).reshape(b, m, n)
+    return jax.nn.softmax(scores, axis=-1) @ h
+
+
 def attention_fn(impl: str, chunk_size: int):
     """(q, h, w_q, w_k, w_a) -> context for one implementation."""
     if impl == "naive":
         return naive_attention
+    if impl == "baseline":
+        return baseline_attention
     from attn_jax.functional import additive_attention
 
-    k = chunk_size if impl == "chunked" else None
+    kw = {"chunked": {"chunk_size": chunk_size}, "unchunked": {"chunk_size": None}, "default": {}}[impl]
 
     def fn(q, h, w_q, w_k, w_a):
-        return additive_attention(q, h, w_q=w_q, w_k=w_k, w_a=w_a, chunk_size=k, return_weights=False)[0]
+        return additive_attention(q, h, w_q=w_q, w_k=w_k, w_a=w_a, return_weights=False, **kw)[0]
 
     return fn
 
@@ -147,7 +182,43 @@ def combine_rounds(rounds: list[dict]) -> dict:
     return row
 
 
+def chunk_of(impl: str, shape, k: int):
+    """The chunk size a row runs with: k, the baseline's c, auto's choice for "default", else None."""
+    b, m, n, _, a = shape
+    if impl == "chunked":
+        return k
+    if impl == "baseline":
+        from attn_jax.functional._blocking import largest_divisor_at_most
+
+        return largest_divisor_at_most(n, max(1, BASELINE_FLOATS // (b * m * a)))
+    if impl == "default":
+        from attn_jax.functional._auto import auto_chunk_size
+
+        return auto_chunk_size(b, m, n, a, "float32")
+    return None
+
+
+def run_torch_row(name, shape, impl, mode, repeats):
+    """torch eager / torch.compile of the same formula (values = keys, no bias), in a fresh process."""
+    from benchmarks import torch_peer
+
+    dims = dict(zip("B m n d a".split(), shape))
+    res = torch_peer.measure(dims, mode, impl == "torch.compile", warmup=2, repeats=repeats, tied=True)
+    rates = measure_rates()  # in this process, just after: torch's own process has no JAX
+    lb = lower_bound(shape, mode, rates)
+    row = dict(
+        shape=name, mode=mode, impl=impl, chunk=None, ms=1e3 * res["median_s"], x_lb=res["median_s"] / lb,
+        lb_ms=1e3 * lb, temp_mb=None,
+        touched_mb=None if res["touched_bytes"] is None else res["touched_bytes"] / 2**20,
+        rel_err=None, times_ms=[1e3 * t for t in res["times"]], rates=rates,
+    )  # fmt: skip
+    print(f"  {name} {mode:8s} {impl:13s} {row['ms']:9.2f} ms  {row['x_lb']:.2f}x LB", flush=True)
+    return row
+
+
 def run_row(name, shape, impl, mode, k, repeats, skip_error):
+    if impl in TORCH_IMPLS:
+        return run_torch_row(name, shape, impl, mode, repeats)
     res = harness.measure_case(
         "benchmarks.attention:build_case",
         dict(shape=shape, impl=impl, mode=mode, chunk_size=k),
@@ -158,15 +229,39 @@ def run_row(name, shape, impl, mode, k, repeats, skip_error):
     rates = _mean_rates(res["probes"])  # measured in the same process, just before and after
     lb = lower_bound(shape, mode, rates)
     row = dict(
-        shape=name, mode=mode, impl=impl, chunk=k if impl == "chunked" else None,
+        shape=name, mode=mode, impl=impl, chunk=chunk_of(impl, shape, k),
         ms=1e3 * res["median_s"], x_lb=res["median_s"] / lb, lb_ms=1e3 * lb,
         temp_mb=None if res["temp_bytes"] is None else res["temp_bytes"] / 2**20,
         touched_mb=None if res["touched_bytes"] is None else res["touched_bytes"] / 2**20,
         rel_err=None if skip_error else relative_error(shape, impl, mode, k),
         times_ms=[1e3 * t for t in res["times"]], rates=rates,
     )  # fmt: skip
-    print(f"  {name} {mode:8s} {impl:9s} {row['ms']:9.2f} ms  {row['x_lb']:.2f}x LB", flush=True)
+    print(f"  {name} {mode:8s} {impl:13s} {row['ms']:9.2f} ms  {row['x_lb']:.2f}x LB", flush=True)
     return row
+
+
+def summary(rows: list[dict]) -> list[dict]:
+    """One row per (shape, mode): ms of every implementation, and the default call over the fastest."""
+    out = {}
+    for r in rows:
+        if r["shape"] in SHAPES:
+            out.setdefault((r["shape"], r["mode"]), {"shape": r["shape"], "mode": r["mode"]})[r["impl"]] = r[
+                "ms"
+            ]
+    for row in out.values():
+        times = [v for key, v in row.items() if key not in ("shape", "mode")]
+        row["default / fastest"] = row["default"] / min(times) if "default" in row else None
+    return list(out.values())
+
+
+def uptime() -> str:
+    """`uptime` of this machine (load averages over 1, 5, 15 minutes): the box may be shared."""
+    import subprocess
+
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"load average {os.getloadavg()}"
 
 
 def big_case() -> list[dict]:
@@ -208,6 +303,7 @@ def main(argv=None):
     parser.add_argument("--shapes", default=None, help="comma-separated subset of W1,W2,W3")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--no-big", action="store_true")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch peers even if installed")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; report medians over rounds")
     parser.add_argument("--out", default=None, help="JSON path (default results/attention_cpu[_quick].json)")
     args = parser.parse_args(argv)
@@ -215,8 +311,12 @@ def main(argv=None):
     args.out = args.out or str(Path(__file__).parent / "results" / default_out)
     names = ["W2"] if args.quick else (args.shapes.split(",") if args.shapes else list(SHAPES))
     repeats = args.repeats or (5 if args.quick else 10)
-    print(f"load average at start {os.getloadavg()}", flush=True)
-    cases = [(name, mode, impl) for name in names for mode in ("fwd", "fwd+bwd") for impl in IMPLS]
+    uptime_start = uptime()
+    print(f"uptime at start: {uptime_start}", flush=True)
+    from benchmarks import torch_peer
+
+    impls = IMPLS + (TORCH_IMPLS if torch_peer.available() and not args.no_torch else ())
+    cases = [(name, mode, impl) for name in names for mode in ("fwd", "fwd+bwd") for impl in impls]
     measured = {case: [] for case in cases}
     for round_index in range(args.rounds):
         if args.rounds > 1:
@@ -229,9 +329,16 @@ def main(argv=None):
     if not (args.quick or args.no_big):
         rows += big_case()
     harness.print_table(rows, COLUMNS)
-    print(f"load average at end {os.getloadavg()}")
+    table = summary(rows)
+    columns = [("shape", "shape", ""), ("mode", "mode", "")]
+    columns += [(i, f"{i} ms", ".2f") for i in impls] + [("default / fastest", "default / fastest", ".2f")]
+    print()
+    harness.print_table(table, columns)
+    uptime_end = uptime()
+    print(f"uptime at end: {uptime_end}")
     shapes = {k: v[0] for k, v in SHAPES.items()} | {"BIG": BIG[0]}
-    path = harness.write_json(args.out, rows, shapes=shapes)
+    path = harness.write_json(args.out, rows, shapes=shapes, summary=table, uptime_start=uptime_start,
+                              uptime_end=uptime_end)  # fmt: skip
     print(f"wrote {path}")
 
 

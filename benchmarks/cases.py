@@ -2,7 +2,8 @@
 
 Attention implementations of the same formula (context only, no weights returned):
     naive      the straightforward jitted formula, materialising the (B, m, n, a) tanh tensor
-    unchunked  attn_jax.additive_attention (XLA, unchunked)
+    default    attn_jax.additive_attention with its default arguments (chunk_size="auto")
+    unchunked  attn_jax.additive_attention(chunk_size=None) (XLA, unchunked)
     chunked    attn_jax.additive_attention(chunk_size=...) (XLA, online softmax, recomputing VJP)
     pallas     attn_jax.kernels.additive_pallas (fused kernel; Triton on GPU, interpret mode elsewhere)
     pallas_fast  the same with fast_tanh=True (GPU tanh.approx.f32)
@@ -20,13 +21,13 @@ import jax.numpy as jnp
 # W1-W3 from issue 2; L is the large shape of issue 8. d = d_q = d_k = d_v. "chunk": the chunk size the
 # chunked XLA path uses there (W1-W3 as tuned in benchmarks/attention.py).
 SHAPES = {
-    "W1": {"B": 64, "m": 1, "n": 196, "d": 512, "a": 512, "chunk": 196},
+    "W1": {"B": 64, "m": 1, "n": 196, "d": 512, "a": 512, "chunk": 28},
     "W2": {"B": 8, "m": 64, "n": 1024, "d": 256, "a": 128, "chunk": 16},
-    "W3": {"B": 4, "m": 1, "n": 4096, "d": 256, "a": 256, "chunk": 512},
+    "W3": {"B": 4, "m": 1, "n": 4096, "d": 256, "a": 256, "chunk": 1024},
     "L": {"B": 32, "m": 256, "n": 4096, "d": 256, "a": 256, "chunk": 16},
 }
 SWEEP = {"B": 8, "m": 64, "d": 128, "a": 128, "chunk": 16}  # time vs n, n from the runner
-IMPLS = ("naive", "unchunked", "chunked", "pallas", "pallas_fast", "pallas_tpu")
+IMPLS = ("naive", "default", "unchunked", "chunked", "pallas", "pallas_fast", "pallas_tpu")
 
 
 def shape_dims(shape, n: int | None = None) -> dict:
@@ -85,7 +86,9 @@ def attention_fn(impl: str, chunk_size: int = 16):
     else:
         from attn_jax import additive_attention
 
-        kernel = functools.partial(additive_attention, chunk_size=chunk_size if impl == "chunked" else None)
+        kernel = additive_attention
+        if impl != "default":
+            kernel = functools.partial(kernel, chunk_size=chunk_size if impl == "chunked" else None)
 
     def fn(q, h, v, w_q, w_k, w_a, bias):
         return kernel(q, h, v, w_q=w_q, w_k=w_k, w_a=w_a, bias=bias, return_weights=False)[0]

@@ -167,7 +167,7 @@ def _parse(argv):
     p.add_argument("--sections", nargs="+", default=["attention", "sweep", "models", "torch"])
     p.add_argument("--shapes", nargs="+", default=["W1", "W2", "W3", "L"] if on_gpu else ["W1", "W2", "W3"])
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"] if on_gpu else ["float32"])
-    impls = ["naive", "unchunked", "chunked"] + (["pallas", "pallas_fast"] if on_gpu else [])
+    impls = ["naive", "default", "unchunked", "chunked"] + (["pallas", "pallas_fast"] if on_gpu else [])
     p.add_argument("--impls", nargs="+", default=impls)
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"])
     p.add_argument(

@@ -28,7 +28,12 @@ def _formula(q, h, v, w_q, w_k, w_a, bias):
     return torch.einsum("bmn,bnd->bmd", torch.softmax(scores, dim=-1), v)
 
 
-def _build(dims: dict, mode: str, compiled: bool):
+def _tied_formula(q, h, w_q, w_k, w_a):
+    """The formula with values = keys and no bias (benchmarks/attention.py's signature)."""
+    return _formula(q, h, h, w_q, w_k, w_a, 0.0)
+
+
+def _build(dims: dict, mode: str, compiled: bool, tied: bool = False):
     import torch
 
     gen = torch.Generator().manual_seed(0)
@@ -37,7 +42,10 @@ def _build(dims: dict, mode: str, compiled: bool):
     args = [torch.randn(s, generator=gen) for s in shapes]
     args[3] /= d**0.5
     args[4] /= d**0.5
-    fn = torch.compile(_formula) if compiled else _formula
+    formula = _formula
+    if tied:
+        args, formula = [args[0], args[1], args[3], args[4], args[5] / a**0.5], _tied_formula
+    fn = torch.compile(formula) if compiled else formula
     if mode == "fwd":
 
         def call():
@@ -55,11 +63,11 @@ def _build(dims: dict, mode: str, compiled: bool):
     return call_grad
 
 
-def _measure(dims: dict, mode: str, compiled: bool, warmup: int, repeats: int) -> dict:
+def _measure(dims: dict, mode: str, compiled: bool, warmup: int, repeats: int, tied: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    call = _build(dims, mode, compiled)
+    call = _build(dims, mode, compiled, tied)
     t0 = time.perf_counter()
     call()  # compiles under torch.compile
     first_s = time.perf_counter() - t0
@@ -84,8 +92,9 @@ def _measure(dims: dict, mode: str, compiled: bool, warmup: int, repeats: int) -
     }
 
 
-def measure(dims: dict, mode: str, compiled: bool, *, warmup=3, repeats=10, timeout=900) -> dict:
-    """One torch case (eager or compiled, fwd or fwdbwd) in a fresh process; same keys as the harness."""
+def measure(dims: dict, mode: str, compiled: bool, *, warmup=3, repeats=10, timeout=900, tied=False) -> dict:
+    """One torch case (eager or compiled, "fwd" or anything else = fwd+bwd) in a fresh process; same keys
+    as the harness. tied: values = keys and no bias (benchmarks/attention.py), else benchmarks/cases.py's."""
     label = f"torch case {dims} {mode} compiled={compiled}"
-    args = (dims, mode, compiled, warmup, repeats)
+    args = (dims, mode, compiled, warmup, repeats, tied)
     return harness.run_in_fresh_process(_measure, args, timeout=timeout, label=label)

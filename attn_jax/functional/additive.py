@@ -1,4 +1,4 @@
-"""Additive (Bahdanau) attention of the seed, sections 3-4.
+"""Additive attention (Bahdanau, Cho & Bengio 2015; over image positions: Xu et al. 2015).
 
     e_i     = w_a . tanh(q W_q + h_i W_k + b)
     alpha_i = softmax over valid i of e_i
@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax import _checks
+from attn_jax.functional._auto import resolve_chunk_size
 from attn_jax.functional._blocking import KEY_BLOCK, largest_divisor_at_most
 from attn_jax.functional._dtypes import accumulation_dtype, project
 from attn_jax.functional.softmax import softmax_context
@@ -174,18 +175,19 @@ def additive_attention(
     w_a,
     bias=None,
     mask=None,
-    chunk_size: int | None = None,
+    chunk_size: int | str | None = "auto",
     fully_masked: str = "zero",
     return_weights: bool = True,
     implementation: str = "xla",
 ):
-    """The seed's additive attention: scores, masked softmax, context.
+    """Additive attention (Bahdanau et al. 2015): scores, masked softmax, context.
 
     query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default: keys); w_q (d_q, a);
     w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n), True = may attend.
     Returns (context (..., m, d_v), weights (..., m, n) or None). Softmax and reductions run in
     float32 (float64 for float64 inputs); outputs are in the inputs' dtype. `chunk_size=k` bounds
-    memory by processing keys k at a time (see `attn_jax.functional.chunked`). `implementation`:
+    memory by processing keys k at a time (see `attn_jax.functional.chunked`); None never chunks; "auto"
+    (default) chooses from the static shapes (`attn_jax.functional._auto.auto_chunk_size`). `implementation`:
     "xla" (default), "pallas" (fused kernel of attn_jax.kernels; it tiles keys itself, so
     `chunk_size` is ignored) or "auto". Both choose when the program is lowered: the Triton kernel on
     GPU, the Mosaic kernel on TPU; elsewhere "pallas" interprets the Triton kernel and "auto" runs XLA.
@@ -198,6 +200,8 @@ def additive_attention(
     if query.shape[-2] == 0:  # no query: empty outputs, the same for every backend (kernels tile m)
         backend, chunk_size = "xla", None
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
+    dims = (query.shape[-2], keys.shape[-2], w_a.shape[0], accumulation_dtype(query, keys, values))
+    chunk_size = resolve_chunk_size(chunk_size, batch, *dims)
     args = (query, keys, values, w_q, w_k, w_a, bias, mask)
     xla = functools.partial(_xla_attention, chunk_size=chunk_size, fully_masked=fully_masked,
                             return_weights=return_weights, batch=batch)  # fmt: skip

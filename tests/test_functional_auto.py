@@ -1,0 +1,120 @@
+"""chunk_size="auto" (the default): the rule, the same choice under jit / vmap / grad, same results as both
+explicit paths, float32 gradients within 1e-6 of float64; and the chunked path's tanh fallback."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn_jax.functional import additive_attention
+from attn_jax.functional._auto import CHUNK_BYTES, auto_chunk_size
+from tests.test_functional_additive import make_inputs, make_mask
+
+
+@pytest.mark.parametrize(
+    "dims, expected",
+    [
+        ((64, 1, 196, 512), 28),  # W1: 2^20 floats / (64 * 512) = 32 keys -> divisor 28 of 196
+        ((8, 64, 1024, 128), 16),  # W2
+        ((4, 1, 4096, 256), 1024),  # W3
+        ((2, 3, 10, 6), None),  # the whole tensor fits in one block: unchunked
+        ((1, 1, 1031, 1024), 1024),  # prime n: largest divisor 1 < 1024 / 2, so pad instead
+    ],
+)
+def test_auto_rule(dims, expected):
+    assert auto_chunk_size(*dims, jnp.float32) == expected
+
+
+def test_auto_rule_budget_is_bytes():
+    b, m, n, a = 2, 4, CHUNK_BYTES // (2 * 4 * 8 * 4), 8  # exactly CHUNK_BYTES of float32
+    assert auto_chunk_size(b, m, n, a, jnp.float32) is None
+    assert auto_chunk_size(b, m, n, a, jnp.float64) == n // 2  # twice the bytes: chunked, half the keys
+
+
+def _loss(chunk_size, mask):
+    def loss(q, h, v, p):
+        ctx, w = additive_attention(q, h, v, **p, mask=mask, chunk_size=chunk_size)
+        return jnp.sum(jnp.sin(ctx)) + jnp.sum(w * jnp.cos(jnp.arange(w.shape[-1]))), ctx
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3), has_aux=True))
+
+
+# (batch, m, n, a): auto chunks the first (2^20 floats / (4 * 8 * 128) = 256 keys -> divisor 250 of 3000),
+# keeps the second unchunked
+CASES = [((4,), 8, 3000, 128), ((2,), 3, 10, 8)]
+
+
+@pytest.mark.parametrize("batch, m, n, a", CASES)
+def test_auto_is_bitwise_the_path_it_picks(batch, m, n, a):
+    """Same values and gradients as the explicit path auto picks (bit for bit: the same computation)."""
+    q, h, v, p, _ = make_inputs(3, batch, batch, batch, m, n, a=a, dtype=jnp.float32)
+    mask = make_mask(4, batch + (m, n))
+    picked = auto_chunk_size(int(np.prod(batch)), m, n, a, jnp.float32)
+    other = None if picked is not None else 4
+    (val, ctx), grads = _loss("auto", mask)(q, h, v, p)
+    (val_p, ctx_p), grads_p = _loss(picked, mask)(q, h, v, p)
+    (val_o, ctx_o), grads_o = _loss(other, mask)(q, h, v, p)
+    np.testing.assert_array_equal(ctx, ctx_p)
+    for g, g_p in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_p)):
+        np.testing.assert_array_equal(g, g_p)
+    np.testing.assert_allclose(ctx, ctx_o, rtol=1e-5, atol=1e-6)  # and the other path agrees to rounding
+    np.testing.assert_allclose(val, val_o, rtol=1e-5)
+    for g, g_o in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_o)):
+        np.testing.assert_allclose(g, g_o, atol=1e-5 * float(jnp.max(jnp.abs(g_o))))
+
+
+def test_auto_is_the_default_and_vmap_sees_per_example_shapes():
+    batch, m, n, a = (4,), 8, 3000, 128
+    q, h, v, p, _ = make_inputs(5, batch, batch, batch, m, n, a=a, dtype=jnp.float32)
+    default = jax.jit(lambda q, h, v: additive_attention(q, h, v, **p)[0])(q, h, v)
+    auto = jax.jit(lambda q, h, v: additive_attention(q, h, v, **p, chunk_size="auto")[0])(q, h, v)
+    np.testing.assert_array_equal(default, auto)
+    # under vmap the rule sees one example (batch 1): that is the path it must take, bit for bit
+    k1 = auto_chunk_size(1, m, n, a, jnp.float32)  # 1000, not the batched call's 250
+
+    def grads(k):
+        attend = jax.vmap(lambda q, h, v: additive_attention(q, h, v, **p, chunk_size=k)[0])
+        return jax.jit(jax.grad(lambda q, h, v: jnp.sum(jnp.sin(attend(q, h, v))), argnums=(0, 1)))(q, h, v)
+
+    for g, g1 in zip(grads("auto"), grads(k1)):
+        np.testing.assert_array_equal(g, g1)
+
+
+@pytest.mark.parametrize("shape", [(4, 32, 1024, 32, 64), (4, 1, 4096, 64, 128)], ids=["many-q", "one-q"])
+def test_auto_gradients_match_float64(shape):
+    b, m, n, d, a = shape
+    rng = np.random.default_rng(0)
+    arr = lambda *s, scale=1.0: jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
+    args = dict(
+        query=arr(b, m, d), keys=arr(b, n, d), w_q=arr(d, a, scale=d**-0.5), w_k=arr(d, a, scale=d**-0.5),
+        w_a=arr(a, scale=a**-0.5), bias=arr(a, scale=0.1),
+    )  # fmt: skip
+    cot = arr(b, m, d)
+
+    def grads(args, cot):
+        loss = lambda args: jnp.sum(additive_attention(**args, return_weights=False)[0] * cot)
+        return jax.jit(jax.grad(loss))(args)
+
+    g32 = grads(args, cot)
+    with jax.enable_x64(True):
+        g64 = grads(jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), args), jnp.asarray(cot, jnp.float64))
+        errors = {
+            k: float(np.linalg.norm(np.asarray(g32[k], np.float64) - g64[k]) / np.linalg.norm(g64[k]))
+            for k in g64
+        }
+    assert max(errors.values()) <= 1e-6, errors
+
+
+def test_chunked_large_projections_take_the_tanh_branch():
+    """|q W_q|, |h W_k| above 40 with sums of a few units: e^{2x} e^{2y} would overflow or be clipped."""
+    n, a = 12, 8
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(50.0 * (1.0 + 0.1 * rng.random((1, a))), jnp.float32)
+    q = jnp.ones((2, 3, 1), jnp.float32)
+    h = jnp.asarray(-(1.0 + 0.05 * rng.standard_normal((2, n, 1))), jnp.float32)
+    w_a = jnp.asarray(rng.standard_normal(a), jnp.float32)
+    run = lambda k: additive_attention(q, h, w_q=w, w_k=w, w_a=w_a, chunk_size=k)
+    ctx, weights = run(4)
+    ref_ctx, ref_weights = run(None)
+    np.testing.assert_allclose(weights, ref_weights, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ctx, ref_ctx, rtol=1e-4, atol=1e-6)
