@@ -92,7 +92,10 @@ def _forward(q_proj, k_proj, values, w_a, mask, chunk_size):
     row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
     p = jnp.exp(scores - row_max)  # masked (-inf) scores give exactly 0
     row_sum = jnp.sum(p, axis=-1, keepdims=True)
-    weights = p * jnp.where(row_sum > 0, 1.0 / jnp.where(row_sum > 0, row_sum, 1.0), 0.0)
+    # A row is empty only when its sum is exactly 0 (no valid key); a NaN/Inf score makes the sum NaN/Inf and
+    # the whole row NaN, never a silently empty row.
+    has_key = row_sum != 0
+    weights = p * jnp.where(has_key, 1.0 / jnp.where(has_key, row_sum, 1.0), 0.0)
     return blocked_weighted_sum(weights, values, weights.dtype), weights
 
 
