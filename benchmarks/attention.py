@@ -64,7 +64,7 @@ def _inputs(shape, dtype):
 
 
 def naive_attention(q, h, w_q, w_k, w_a):
-    """The seed formula written directly: builds the (B, m, n, a) tanh tensor."""
+    """The additive formula written directly: builds the (B, m, n, a) tanh tensor."""
     import jax
     import jax.numpy as jnp
 

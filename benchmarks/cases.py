@@ -67,7 +67,7 @@ def _inputs(dims: dict, dtype: str, seed: int = 0):
 
 
 def naive_formula(q, h, v, w_q, w_k, w_a, bias):
-    """The seed formula written straight: e = w_a . tanh(qW_q + hW_k + b), softmax, alpha @ v."""
+    """The additive formula written straight: e = w_a . tanh(qW_q + hW_k + b), softmax, alpha @ v."""
     hidden = jnp.tanh((q @ w_q)[:, :, None, :] + (h @ w_k)[:, None, :, :] + bias)
     scores = jnp.einsum("bmna,a->bmn", hidden, w_a).astype(jnp.float32)
     return jnp.einsum("bmn,bnd->bmd", jax.nn.softmax(scores, axis=-1).astype(v.dtype), v)
@@ -130,7 +130,7 @@ def _images(batch: int, image: int):
 
 
 def model_forward_case(attention="additive", batch=64, image=64):
-    """Builder: jitted inference forward of the seed classifier (SmallCNN backbone, 64x64x1 images)."""
+    """Builder: jitted inference forward of AttentionClassifier (SmallCNN backbone, 64x64x1 images)."""
     model = _classifier(attention)
     images, _ = _images(batch, image)
     variables = model.init(jax.random.key(1), images[:1], train=False)
