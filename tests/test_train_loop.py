@@ -206,3 +206,14 @@ def test_importing_the_train_package_loads_neither_viz_nor_matplotlib():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_training_on_a_workdir_in_use_fails_at_once_and_writes_nothing(data_dir, tmp_path):
+    from attn_jax.train.workdir_lock import WorkdirInUseError, workdir_lock
+
+    workdir = str(tmp_path / "run")
+    with workdir_lock(workdir):  # another live run (this process) owns the workdir
+        with pytest.raises(WorkdirInUseError, match="is in use by process"):
+            loop.train_and_evaluate(tiny_config("classification", data_dir, png_examples=0), workdir)
+    assert not os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
