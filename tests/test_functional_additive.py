@@ -7,6 +7,7 @@ import pytest
 from jax.test_util import check_grads
 
 from attn_jax.functional import additive_attention, additive_scores
+from tests._attention_inputs import make_inputs, make_mask
 from tests._attention_reference import reference_attention
 
 # (query batch, keys batch, values batch, mask shape or None, m, n)
@@ -16,23 +17,6 @@ CASES = [
     ((2, 3), (1, 3), (2, 1), (3, 1, 5), 2, 5),  # leading dims broadcast, mask broadcast over queries
     ((4,), (4,), (4,), (4, 2, 9), 2, 9),
 ]
-
-
-def make_inputs(seed, qb, kb, vb, m, n, d_q=5, d_k=4, d_v=6, a=8, dtype=jnp.float64):
-    rng = np.random.default_rng(seed)
-    nrm = lambda *s: jnp.asarray(rng.standard_normal(s), dtype)
-    q, h, v = nrm(*qb, m, d_q), nrm(*kb, n, d_k), nrm(*vb, n, d_v)
-    params = dict(w_q=nrm(d_q, a), w_k=nrm(d_k, a), w_a=nrm(a))
-    return q, h, v, params, nrm(a)
-
-
-def make_mask(seed, shape):
-    mask = np.random.default_rng(seed + 100).random(shape) < 0.6
-    if shape[-2] > 1:
-        mask[..., 0, :] = False  # one fully masked row per leading index
-    else:
-        mask[0] = False  # mask broadcast over queries: all rows of the first leading index
-    return jnp.asarray(mask)
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))

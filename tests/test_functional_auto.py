@@ -8,7 +8,13 @@ import pytest
 
 from attn_jax.functional import additive_attention
 from attn_jax.functional._auto import CHUNK_BYTES, auto_chunk_size
-from tests.test_functional_additive import make_inputs, make_mask
+from tests._attention_inputs import (
+    assert_errors_within,
+    gradient_errors_vs_float64,
+    long_sum_inputs,
+    make_inputs,
+    make_mask,
+)
 
 
 @pytest.mark.parametrize(
@@ -82,27 +88,8 @@ def test_auto_is_the_default_and_vmap_sees_per_example_shapes():
 
 @pytest.mark.parametrize("shape", [(4, 32, 1024, 32, 64), (4, 1, 4096, 64, 128)], ids=["many-q", "one-q"])
 def test_auto_gradients_match_float64(shape):
-    b, m, n, d, a = shape
-    rng = np.random.default_rng(0)
-    arr = lambda *s, scale=1.0: jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
-    args = dict(
-        query=arr(b, m, d), keys=arr(b, n, d), w_q=arr(d, a, scale=d**-0.5), w_k=arr(d, a, scale=d**-0.5),
-        w_a=arr(a, scale=a**-0.5), bias=arr(a, scale=0.1),
-    )  # fmt: skip
-    cot = arr(b, m, d)
-
-    def grads(args, cot):
-        loss = lambda args: jnp.sum(additive_attention(**args, return_weights=False)[0] * cot)
-        return jax.jit(jax.grad(loss))(args)
-
-    g32 = grads(args, cot)
-    with jax.enable_x64(True):
-        g64 = grads(jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), args), jnp.asarray(cot, jnp.float64))
-        errors = {
-            k: float(np.linalg.norm(np.asarray(g32[k], np.float64) - g64[k]) / np.linalg.norm(g64[k]))
-            for k in g64
-        }
-    assert max(errors.values()) <= 1e-6, errors
+    args, cotangent = long_sum_inputs(*shape)
+    assert_errors_within(gradient_errors_vs_float64(args, cotangent), 1e-6)  # default chunk_size="auto"
 
 
 def test_chunked_large_projections_take_the_tanh_branch():

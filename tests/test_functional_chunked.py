@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from attn_jax.functional import additive_attention
-from tests.test_functional_additive import make_inputs, make_mask
+from tests._attention_inputs import make_inputs, make_mask
 
 N = 10
 

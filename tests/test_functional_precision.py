@@ -11,28 +11,11 @@ import numpy as np
 import pytest
 
 from attn_jax.functional import additive_attention
+from tests._attention_inputs import assert_errors_within, gradient_errors_vs_float64, long_sum_inputs
 
 # (B, m, n, d, a, chunk_size): many queries and keys (long d w_a sums); one query and many keys (long
 # d q sums whose terms cancel).
 SHAPES = [(4, 32, 1024, 32, 64, 16), (4, 1, 4096, 64, 128, 1024)]
-
-
-def _inputs(b, m, n, d, a):
-    rng = np.random.default_rng(0)
-    arr = lambda *s, scale=1.0: jnp.asarray(scale * rng.standard_normal(s), jnp.float32)
-    args = dict(
-        query=arr(b, m, d), keys=arr(b, n, d), w_q=arr(d, a, scale=d**-0.5), w_k=arr(d, a, scale=d**-0.5),
-        w_a=arr(a, scale=a**-0.5), bias=arr(a, scale=0.1),
-    )  # fmt: skip
-    return args, arr(b, m, d)
-
-
-def _grads(args, cotangent, chunk_size):
-    def loss(args):
-        context = additive_attention(**args, chunk_size=chunk_size, return_weights=False)[0]
-        return jnp.sum(context * cotangent)
-
-    return jax.jit(jax.grad(loss))(args)
 
 
 KNOWN_GAP = pytest.mark.xfail(
@@ -50,19 +33,9 @@ def test_float32_gradients_match_float64(request, shape, chunked):
     if not chunked and shape == SHAPES[1]:
         request.applymarker(KNOWN_GAP)
     *dims, chunk_size = shape
-    args, cotangent = _inputs(*dims)
-    chunk_size = chunk_size if chunked else None
-    grads32 = _grads(args, cotangent, chunk_size)
-    with jax.enable_x64(True):
-        to64 = lambda x: jnp.asarray(x, jnp.float64)
-        grads64 = _grads(jax.tree.map(to64, args), to64(cotangent), chunk_size)
-        errors = {
-            name: float(np.linalg.norm(np.asarray(g32, np.float64) - g64) / np.linalg.norm(g64))
-            for (name, g32), g64 in zip(grads32.items(), grads64.values())
-        }
-    # NaN-safe: every error must be finite and small (a bare max() skips NaNs after the first key).
-    bad = {name: e for name, e in errors.items() if not (np.isfinite(e) and e <= 1e-6)}
-    assert not bad, f"gradients off by more than 1e-6 (relative L2) or non-finite: {bad}; all: {errors}"
+    args, cotangent = long_sum_inputs(*dims)
+    errors = gradient_errors_vs_float64(args, cotangent, chunk_size=chunk_size if chunked else None)
+    assert_errors_within(errors, 1e-6)
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["unchunked", "chunked"])
@@ -70,7 +43,7 @@ def test_float32_context_matches_float64(chunked):
     # One query over 4096 keys of width 256: the context is a weighted mean of many random values,
     # much smaller than the values, so one long float32 dot loses ~1e-6 of it (summed in blocks now).
     b, m, n, d, a, chunk_size = 4, 1, 4096, 256, 256, 1024
-    args, _ = _inputs(b, m, n, d, a)
+    args, _ = long_sum_inputs(b, m, n, d, a)
     fn = jax.jit(lambda args: additive_attention(**args, chunk_size=chunk_size if chunked else None)[0])
     context32 = np.asarray(fn(args), np.float64)
     with jax.enable_x64(True):
