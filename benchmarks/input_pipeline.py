@@ -2,9 +2,11 @@
 
     python benchmarks/input_pipeline.py            # cluttered_digits, batch 128, crop (+ affine)
 
-Variants run side by side, interleaved, in one process: "memory" (the default: MemorySource, no
-prefetch threads) and "tfds" (tfds.data_source ArrayRecord reads, 4 prefetch threads, as before the
-cache). Prints a Markdown table of medians and writes benchmarks/results/input_pipeline.json.
+Variants run side by side, interleaved, in one process: "columns" (the default: whole batches gathered
+from the memory-mapped columns, attn_jax.data.column_batches), "memory" (the same MemorySource read
+record by record through grain, no prefetch threads) and "tfds" (tfds.data_source ArrayRecord reads,
+4 prefetch threads, as before the cache). Prints a Markdown table of medians and writes
+benchmarks/results/input_pipeline.json.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from benchmarks import harness  # noqa: E402
 
 def _loader(source_kind: str, dataset: str, batch: int, augment: tuple[str, ...]):
     from attn_jax.data import make_pipeline
+    from attn_jax.data import pipeline as pipeline_module
     from attn_jax.data import sources as S
 
     original = S.MemorySource
     if source_kind == "tfds":
         S.MemorySource = lambda source, cache_dir: source  # per-record reads, as before the cache
+    pipeline_module.WHOLE_BATCH_READS = source_kind == "columns"
     try:
         loader = make_pipeline(dataset, "train", batch_size=batch, train=True, seed=0, num_devices=1,
                                augment=augment, shard_index=0, shard_count=1)  # fmt: skip
@@ -37,6 +41,7 @@ def _loader(source_kind: str, dataset: str, batch: int, augment: tuple[str, ...]
         return it
     finally:
         S.MemorySource = original
+        pipeline_module.WHOLE_BATCH_READS = True
 
 
 def main(argv=None):
@@ -47,7 +52,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "input_pipeline.json"))
     args = parser.parse_args(argv)
-    variants = [(s, aug) for aug in (("crop",), ("crop", "affine")) for s in ("memory", "tfds")]
+    variants = [(s, aug) for aug in (("crop",), ("crop", "affine")) for s in ("columns", "memory", "tfds")]
     iterators = {v: _loader(v[0], args.dataset, args.batch, v[1]) for v in variants}
     times = {v: [] for v in variants}
     for _ in range(args.rounds):  # interleaved rounds: load drifts hit every variant alike
