@@ -176,6 +176,34 @@ def test_additive_pools_with_its_weights_and_accepts_a_query():
         create_attention("spatial").init(jax.random.key(0), x, guide=query)
 
 
+def test_additive_module_chunks_large_grids_by_default_like_the_function(monkeypatch):
+    # The module's default is the function's: chunk_size="auto" (chunked once the (B, m, n, a) tanh
+    # tensor passes a few MiB), with the unchunked path's values.
+    import attn_jax.nn.query as query_module
+
+    seen = []
+    original = query_module.additive_attention
+    monkeypatch.setattr(
+        query_module,
+        "additive_attention",
+        lambda *a, **kw: seen.append(kw["chunk_size"]) or original(*a, **kw),
+    )
+    x = jax.random.normal(jax.random.key(0), (8, 32, 32, 64))  # B*n*a = 8*1024*64 floats = 2 MiB ... x m=2
+    module = create_attention("additive", num_queries=2)
+    variables = jax.jit(module.init)(jax.random.key(1), x)
+    y, state = jax.jit(lambda v, x: module.apply(v, x, mutable=["intermediates"]))(variables, x)
+    unchunked = create_attention("additive", num_queries=2, chunk_size=None)
+    y_whole, whole = jax.jit(lambda v, x: unchunked.apply(v, x, mutable=["intermediates"]))(variables, x)
+    assert seen[0] == "auto" and seen[-1] is None
+    from attn_jax.functional._auto import auto_chunk_size
+
+    assert auto_chunk_size(8, 2, 1024, 96, jnp.float32) is not None  # this shape takes the chunked path
+    np.testing.assert_allclose(y, y_whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        state["intermediates"]["attention_map"][0], whole["intermediates"]["attention_map"][0], atol=1e-7
+    )
+
+
 def test_gate_uses_a_coarser_guide():
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
     g = jax.random.normal(jax.random.key(1), (2, 4, 4, 6))

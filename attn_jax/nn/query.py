@@ -39,14 +39,15 @@ class AdditiveAttention(nn.Module):
     (the softmax weights alpha) and "context" (B, m, C) (c = sum_i alpha_i h_i). Returns the gate
     x * n * mean_m(alpha) (B, H, W, C), so that averaging the output over positions gives exactly the mean
     context vector: a model that average-pools (AttentionClassifier) pools with alpha.
-    ``chunk_size`` (memory-bounded keys) and ``implementation`` ("xla", "pallas", "auto") are passed to
-    `attn_jax.additive_attention`.
+    ``chunk_size`` ("auto", the default: unchunked while the (B, m, n, a) tanh tensor fits in a few MiB,
+    else key chunks; an int; None = unchunked) and ``implementation`` ("xla", "pallas", "auto") are passed
+    to `attn_jax.additive_attention`.
     """
 
     num_queries: int = 1
     attention_dim: int | None = None
     use_bias: bool = True
-    chunk_size: int | None = None
+    chunk_size: int | str | None = "auto"
     implementation: str = "xla"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
