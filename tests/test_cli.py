@@ -85,9 +85,17 @@ def test_missing_config_file_is_one_line_naming_it():
     _one_line_usage_error(["--config", missing], f"config file '{missing}' not found")
 
 
-def test_unknown_config_argument_is_one_line_naming_it():
-    _one_line_usage_error(["--config", f"{CONFIG}:nosuchfamily"], "attention 'nosuchfamily'", "spatial")
+def test_unknown_config_argument_is_one_line_naming_it(tmp_path):
+    args = ["--config", f"{CONFIG}:nosuchfamily,tiny", f"--config.data_dir={tmp_path}"]
+    _one_line_usage_error(args, "unknown attention 'nosuchfamily'", "spatial")
     _one_line_usage_error(["--config", f"{CONFIG}:spatial,huge"], "'spatial,huge'", "got extra ['huge']")
+
+
+def test_stray_argument_is_one_line_naming_it(tmp_path):
+    args = ["--config", f"{CONFIG}:spatial,tiny", "--workdir", str(tmp_path), "runs/x"]
+    code, out, err = _cli(*args, entry="attn-jax eval")
+    assert code == cl.EXIT_USAGE and len(err) == 1, (code, out, err)
+    assert "attn-jax eval: error: unexpected arguments ['runs/x']" in err[0], err
 
 
 def _tiny(data_dir, arg="spatial,tiny", **overrides):

@@ -44,8 +44,6 @@ def _quiet() -> None:
 
 
 def train_main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _quiet()
     from attn_jax.train.loop import train_and_evaluate
 
@@ -72,8 +70,6 @@ def train_main(argv) -> None:
 
 
 def eval_main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _quiet()
     from attn_jax.train.loop import CheckpointMismatchError, evaluate_checkpoint
 
@@ -104,6 +100,8 @@ def _flags_parser(command: str):
                 remaining = flags.FLAGS(argv)
             except flags.Error as err:  # e.g. --config.lr=abc, an unknown flag
                 raise cl.UsageFailure(str(err).strip().splitlines()[0]) from None
+            if len(remaining) > 1:
+                raise cl.UsageFailure(f"unexpected arguments {remaining[1:]} (flags are --name=value)")
             cl.check_attention(_CONFIG.value, cl.config_spec(rest))
             if command == "eval" and not _WORKDIR.value:
                 raise cl.UsageFailure("eval needs --workdir (the directory of a run, with checkpoints/)")
