@@ -86,6 +86,14 @@ def _usage_error(program: str, message: str):
     raise SystemExit(cl.EXIT_USAGE)
 
 
+def _print_help(text: str) -> None:
+    """Print to stdout; a reader that closes the pipe early (`--help | head`) is not an error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _flags_parser(command: str):
     """absl's flags_parser for `command`: --help (exit 0), then one-line usage errors (exit EXIT_USAGE)."""
 
@@ -93,7 +101,7 @@ def _flags_parser(command: str):
         program, rest = argv[0], argv[1:]
         try:
             if any(a in cl.HELP_FLAGS for a in rest):
-                print(cl.help_text(command, program, [a for a in rest if a not in cl.HELP_FLAGS]))
+                _print_help(cl.help_text(command, program, [a for a in rest if a not in cl.HELP_FLAGS]))
                 raise SystemExit(0)
             cl.validate(rest)
             try:
