@@ -3,6 +3,7 @@
 attn-jax train --config experiments/configs/{classification,detection,segmentation}.py[:ATTENTION]
                [--config.lr=...] [--workdir DIR]
 attn-jax eval --config experiments/configs/<task>.py[:ATTENTION] --workdir DIR
+attn-jax train --help [--config FILE]    # the flags; with --config, every --config.<field> and its default
 attn-jax visualize ...   # = python -m attn_jax.viz ...   (arguments passed through verbatim)
 attn-jax bench ...       # = python benchmarks/run.py ... (arguments passed through verbatim)
 """

@@ -47,9 +47,20 @@ def test_nan_score_at_a_valid_key_makes_its_row_nan(path, policy):
     context, weights = PATHS[path](Q, keys, V, mask=mask, fully_masked=policy)
     assert np.isnan(context[:, 1]).all()
     assert np.isfinite(context[:, 2]).all() and np.isfinite(weights[:, 2]).all()
-    if path == "pallas" and not np.isnan(weights[:, 1]).all():  # known gap of attn_jax/kernels
-        pytest.xfail("pallas kernel: a NaN score gives a NaN context but finite weights")
     assert np.isnan(weights[:, 1]).all()
+
+
+@pytest.mark.parametrize("policy", ["zero", "uniform", "nan"])
+def test_nan_score_at_a_valid_key_makes_its_row_nan_in_the_tpu_kernel(policy):
+    """The TPU (Mosaic) kernel, run in the Pallas TPU interpreter, follows the same NaN policy."""
+    from attn_jax.kernels.additive_tpu import tpu_additive_attention
+
+    keys = H.at[:, 2, :].set(jnp.nan)
+    mask = VALID.at[:, 2, 2].set(False)
+    context, weights = tpu_additive_attention(Q, keys, V, **W, mask=mask, fully_masked=policy, interpret=True)
+    assert np.isnan(context[:, 1]).all() and np.isnan(weights[:, 1]).all()
+    assert np.isfinite(context[:, 2]).all() and np.isfinite(weights[:, 2]).all()
+    assert np.isnan(context[:, 0]).all() == (policy == "nan")  # the fully-masked row follows its policy
 
 
 @pytest.mark.parametrize("policy", ["zero", "uniform", "nan"])

@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from attn_jax.train.preemption import EXIT_PREEMPTED
 from tests._train_models import ROOT, TASKS, load_experiment_config
 
 STEPS = 12
@@ -92,7 +93,7 @@ def test_sigterm_then_sigkill_then_restart_equals_uninterrupted_run(task, data_d
     _wait_for_step(proc, workdir, 2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == EXIT_PREEMPTED, out[-3000:]  # stopped by SIGTERM, resumable
     summary = _read_json(os.path.join(workdir, "summary.json"), lines=False)
     assert summary["stop_reason"] == "sigterm" and 2 <= summary["step"] < STEPS, summary
     assert os.path.isdir(os.path.join(workdir, "checkpoints", str(summary["step"])))

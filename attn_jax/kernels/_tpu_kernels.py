@@ -10,7 +10,7 @@ inside a chunk. tanh and the softmax run in float32 on the VPU/EUP; the two matm
 values) with float32 accumulation. The key axis (forward, dq) or query axis (dk) is the innermost,
 "arbitrary" grid axis; outputs stay resident in VMEM across it and accumulate. Row statistics (lse,
 delta, running max / sum) are kept lane-replicated as (bq, 128). Rows with no valid key get lse = +inf,
-so their weights, context and gradients are zero.
+so their weights, context and gradients are zero; a NaN or +Inf score at a valid key makes its row NaN.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def forward_kernel(*refs, cfg: TpuConfig, write_scores: bool):
     @pl.when(j == cfg.nk - 1)
     def _finish():
         total = l_sc[...]
-        live = total > 0.0
+        live = total != 0.0  # empty only when exactly 0: a NaN/Inf score keeps its row NaN
         m_fin = jnp.where(live, m_sc[...], 0.0)
         ctx_ref[...] = acc_sc[...] / jnp.where(live, total, 1.0)[:, :1]
         lse_ref[...] = jnp.where(live, m_fin + jnp.log(jnp.where(live, total, 1.0)), jnp.inf)

@@ -141,12 +141,13 @@ def _forward(qT, kT, v, w_a, mask, cfg, write_scores):
 
 def _combine_splits(acc, m_s, l_s):
     """Merge per-split online-softmax partials (B, S, m, ...) -> normalised context and lse (+inf where
-    a row has no valid key)."""
+    a row has no valid key; NaN, so a NaN row, where a valid score is NaN or +Inf)."""
     m_max = jnp.max(m_s, axis=1)
     m_safe = jnp.where(m_max == -jnp.inf, 0.0, m_max)
     scale = jnp.exp(m_s - m_safe[:, None])  # 0 for splits that saw no valid key
     total = jnp.sum(scale * l_s, axis=1)
-    live = total > 0.0
+    # Empty only when the sum is exactly 0 (no valid key): a NaN/Inf score makes it NaN and the row NaN.
+    live = total != 0.0
     ctx = jnp.sum(scale[..., None] * acc, axis=1) / jnp.where(live, total, 1.0)[..., None]
     lse = jnp.where(live, m_safe + jnp.log(jnp.where(live, total, 1.0)), jnp.inf)
     return ctx, lse

@@ -80,3 +80,35 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.tensorboard = True
     c.png_examples = 8  # test images in attention_maps.png (drawn by the CLI's hook)
     return c
+
+
+# Fields that define the trained model and its data: a checkpoint restored under a config that differs in
+# any of them is another model (model.dtype is compute precision only; parameters are float32 either way).
+MODEL_FIELDS = ("task", "dataset")  # and every model.* field but model.dtype
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def model_differences(saved: dict, config) -> list[str]:
+    """'field: saved value (run) != given value' for each model-defining field (MODEL_FIELDS, model.*) where
+    the run's saved config (the dict of <workdir>/config.json) and `config` differ; [] when they agree."""
+    import json
+
+    given = _flat(json.loads(config.to_json_best_effort()))
+    saved = _flat(saved)
+    defines_model = lambda k: k in MODEL_FIELDS or (k.startswith("model.") and k != "model.dtype")  # noqa: E731
+    keys = sorted(filter(defines_model, set(saved) | set(given)))
+    missing = "<absent>"
+    return [
+        f"{k}: {saved.get(k, missing)!r} (run) != {given.get(k, missing)!r} (given)"
+        for k in keys
+        if saved.get(k, missing) != given.get(k, missing)
+    ]

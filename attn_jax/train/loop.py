@@ -21,6 +21,7 @@ import numpy as np
 
 from attn_jax.data import make_pipeline
 from attn_jax.train import checkpoint as ckpt
+from attn_jax.train.config import model_differences
 from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
 from attn_jax.train.preemption import SigtermFlag
 from attn_jax.train.runner import Runner, build_steps
@@ -235,14 +236,48 @@ def train_and_evaluate(config, workdir: str, *, model=None, callbacks: Sequence[
     return summary
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoints of a workdir were written by another model or config than the one given."""
+
+
+def check_run_config(config, workdir: str) -> None:
+    """CheckpointMismatchError naming the model-defining fields where <workdir>/config.json (written by
+    train_and_evaluate) and `config` differ; nothing when they agree or the run saved no config."""
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return
+    diffs = model_differences(saved, config)
+    if diffs:
+        raise CheckpointMismatchError(
+            f"the checkpoint in {os.path.join(workdir, 'checkpoints')} was written by a different "
+            f"model/config ({'; '.join(diffs)}); give the run's config (saved in {path})"
+        )
+
+
 def evaluate_checkpoint(config, workdir: str, *, model=None, split: str = "test") -> dict:
-    """Eval metrics of the latest readable checkpoint in <workdir>/checkpoints (any device count)."""
+    """Eval metrics of the latest readable checkpoint in <workdir>/checkpoints (any device count).
+
+    CheckpointMismatchError when the run's saved config names another model (task, dataset, model.*) or
+    when checkpoints exist but none restores into this config's train state; FileNotFoundError when
+    there is no checkpoint."""
+    if model is None:
+        check_run_config(config, workdir)
     runner = setup(config, model)
     manager = _manager(config, workdir, runner.task, async_save=False, read_only=True)
     try:
+        steps = list(manager.all_steps())
         state, step = _init_state(config, runner, manager, None)
     finally:
         manager.close()
+    directory = os.path.join(workdir, "checkpoints")
+    if step == 0 and steps:
+        raise CheckpointMismatchError(
+            f"none of the checkpoint steps {sorted(steps)} in {directory} restores into this config's model "
+            "and optimizer state: written by a different model/config, or damaged (see the messages above)"
+        )
     if step == 0:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}")
+        raise FileNotFoundError(f"no checkpoint in {directory}")
     return {"step": step, "split": split, **evaluate(runner, state, config, split)}

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import signal
 
+# Exit status of `attn-jax train` / experiments/run.py stopped by SIGTERM after saving a checkpoint: the run
+# is resumable (run the same command again). EX_TEMPFAIL of sysexits.h, "temporary failure, retry later", so
+# a scheduler can tell a preempted run (requeue it) from a finished one (0) or a failed one (other codes).
+EXIT_PREEMPTED = 75
+
 
 class SigtermFlag:
     """Context: SIGTERM sets `.requested` instead of killing the process (main thread only; elsewhere

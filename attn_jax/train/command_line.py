@@ -1,0 +1,188 @@
+"""The command line of `attn-jax train|eval` and experiments/run.py: --help text and one-line usage errors.
+
+Checks run before absl parses the flags, so that a bad config file, `:ARG` or `--config.<field>` ends in one
+line naming it (exit EXIT_USAGE) instead of ml_collections' chained tracebacks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.machinery
+import importlib.util
+import os
+import re
+
+from attn_jax.train.preemption import EXIT_PREEMPTED
+
+EXIT_USAGE = 2  # a bad command line (the shell convention, as argparse)
+HELP_FLAGS = ("-h", "--help", "--helpshort", "-?")
+
+
+class UsageFailure(Exception):
+    """A bad command line; str() is the one-line message."""
+
+
+def config_spec(argv: list[str]) -> str | None:
+    """The value of --config in argv (`--config=X` or `--config X`), None when absent."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config":
+            return argv[i + 1] if i + 1 < len(argv) else ""
+    return None
+
+
+def override_paths(argv: list[str]) -> list[str]:
+    """Field paths given as --config.<path>[=VALUE] (or --noconfig.<path>), in order."""
+    out = []
+    for arg in argv:
+        found = re.match(r"^--?(?:no)?config\.([^=]*)", arg)
+        if found:
+            out.append(found.group(1))
+    return out
+
+
+def load_config(spec: str):
+    """`path[:arg]` -> get_config(arg) of the file; UsageFailure naming the file on any failure."""
+    if not spec:
+        raise UsageFailure("--config needs a file, e.g. --config experiments/configs/classification.py")
+    path, *arg = spec.split(":", 1)
+    if not os.path.isfile(path):
+        raise UsageFailure(f"config file {path!r} not found (from --config {spec})")
+    if not os.access(path, os.R_OK):
+        raise UsageFailure(f"config file {path!r} is not readable (from --config {spec})")
+    try:
+        loader = importlib.machinery.SourceFileLoader("_attn_jax_cli_config", path)
+        module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+        loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's file is reported in one line
+        raise UsageFailure(f"config file {path!r} failed to load: {_one_line(err)}") from None
+    if not callable(getattr(module, "get_config", None)):
+        raise UsageFailure(f"config file {path!r} has no get_config() function")
+    try:
+        return module.get_config(*arg)
+    except Exception as err:  # noqa: BLE001 - e.g. an unknown `:ARG`
+        raise UsageFailure(f"config {spec!r}: {_one_line(err)}") from None
+
+
+def _one_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
+def field_paths(config, prefix: str = "") -> dict:
+    """{dotted path: value} of every field, sub-configs included (as their own path and their fields)."""
+    out = {}
+    for key in sorted(config.keys()):
+        value, path = config[key], prefix + key
+        out[path] = value
+        if hasattr(value, "keys") and hasattr(value, "get_type"):
+            out.update(field_paths(value, path + "."))
+    return out
+
+
+def check_overrides(config, argv: list[str], spec: str) -> None:
+    """UsageFailure naming the first --config.<path> that is not a field of `config` (close names given)."""
+    known = field_paths(config)
+    for path in override_paths(argv):
+        if path in known:
+            continue
+        close = difflib.get_close_matches(path, list(known), n=3, cutoff=0.8)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UsageFailure(
+            f"unknown config field {path!r} (--config.{path}) in {spec}{hint} "
+            f"(every field: --config {spec} --help)"
+        )
+
+
+def check_attention(config, spec: str) -> None:
+    """UsageFailure when config.model.attention is not a registered attention name."""
+    model = config.get("model") if hasattr(config, "get") else None
+    name = model.get("attention") if model is not None else None
+    if name is None:
+        return
+    from attn_jax.nn import available_attention
+
+    known = available_attention()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UsageFailure(
+            f"unknown attention {name!r} (config.model.attention of --config {spec}){hint}; "
+            f"known: {', '.join(known)}"
+        )
+
+
+def validate(argv: list[str], required: bool = True) -> None:
+    """Run the checks above on argv (before absl parses it)."""
+    spec = config_spec(argv)
+    if spec is None:
+        if required:
+            raise UsageFailure(
+                "--config is required, e.g. --config experiments/configs/classification.py (see --help)"
+            )
+        return
+    config = load_config(spec)
+    check_overrides(config, argv, spec)
+
+
+def _type_name(config, key: str) -> str:
+    try:
+        kind = config.get_type(key)
+    except Exception:  # noqa: BLE001 - a field without a fixed type
+        return ""
+    return getattr(kind, "__name__", str(kind))
+
+
+def fields_text(spec: str) -> str:
+    """Every field of the config `spec` with its default and type, one per line."""
+    config = load_config(spec)
+    lines = [f"Fields of --config {spec} (set any with --config.<field>=VALUE; tuples as '(a, b)'):"]
+    for path, value in field_paths(config).items():
+        if hasattr(value, "keys"):
+            continue
+        parent, _, key = path.rpartition(".")
+        owner = config
+        for part in filter(None, parent.split(".")):
+            owner = owner[part]
+        kind = _type_name(owner, key)
+        lines.append(f"  --config.{path}={value!r}" + (f"  ({kind})" if kind else ""))
+    return "\n".join(lines)
+
+
+def help_text(command: str, program: str, argv: list[str]) -> str:
+    """The --help of `command` ("train" or "eval"); with --config given, its fields and their defaults."""
+    what = {
+        "train": "Train (or resume) the config's task model; outputs, checkpoints, metrics in --workdir.",
+        "eval": "Evaluate the latest readable checkpoint in --workdir: the config's model, its test split.",
+    }[command]
+    workdir = (
+        "output directory; an existing one with checkpoints/ is resumed (default: runs/<config name>-<time>)"
+        if command == "train"
+        else "directory of a run (the --workdir it was trained with, holding checkpoints/)"
+    )
+    text = [
+        f"usage: {program} --config FILE[:ARG] [--config.<field>=VALUE ...] --workdir DIR [-v N]",
+        "",
+        what,
+        "",
+        "flags:",
+        "  --config FILE[:ARG]   experiment config file, e.g. experiments/configs/classification.py:cbam",
+        "                        ARG: '<attention>[,tiny]', <attention> in attn_jax.nn.available_attention()",
+        "  --config.<field>=V    override one config field, e.g. --config.lr=3e-3",
+        "                        or --config.model.features='(8, 16)'",
+        f"  --workdir DIR         {workdir}",
+        "  -v N, --verbosity N   also log orbax / tfds INFO messages (default: warnings only)",
+        "  -h, --help            this help; with --config FILE, also every --config.<field> and its default",
+        "  --helpfull            every absl flag",
+    ]
+    if command == "train":
+        text += [
+            "",
+            f"exit status: 0 finished; {EXIT_USAGE} bad command line; {EXIT_PREEMPTED} stopped by SIGTERM "
+            "with a checkpoint saved (run the same command again to resume)",
+        ]
+    spec = config_spec(argv)
+    fields = fields_text(spec) if spec is not None else f"Every config field: {program} --config FILE --help"
+    text += ["", fields]
+    return "\n".join(text)
