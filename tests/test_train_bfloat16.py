@@ -33,11 +33,6 @@ def bf16_config(task, dtype, data_dir):
     return c
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 @pytest.fixture(scope="module", params=TASKS)
 def runs(request, data_dir, tmp_path_factory):
     """{dtype: (summary, train losses by logged step, final params)} of the task's two runs."""
