@@ -18,6 +18,7 @@ from jax import export
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from attn_jax.train import TASKS as REGISTERED_TASKS
 from attn_jax.train import build_steps, parallel
 from attn_jax.train.step import AXIS
 from tests._train_models import TASKS, load_experiment_config, synthetic_batches, synthetic_meta
@@ -81,6 +82,10 @@ def _manual_in_shardings(text):
     (line,) = [line for line in text.splitlines() if "sdy.manual_computation(" in line]
     inputs = line.split("in_shardings=[", 1)[1].split("out_shardings=", 1)[0]
     return re.findall(r"<@mesh, (\[[^>]*\])>", inputs)
+
+
+def test_every_registered_task_is_exported():
+    assert set(TASKS) == set(REGISTERED_TASKS)
 
 
 @pytest.mark.parametrize("task", TASKS)
