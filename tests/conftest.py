@@ -34,3 +34,10 @@ def _upsample2x_bilinear(x):
 def upsample2x_bilinear():
     """The NumPy reference above, for tests of modules and tools that resize maps by 2."""
     return _upsample2x_bilinear
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """A TFDS directory for the tiny datasets (cluttered_digits/tiny*), built on first use and shared by
+    the session's training tests."""
+    return str(tmp_path_factory.mktemp("tfds"))

@@ -35,11 +35,6 @@ def tiny_config(task, data_dir, **overrides):
     return c
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 @pytest.fixture(scope="module", params=TASKS)
 def finished_run(request, data_dir, tmp_path_factory):
     task = request.param

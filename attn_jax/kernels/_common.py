@@ -1,13 +1,17 @@
 """Pieces shared by the GPU (Triton) and TPU (Mosaic) additive-attention kernels: the XLA projections,
-padding to the kernels' tiles, the fully-masked policies, and the per-platform choice of a kernel."""
+padding to the kernels' tiles, the fully-masked policies, the per-platform choice of a kernel, the
+custom-VJP op around a kernel's forward and backward, and the public entry both wrappers share."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from attn_jax import _checks
 
 
 def project(x, w):
@@ -87,3 +91,92 @@ def align_varying(args):
         return jax.ShapeDtypeStruct(shape, dtype, manual_axis_type=mat)
 
     return args, struct
+
+
+def fused_vjp(forward, backward, lse_column):
+    """The custom-VJP op of a fused kernel: (q, kT, v, w_a, mask, cfg, with_weights) -> (context,) or
+    (context, weights), float32, padded.
+
+    forward(q, kT, v, w_a, mask, cfg, write_scores) -> (context, lse, scores or None); weights are
+    exp(scores - lse) (0 where masked or lse = +inf), lse_column(lse) giving lse as a (B, m_pad, 1) column.
+    backward(cfg, with_weights, residuals, cotangents) -> gradients of (q, kT, v, w_a, mask), with
+    residuals (q, kT, v, w_a, mask, context, lse, weights or None).
+    """
+
+    def fused_fwd(q, kT, v, w_a, mask, cfg, with_weights):
+        ctx, lse, scores = forward(q, kT, v, w_a, mask, cfg, with_weights)
+        weights = jnp.exp(scores - lse_column(lse)) if with_weights else None
+        out = (ctx, weights) if with_weights else (ctx,)
+        return out, (q, kT, v, w_a, mask, ctx, lse, weights)
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+    def fused(q, kT, v, w_a, mask, cfg, with_weights):
+        return fused_fwd(q, kT, v, w_a, mask, cfg, with_weights)[0]
+
+    fused.defvjp(fused_fwd, backward)
+    return fused
+
+
+def softmax_delta(ctx, weights, cotangents, with_weights, keepdims=False):
+    """(dctx, dweights or None, delta): delta = rowsum(dctx * ctx) + rowsum(dweights * weights), the
+    softmax backward's per-row term (Dao et al. 2022, FlashAttention)."""
+    dctx = cotangents[0]
+    dweights = cotangents[1] if with_weights else None
+    delta = jnp.sum(dctx * ctx, axis=-1, keepdims=keepdims)
+    if dweights is not None:
+        delta = delta + jnp.sum(dweights * weights, axis=-1, keepdims=keepdims)
+    return dctx, dweights, delta
+
+
+def run_kernel(fused, make_cfg, interpret, query, keys, values, w_q, w_k, w_a, bias, mask, *, fully_masked,
+               return_weights, transpose_q, value_dtype, mask_dtype):  # fmt: skip
+    """A fused kernel on validated arguments: the XLA projections, padding to the kernel's tiles, the
+    custom-VJP op `fused` (see fused_vjp), unpadding and the fully-masked policies.
+
+    make_cfg(m, n, a, d_v, has_mask, interpret, batch) -> the kernel's config (m_pad, n_pad, a_pad,
+    dv_pad); transpose_q: pass the query projection as (B, a_pad, m_pad) rather than (B, m_pad, a_pad);
+    value_dtype / mask_dtype: what the kernel reads the values / mask as.
+    Returns (context (..., m, d_v), weights (..., m, n) or None), float32.
+    """
+    batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
+    cfg = make_cfg(m, n, a, d_v, mask is not None, interpret, math.prod(batch))
+    q_proj = project(query, w_q)
+    if bias is not None:
+        q_proj = q_proj + bias.astype(jnp.float32)
+    q = flat_padded(q_proj, batch, cfg.m_pad, cfg.a_pad)
+    q = jnp.swapaxes(q, 1, 2) if transpose_q else q
+    kT = jnp.swapaxes(flat_padded(project(keys, w_k), batch, cfg.n_pad, cfg.a_pad), 1, 2)
+    v = flat_padded(values.astype(value_dtype), batch, cfg.n_pad, cfg.dv_pad)
+    wa = jnp.pad(w_a.astype(jnp.float32), (0, cfg.a_pad - a))
+    mask_p = None
+    if mask is not None:
+        mask_b = jnp.broadcast_to(mask, batch + (m, n))
+        mask_p = flat_padded(mask_b.astype(mask_dtype), batch, cfg.m_pad, cfg.n_pad)
+    outs = fused(q, kT, v, wa, mask_p, cfg, return_weights)
+    context = outs[0][:, :m, :d_v].reshape(batch + (m, d_v))
+    weights = outs[1][:, :m, :n].reshape(batch + (m, n)) if return_weights else None
+    if mask is not None and fully_masked != "zero":
+        row_valid = jnp.any(mask_b, axis=-1, keepdims=True)
+        context, weights = fill_fully_masked(context, weights, values, row_valid, fully_masked, n)
+    return context, weights
+
+
+def fused_attention(run, platforms, query, keys, values, *, w_q, w_k, w_a, bias, mask, fully_masked,
+                    return_weights, interpret, forced_interpret=True):  # fmt: skip
+    """The public entry of a fused kernel (contract of `attn_jax.additive_attention`): check the
+    arguments, call run(interpret, query, keys, values, w_q, w_k, w_a, bias, mask, fully_masked=...,
+    return_weights=...) with the kernel chosen per lowering platform (see on_platform; a true
+    `interpret` passes `forced_interpret`), and cast the results to the inputs' dtype."""
+    _checks.check_fully_masked(fully_masked)
+    values = keys if values is None else values
+    _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
+    run = functools.partial(run, fully_masked=fully_masked, return_weights=return_weights)
+    args = (query, keys, values, w_q, w_k, w_a, bias, mask)
+    if interpret:
+        context, weights = run(forced_interpret, *args)
+    else:
+        context, weights = on_platform(run, interpret, platforms, args)
+    context = context.astype(out_dtype)
+    return context, (None if weights is None else weights.astype(out_dtype))

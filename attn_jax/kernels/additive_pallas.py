@@ -11,13 +11,11 @@ Triton backend; for any other platform they run in Pallas interpret mode (slow, 
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from attn_jax import _checks
 from attn_jax.kernels import _additive_kernels as K
 from attn_jax.kernels import _common as C
 
@@ -153,28 +151,9 @@ def _combine_splits(acc, m_s, l_s):
     return ctx, lse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _fused(qT, kT, v, w_a, mask, cfg, with_weights):
-    """(B, a_pad, m_pad), (B, a_pad, n_pad), (B, n_pad, dv_pad), (a_pad,), mask int8 or None ->
-    context (B, m_pad, dv_pad) and, if `with_weights`, weights (B, m_pad, n_pad); float32."""
-    out, _ = _fused_fwd(qT, kT, v, w_a, mask, cfg, with_weights)
-    return out
-
-
-def _fused_fwd(qT, kT, v, w_a, mask, cfg, with_weights):
-    ctx, lse, scores = _forward(qT, kT, v, w_a, mask, cfg, with_weights)
-    weights = jnp.exp(scores - lse[..., None]) if with_weights else None  # 0 where masked / lse=inf
-    out = (ctx, weights) if with_weights else (ctx,)
-    return out, (qT, kT, v, w_a, mask, ctx, lse, weights)
-
-
 def _fused_bwd(cfg, with_weights, res, cotangents):
     qT, kT, v, w_a, mask, ctx, lse, weights = res
-    dctx = cotangents[0]
-    dweights = cotangents[1] if with_weights else None
-    delta = jnp.sum(dctx * ctx, axis=-1)
-    if dweights is not None:
-        delta = delta + jnp.sum(dweights * weights, axis=-1)
+    dctx, dweights, delta = C.softmax_delta(ctx, weights, cotangents, with_weights)
     batch = qT.shape[0]
     extra = (dctx, lse, delta) + (() if dweights is None else (dweights,))
     args = (qT, kT, v, w_a) + ((mask,) if cfg.has_mask else ()) + extra
@@ -223,7 +202,9 @@ def _backward_dk(args, batch, cfg, has_dw, struct):
     return _call(kernel, (batch, nk), specs, out_specs, out_shape, cfg, "additive_bwd_dk")(*args)
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+# (B, a_pad, m_pad), (B, a_pad, n_pad), (B, n_pad, dv_pad), (a_pad,), mask int8 or None -> context
+# (B, m_pad, dv_pad) and, if `with_weights`, weights (B, m_pad, n_pad); float32
+_fused = C.fused_vjp(_forward, _fused_bwd, lambda lse: lse[..., None])
 
 
 def pallas_additive_attention(
@@ -258,40 +239,22 @@ def pallas_additive_attention(
     enough to fill the GPU otherwise). `fast_tanh=True` uses the GPU's tanh.approx.f32 (faster, about
     2^-11 relative error; no effect in interpret mode).
     """
-    _checks.check_fully_masked(fully_masked)
-    values = keys if values is None else values
-    _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
-    out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     options = dict(block_q=block_q, block_k=block_k, block_a=block_a, key_splits=key_splits)
     options["fast_tanh"] = fast_tanh
-    run = functools.partial(_run, fully_masked=fully_masked, return_weights=return_weights, options=options)
-    args = (query, keys, values, w_q, w_k, w_a, bias, mask)
-    context, weights = C.on_platform(run, interpret, ("cuda", "rocm"), args)
-    context = context.astype(out_dtype)
-    return context, (None if weights is None else weights.astype(out_dtype))
+    return C.fused_attention(
+        functools.partial(_run, options=options), ("cuda", "rocm"), query, keys, values, w_q=w_q, w_k=w_k,
+        w_a=w_a, bias=bias, mask=mask, fully_masked=fully_masked, return_weights=return_weights,
+        interpret=interpret,
+    )  # fmt: skip
 
 
-def _run(interpret, query, keys, values, w_q, w_k, w_a, bias, mask, *, fully_masked, return_weights, options):
+def _run(interpret, *args, fully_masked, return_weights, options):
     """The kernel on validated arguments: Triton (interpret False) or the Pallas interpreter."""
-    batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
-    m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
-    cfg = make_config(m, n, a, d_v, mask is not None, interpret=interpret, batch=math.prod(batch), **options)
-    q_proj = C.project(query, w_q)
-    if bias is not None:
-        q_proj = q_proj + bias.astype(jnp.float32)
-    k_proj = C.project(keys, w_k)
-    qT = jnp.swapaxes(C.flat_padded(q_proj, batch, cfg.m_pad, cfg.a_pad), 1, 2)
-    kT = jnp.swapaxes(C.flat_padded(k_proj, batch, cfg.n_pad, cfg.a_pad), 1, 2)
-    v = C.flat_padded(values.astype(jnp.float32), batch, cfg.n_pad, cfg.dv_pad)
-    wa = jnp.pad(w_a.astype(jnp.float32), (0, cfg.a_pad - a))
-    mask_i8 = None
-    if mask is not None:
-        mask_b = jnp.broadcast_to(mask, batch + (m, n))
-        mask_i8 = C.flat_padded(mask_b.astype(jnp.int8), batch, cfg.m_pad, cfg.n_pad)
-    outs = _fused(qT, kT, v, wa, mask_i8, cfg, return_weights)
-    context = outs[0][:, :m, :d_v].reshape(batch + (m, d_v))
-    weights = outs[1][:, :m, :n].reshape(batch + (m, n)) if return_weights else None
-    if mask is not None and fully_masked != "zero":
-        row_valid = jnp.any(mask_b, axis=-1, keepdims=True)
-        context, weights = C.fill_fully_masked(context, weights, values, row_valid, fully_masked, n)
-    return context, weights
+
+    def make_cfg(m, n, a, d_v, has_mask, interpret, batch):
+        return make_config(m, n, a, d_v, has_mask, interpret=interpret, batch=batch, **options)
+
+    return C.run_kernel(
+        _fused, make_cfg, interpret, *args, fully_masked=fully_masked, return_weights=return_weights,
+        transpose_q=True, value_dtype=jnp.float32, mask_dtype=jnp.int8,
+    )  # fmt: skip

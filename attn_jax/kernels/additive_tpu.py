@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import functools
 
-import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from attn_jax import _checks
 from attn_jax.kernels import _common as C
 from attn_jax.kernels import _tpu_kernels as K
 
@@ -106,28 +104,9 @@ def _forward(q, kT, v, w_a, mask, cfg, write_scores):
     return outs[0], outs[1], (outs[2] if write_scores else None)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _fused(q, kT, v, w_a, mask, cfg, with_weights):
-    """(B, m_pad, a_pad), (B, a_pad, n_pad), (B, n_pad, dv_pad), (a_pad,), mask int32 or None ->
-    context (B, m_pad, dv_pad) and, if `with_weights`, weights (B, m_pad, n_pad); float32."""
-    out, _ = _fused_fwd(q, kT, v, w_a, mask, cfg, with_weights)
-    return out
-
-
-def _fused_fwd(q, kT, v, w_a, mask, cfg, with_weights):
-    ctx, lse, scores = _forward(q, kT, v, w_a, mask, cfg, with_weights)
-    weights = jnp.exp(scores - lse[..., :1]) if with_weights else None  # 0 where masked / lse=inf
-    out = (ctx, weights) if with_weights else (ctx,)
-    return out, (q, kT, v, w_a, mask, ctx, lse, weights)
-
-
 def _fused_bwd(cfg, with_weights, res, cotangents):
     q, kT, v, w_a, mask, ctx, lse, weights = res
-    dctx = cotangents[0]
-    dweights = cotangents[1] if with_weights else None
-    delta = jnp.sum(dctx * ctx, axis=-1, keepdims=True)
-    if dweights is not None:
-        delta = delta + jnp.sum(dweights * weights, axis=-1, keepdims=True)
+    dctx, dweights, delta = C.softmax_delta(ctx, weights, cotangents, with_weights, keepdims=True)
     delta = jnp.broadcast_to(delta, lse.shape)
     has_dw = dweights is not None
     args = (q, kT, v, w_a) + ((mask,) if cfg.has_mask else ()) + (dctx.astype(v.dtype), lse, delta)
@@ -158,35 +137,28 @@ def _fused_bwd(cfg, with_weights, res, cotangents):
     return dq, dkT, dv.astype(v.dtype), jnp.sum(dwa[..., 0], axis=(0, 1)), None
 
 
-_fused.defvjp(_fused_fwd, _fused_bwd)
+# (B, m_pad, a_pad), (B, a_pad, n_pad), (B, n_pad, dv_pad), (a_pad,), mask int32 or None -> context
+# (B, m_pad, dv_pad) and, if `with_weights`, weights (B, m_pad, n_pad); float32
+_fused = C.fused_vjp(_forward, _fused_bwd, lambda lse: lse[..., :1])
 
 
-def _run(interpret, query, keys, values, w_q, w_k, w_a, bias, mask, *, fully_masked, return_weights,
-         blocks):  # fmt: skip
+def _mxu_dtype(values) -> str:
+    """The matmuls' input dtype: bfloat16 when the values are, else float32."""
+    return "bfloat16" if values.dtype == jnp.bfloat16 else "float32"
+
+
+def _run(interpret, query, keys, values, *args, fully_masked, return_weights, blocks):
     """The kernel on validated arguments: Mosaic (interpret False), the generic Pallas interpreter (True)
     or the Pallas TPU interpreter ("tpu")."""
-    batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
-    m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
-    mxu = "bfloat16" if values.dtype == jnp.bfloat16 else "float32"
-    cfg = make_tpu_config(m, n, a, d_v, mask is not None, interpret=interpret, mxu_dtype=mxu, **blocks)
-    q_proj = C.project(query, w_q)
-    if bias is not None:
-        q_proj = q_proj + bias.astype(jnp.float32)
-    q = C.flat_padded(q_proj, batch, cfg.m_pad, cfg.a_pad)
-    kT = jnp.swapaxes(C.flat_padded(C.project(keys, w_k), batch, cfg.n_pad, cfg.a_pad), 1, 2)
-    v = C.flat_padded(values.astype(jnp.dtype(mxu)), batch, cfg.n_pad, cfg.dv_pad)
-    wa = jnp.pad(w_a.astype(jnp.float32), (0, cfg.a_pad - a))
-    mask_i32 = None
-    if mask is not None:
-        mask_b = jnp.broadcast_to(mask, batch + (m, n))
-        mask_i32 = C.flat_padded(mask_b.astype(jnp.int32), batch, cfg.m_pad, cfg.n_pad)
-    outs = _fused(q, kT, v, wa, mask_i32, cfg, return_weights)
-    context = outs[0][:, :m, :d_v].reshape(batch + (m, d_v))
-    weights = outs[1][:, :m, :n].reshape(batch + (m, n)) if return_weights else None
-    if mask is not None and fully_masked != "zero":
-        row_valid = jnp.any(mask_b, axis=-1, keepdims=True)
-        context, weights = C.fill_fully_masked(context, weights, values, row_valid, fully_masked, n)
-    return context, weights
+    mxu = _mxu_dtype(values)
+
+    def make_cfg(m, n, a, d_v, has_mask, interpret, batch):
+        return make_tpu_config(m, n, a, d_v, has_mask, interpret=interpret, mxu_dtype=mxu, **blocks)
+
+    return C.run_kernel(
+        _fused, make_cfg, interpret, query, keys, values, *args, fully_masked=fully_masked,
+        return_weights=return_weights, transpose_q=False, value_dtype=jnp.dtype(mxu), mask_dtype=jnp.int32,
+    )  # fmt: skip
 
 
 def tpu_additive_attention(
@@ -217,19 +189,13 @@ def tpu_additive_attention(
     True: the Pallas TPU interpreter (CPU only; simulates TPU memory); False: Mosaic.
     block_q / block_k / block_a: tile overrides (query rows, keys, attention-dim chunk).
     """
-    _checks.check_fully_masked(fully_masked)
-    values = keys if values is None else values
-    _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
-    out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     blocks = dict(block_q=block_q, block_k=block_k, block_a=block_a)
-    run = functools.partial(_run, fully_masked=fully_masked, return_weights=return_weights, blocks=blocks)
-    args = (query, keys, values, w_q, w_k, w_a, bias, mask)
-    if interpret:  # asked for: the TPU interpreter (simulates VMEM / SMEM; catches out-of-bounds reads)
-        context, weights = run("tpu", *args)
-    else:
-        context, weights = C.on_platform(run, interpret, ("tpu",), args)
-    context = context.astype(out_dtype)
-    return context, (None if weights is None else weights.astype(out_dtype))
+    # interpret=True: the TPU interpreter (simulates VMEM / SMEM; catches out-of-bounds reads)
+    return C.fused_attention(
+        functools.partial(_run, blocks=blocks), ("tpu",), query, keys, values, w_q=w_q, w_k=w_k, w_a=w_a,
+        bias=bias, mask=mask, fully_masked=fully_masked, return_weights=return_weights, interpret=interpret,
+        forced_interpret="tpu",
+    )  # fmt: skip
 
 
 __all__ = ["make_tpu_config", "tpu_additive_attention"]

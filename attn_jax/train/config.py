@@ -24,9 +24,9 @@ def parse_arg(arg: str | None, default: str = "spatial") -> tuple[str, bool]:
 def base_config(task: str, arg: str | None = "spatial") -> ml_collections.ConfigDict:
     """Fields every task's config has, with their defaults; the task's file overrides the numbers.
 
-    Vocabulary: model.{backbone, features, stride, blocks_per_stage, attention, dtype}; optimizer, lr,
-    weight_decay, momentum, warmup_steps, end_lr_factor, clip_norm, skip_nonfinite, augment; batch_size
-    (global), eval_batch_size, eval_examples, num_train_steps, log_every_steps, eval_every_steps,
+    Vocabulary: model.{backbone, features, stride, blocks_per_stage, attention, attention_kwargs, dtype};
+    optimizer, lr, weight_decay, momentum, warmup_steps, end_lr_factor, clip_norm, skip_nonfinite, augment;
+    batch_size (global), eval_batch_size, eval_examples, num_train_steps, log_every_steps, eval_every_steps,
     checkpoint_every_steps, keep_latest, keep_best; cpu_devices, num_devices, parallel, coordinator,
     preemption_check_every_steps; progress, tensorboard, png_examples.
     """
@@ -47,6 +47,9 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.model.blocks_per_stage = 1
     c.model.attention = attention
     c.model.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
+    # extra arguments of the attention module, e.g. {"implementation": "auto"} for additive attention's
+    # fused kernel on GPU / TPU (attn_jax.nn.AdditiveAttention)
+    c.model.attention_kwargs = ml_collections.ConfigDict()
 
     c.optimizer = "adamw"  # or "sgd"
     c.lr = 1e-3

@@ -22,6 +22,12 @@ def model_dtype(model_cfg):
     return DTYPES[model_cfg.dtype]
 
 
+def attention_kwargs(model_cfg) -> dict:
+    """model_cfg.attention_kwargs as a plain dict (empty when absent): extra attention arguments."""
+    kwargs = model_cfg.get("attention_kwargs") or {}
+    return dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
+
+
 def build_backbone(model_cfg, bn_axis_name: str | None = AXIS):
     """SmallCNN(features, stride, blocks_per_stage) or a ResNet (small stem) of model_cfg."""
     from attn_jax.nn import ResNet18, ResNet34, ResNet50, SmallCNN

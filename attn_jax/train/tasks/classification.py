@@ -19,12 +19,16 @@ class Classification(Task):
 
     def build_model(self, bn_axis_name: str | None = AXIS):
         from attn_jax.models import AttentionClassifier
-        from attn_jax.train.factory import build_backbone, model_dtype
+        from attn_jax.train.factory import attention_kwargs, build_backbone, model_dtype
 
         m = self.config.model
         backbone = build_backbone(m, bn_axis_name)
         return AttentionClassifier(
-            backbone, self.meta.num_classes, attention=m.attention, dtype=model_dtype(m)
+            backbone,
+            self.meta.num_classes,
+            attention=m.attention,
+            attention_kwargs=attention_kwargs(m),
+            dtype=model_dtype(m),
         )
 
     def loss(self, outputs, batch, axis_name):

@@ -52,12 +52,17 @@ class Detection(Task):
 
     def build_model(self, bn_axis_name: str | None = AXIS):
         from attn_jax.models import AttentionDetector
-        from attn_jax.train.factory import build_backbone, model_dtype
+        from attn_jax.train.factory import attention_kwargs, build_backbone, model_dtype
 
         m = self.config.model
         backbone = build_backbone(m, bn_axis_name)
         return AttentionDetector(
-            backbone, self.meta.num_classes, self.num_anchors, attention=m.attention, dtype=model_dtype(m)
+            backbone,
+            self.meta.num_classes,
+            self.num_anchors,
+            attention=m.attention,
+            attention_kwargs=attention_kwargs(m),
+            dtype=model_dtype(m),
         )
 
     def init_params(self, params):

@@ -46,14 +46,19 @@ class Segmentation(Task):
     def build_model(self, bn_axis_name: str | None = AXIS):
         from attn_jax.models import AttentionSegmenter
         from attn_jax.nn import Decoder
-        from attn_jax.train.factory import build_backbone, model_dtype
+        from attn_jax.train.factory import attention_kwargs, build_backbone, model_dtype
 
         m = self.config.model
         dtype = model_dtype(m)
         backbone = build_backbone(m, bn_axis_name)
         decoder = Decoder(features=tuple(m.decoder_features), dtype=dtype, bn_axis_name=bn_axis_name)
         return AttentionSegmenter(
-            backbone, decoder, self.meta.num_classes, attention=m.attention, dtype=dtype
+            backbone,
+            decoder,
+            self.meta.num_classes,
+            attention=m.attention,
+            attention_kwargs=attention_kwargs(m),
+            dtype=dtype,
         )
 
     def loss(self, outputs, batch, axis_name):
