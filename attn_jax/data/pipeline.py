@@ -128,6 +128,12 @@ def _operations(adapter, task, train, image_size, max_boxes, augment, batch):
         T.Prepare(validate.identity, task, size, max_boxes),  # CheckedSource canonicalises and checks
         grain.transforms.Batch(batch, drop_remainder=train),
     ]
+    return ops + _batch_operations(adapter, train, augment, batch)
+
+
+def _batch_operations(adapter, train: bool, augment: tuple[str, ...], batch: int) -> list:
+    """Whole-batch transforms: augmentation (train only), normalisation, padding of a short eval batch."""
+    ops = []
     if train and augment:
         ops.append(T.AugmentBatch(crop="crop" in augment, flip="flip" in augment, affine="affine" in augment))
     ops.append(T.NormalizeBatch(adapter.mean, adapter.std))
@@ -210,11 +216,18 @@ def make_pipeline(
         options = dict(seed=seed, num_epochs=num_epochs, max_boxes=max_boxes, worker_count=worker_count)
         return _column_pipeline(raw, task, train, batch * count, (index, count), augment, adapter, **options)
     shard_options = grain.sharding.ShardOptions(index, count, drop_remainder=True)
+    epochs = num_epochs if (num_epochs is not None or train) else 1
+    read_options = _read_options(source, read_threads, batch)
+    return _loader(source, ops, shard_options, train, epochs, seed, worker_count, read_options)
+
+
+def _loader(source, ops, shard_options, shuffle, num_epochs, seed, worker_count, read_options):
+    """grain.DataLoader over `source` (records in sampler order, `ops` applied in order)."""
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),
         shard_options=shard_options,
-        shuffle=train,
-        num_epochs=num_epochs if (num_epochs is not None or train) else 1,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
         seed=seed,
     )
     if worker_count > 0:
@@ -224,7 +237,7 @@ def make_pipeline(
         sampler=sampler,
         operations=ops,
         worker_count=worker_count,
-        read_options=_read_options(source, read_threads, batch),
+        read_options=read_options,
     )
 
 
@@ -235,26 +248,6 @@ def _column_pipeline(raw, task, train, global_batch, shard, augment, adapter, *,
     source = ColumnBatches(
         raw, task, batch_size=global_batch, train=train, seed=seed, num_epochs=num_epochs, max_boxes=max_boxes
     )
-    ops = []
-    if train and augment:
-        ops.append(T.AugmentBatch(crop="crop" in augment, flip="flip" in augment, affine="affine" in augment))
-    ops.append(T.NormalizeBatch(adapter.mean, adapter.std))
-    if not train:
-        ops.append(T.PadBatch(global_batch))
-    ops.append(TakeShard(*shard))
-    sampler = grain.samplers.IndexSampler(
-        num_records=len(source),
-        shard_options=grain.sharding.NoSharding(),
-        shuffle=False,
-        num_epochs=1,
-        seed=seed,
-    )
-    if worker_count > 0:
-        _mark_absl_flags_parsed()
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=ops,
-        worker_count=worker_count,
-        read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0),
-    )
+    ops = _batch_operations(adapter, train, augment, global_batch) + [TakeShard(*shard)]
+    no_threads = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)  # a batch is one gather
+    return _loader(source, ops, grain.sharding.NoSharding(), False, 1, seed, worker_count, no_threads)
