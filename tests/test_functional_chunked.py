@@ -81,3 +81,29 @@ def test_chunked_never_builds_the_m_n_a_tensor():
     full = b * m * n * a
     assert _max_intermediate(fwd_bwd(None), q, h, p) >= full  # the naive path does build it
     assert _max_intermediate(fwd_bwd(k), q, h, p) <= b * m * k * a  # one chunk at a time
+
+
+@pytest.mark.parametrize(
+    "batch, n, chunk_size",
+    [(6, 9, 4), (5, 10, 3), (7, 5, 1), (4, 12, 30), (3, 20, 2)],
+    ids=["2-examples-per-block", "1-per-block-prime-batch", "1-per-block", "whole-batch", "key-chunks"],
+)
+def test_one_query_blocks_of_whole_examples_equal_the_unchunked_path(batch, n, chunk_size):
+    # One query per example: the forward reads whole examples per step (batch * chunk_size // n of them,
+    # a divisor of the batch), or key chunks when one example exceeds the block ("key-chunks").
+    q, h, v, p, bias = make_inputs(3, (batch,), (batch,), (batch,), 1, n, dtype=jnp.float32)
+    mask = make_mask(4, (batch, 1, n))
+
+    def run(chunk):
+        def loss(q, h, v, p, bias):
+            ctx, w = additive_attention(q, h, v, **p, bias=bias, mask=mask, chunk_size=chunk)
+            return jnp.sum(jnp.sin(ctx)) + jnp.sum(w * jnp.cos(jnp.arange(n))), (ctx, w)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(q, h, v, p, bias)
+
+    (_, (ctx, w)), grads = run(chunk_size)
+    (_, (ref_ctx, ref_w)), ref_grads = run(None)
+    np.testing.assert_allclose(w, ref_w, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ctx, ref_ctx, rtol=1e-5, atol=1e-6)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -72,10 +72,29 @@ def _scores(q_proj, k_proj, w_a, chunk_size: int):
         return lax.map(lambda kc: jnp.tanh(q_proj[:, :, None, :] + kc[:, None, :, :]) @ w_a, k_chunks)
 
     if q_proj.shape[1] == 1:  # one query: each e^{2y} would serve one element, no cheaper than tanh
+        examples_per_block = (q_proj.shape[0] * chunk_size) // n  # the same block size, whole examples
+        if ONE_QUERY_EXAMPLE_BLOCKS and examples_per_block >= 1:
+            group = largest_divisor_at_most(q_proj.shape[0], examples_per_block)
+            return _one_query_scores(q_proj, k_proj, w_a, group)
         return _unchunk(tanh_form(q_proj, k_chunks), 2)[:, :, :n]
     bound = jnp.maximum(jnp.max(jnp.abs(q_proj)), jnp.max(jnp.abs(k_proj)))
     chunks = lax.cond(bound <= EXP_FORM_LIMIT, exp_form, tanh_form, q_proj, k_chunks)  # (num, B, m, k)
     return _unchunk(chunks, 2)[:, :, :n]
+
+
+ONE_QUERY_EXAMPLE_BLOCKS = True  # one query: blocks of whole examples (see _one_query_scores)
+
+
+def _one_query_scores(q_proj, k_proj, w_a, group: int):
+    """Scores (B, 1, n) of one query per example, `group` whole examples per step: (B, 1, a), (B, n, a).
+
+    With one query the tanh block of an example is no larger than its keys, so a step takes `group`
+    examples' keys as they lie in memory ((group, n, a), contiguous) instead of a strided key chunk of
+    every example, which would need a transposed copy of all keys first.
+    """
+    b, n, a = k_proj.shape
+    blocks = (q_proj.reshape(b // group, group, 1, a), k_proj.reshape(b // group, group, n, a))
+    return lax.map(lambda qk: jnp.tanh(qk[0] + qk[1]) @ w_a, blocks).reshape(b, 1, n)
 
 
 def _forward(q_proj, k_proj, values, w_a, mask, chunk_size):
