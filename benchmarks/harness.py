@@ -117,17 +117,25 @@ def _child(queue, fn, args):
 def run_in_fresh_process(fn, args: tuple, *, timeout: float, label: str):
     """Call the module-level function `fn(*args)` in a fresh spawned process and return its result.
 
-    Raises RuntimeError naming `label` with the child's error message, or if it does not finish in
-    `timeout` seconds. Used by every benchmark so each case starts from a clean process."""
+    Raises RuntimeError naming `label` with the child's error message, if it dies without one (e.g. an
+    XLA abort on a bad XLA_FLAGS entry), or if it does not finish in `timeout` seconds.
+    Used by every benchmark so each case starts from a clean process."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_child, args=(queue, fn, args))
     proc.start()
+    deadline = time.monotonic() + timeout
     try:
-        status, payload = queue.get(timeout=timeout)
-    except Exception as e:
-        proc.kill()
-        raise RuntimeError(f"{label} did not finish in {timeout} s") from e
+        while True:  # poll, so a child that dies without reporting (abort, OOM kill) fails at once
+            try:
+                status, payload = queue.get(timeout=1.0)
+                break
+            except Exception as e:
+                if not proc.is_alive() and queue.empty():
+                    raise RuntimeError(f"{label} died with exit code {proc.exitcode}") from e
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    raise RuntimeError(f"{label} did not finish in {timeout} s") from e
     finally:
         proc.join(timeout=30)
     if status != "ok":

@@ -1,5 +1,9 @@
 """Benchmark runner: attention implementations, time vs n, model forward, train step, PyTorch peer.
 
+The "models" section also runs benchmarks/train_throughput.py: images/s of the main-job classifier's
+training step as `attn-jax train` builds it (1 and 4 CPU devices) against its PyTorch twin (eager and
+torch.compile), written to results.json under "train_throughput".
+
     python benchmarks/run.py --quick                  # ~2 min smoke run on CPU
     python benchmarks/run.py                          # CPU suite (W1-W3, sweep, models, torch)
     python benchmarks/run.py --sections attention sweep --shapes W1 W2 W3 L --dtypes float32 bfloat16
@@ -25,7 +29,7 @@ if str(ROOT) not in sys.path:
 
 import jax  # noqa: E402
 
-from benchmarks import harness, torch_peer  # noqa: E402
+from benchmarks import harness, torch_peer, train_throughput  # noqa: E402
 from benchmarks.cases import attention_counts, shape_dims  # noqa: E402
 
 ATTN_COLUMNS = [
@@ -116,6 +120,21 @@ def model_rows(attentions, batch, device_counts, args) -> list[dict]:
     return rows
 
 
+def throughput_rows(args) -> list[dict]:
+    """benchmarks/train_throughput.py's rows (the library's step on 1 and 4 CPU devices, the PyTorch twin
+    eager and compiled; --quick: 1 device and eager only, at the smoke shape)."""
+    names = (
+        ["jax-1", "jax-4", "torch-eager", "torch-compile"] if jax.default_backend() == "cpu" else ["jax-1"]
+    )
+    if not torch_peer.available():
+        names = [n for n in names if not n.startswith("torch")]
+    kw = {"batch": 128, "image": 64, "rounds": 3, "warmup": args.warmup, "repeats": args.repeats}
+    if args.quick:
+        names = [n for n in names if n in ("jax-1", "torch-eager")]
+        kw.update(batch=16, image=32, rounds=1, warmup=1, repeats=2)
+    return train_throughput.run(train_throughput.parse_variants(names), **kw)
+
+
 def torch_rows(shapes, modes, rates, args) -> list[dict]:
     rows = []
     for shape in shapes:
@@ -202,6 +221,7 @@ def main(argv=None) -> dict:
     if "models" in args.sections:
         counts = [c for c in (1, 8) if c <= len(jax.devices())]
         results["models"] = model_rows(["spatial", "additive"], args.batch, counts, args)
+        results["train_throughput"] = throughput_rows(args)
     if "torch" in args.sections and torch_peer.available():
         results["torch"] = torch_rows(
             args.shapes if not args.quick else ["W2"], args.modes, results["rates"], args
@@ -214,6 +234,9 @@ def main(argv=None) -> dict:
     if results.get("models"):
         print("\n### models\n")
         harness.print_table(results["models"], MODEL_COLUMNS)
+    if results.get("train_throughput"):
+        print("\n### main-job classifier training throughput (benchmarks/train_throughput.py)\n")
+        harness.print_table(results["train_throughput"], train_throughput.COLUMNS)
     if results.get("sweep"):
         plot_sweep(results["sweep"], args.out / "sweep.png")
     path = harness.write_json(args.out / "results.json", results, quick=args.quick)

@@ -4,6 +4,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from benchmarks import harness
 
@@ -32,6 +33,19 @@ def test_measure_case_fresh_process():
     assert len(res["times"]) == 3 and all(t > 0 for t in res["times"])
     assert min(res["times"]) <= res["median_s"] <= max(res["times"])
     assert res["temp_bytes"] >= 256 * 256 * 4  # at least the (size, size) intermediate
+
+
+def die_silently():
+    """A child that exits without reporting, as an XLA abort (e.g. an unknown XLA_FLAGS entry) does."""
+    import os
+
+    os._exit(3)
+
+
+def test_child_that_dies_without_reporting_is_reported_as_dead():
+    # before: the parent waited for the whole timeout, then blamed it
+    with pytest.raises(RuntimeError, match="died with exit code 3"):
+        harness.run_in_fresh_process(die_silently, (), timeout=60, label="dying child")
 
 
 def test_compile_only_and_failure_reported():

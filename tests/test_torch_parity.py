@@ -267,3 +267,41 @@ def test_resnet_matches_torchvision_layout(bottleneck):
     out = jax.jit(net.apply)(variables, x_jx)
     assert out.shape == (2, 4, 4, net.out_channels)
     _close(out, net_pt.features(x_pt).permute(0, 2, 3, 1))
+
+
+# ---- the benchmark's PyTorch twin of the main-job classifier (benchmarks/torch_models.py) -------------
+
+
+def _main_job_flax_model():
+    """The classifier `attn-jax train --config experiments/configs/classification.py` builds (no BN sync)."""
+    from attn_jax.data.pipeline import DatasetMeta
+    from attn_jax.train.tasks import make_task
+    from tests._train_models import load_experiment_config
+
+    config = load_experiment_config("classification", "spatial")
+    meta = DatasetMeta("cluttered_digits", "classification", 10, (64, 64, 1), None, (0.0,), (1.0,))
+    return config, make_task(config, meta).build_model(bn_axis_name=None)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_benchmark_twin_is_the_main_job_classifier(train):
+    from benchmarks.torch_models import TorchClassifier, twin_rename
+
+    config, model = _main_job_flax_model()
+    twin = TorchClassifier(config.model.features, config.model.stride, num_classes=10, in_channels=1)
+    twin = _randomise(twin, 5).train(train)
+    # the twin's head is the verbatim reference head: same output with the same weights
+    reference = SeedAttentionClassifier(twin.backbone, num_classes=10)
+    reference.load_state_dict(twin.state_dict())
+    x_pt, x_jx = _inputs(5, shape=(4, 1, 64, 64))
+    template = jax.eval_shape(model.init, jax.random.key(0), x_jx)
+    variables = torch_to_flax(twin.state_dict(), twin_rename(twin), template=template)
+    with torch.no_grad():
+        out_pt = twin(x_pt)
+        _close(reference.train(train)(x_pt), out_pt)
+    if train:  # batch statistics, as in the training step
+        out, _ = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables, x_jx)
+    else:
+        out = jax.jit(model.apply)(variables, x_jx)
+    assert out.shape == (4, 10)
+    _close(out, out_pt)

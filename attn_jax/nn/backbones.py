@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attn_jax.nn.conv import SubpixelGradConv
+
 Dtype = Any
 
 
@@ -44,7 +46,10 @@ def _log2_stride(stride: int, limit: int, what: str) -> int:
 
 class SmallCNN(nn.Module):
     """Conv3x3-BN-ReLU stages, one per entry of `features` (`blocks_per_stage` convs each); the first
-    log2(stride) stages halve the resolution with a stride-2 conv. stride 4 or 8 for 64x64 images."""
+    log2(stride) stages halve the resolution with a stride-2 conv. stride 4 or 8 for 64x64 images.
+    subpixel_grad: those convs compute their input gradient by sub-pixel phases (attn_jax.nn.conv; same
+    forward, gradients equal up to float32 rounding); opt-in: on a loaded 2-core CPU it measured ~0.92x
+    the step time on 1 device and 1.0x on 4, not enough to change the default's numerics."""
 
     features: Sequence[int] = (32, 64, 128)
     stride: int = 8
@@ -53,6 +58,7 @@ class SmallCNN(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    subpixel_grad: bool = False
 
     def __post_init__(self):
         _tuple_field(self, "features")
@@ -68,9 +74,10 @@ class SmallCNN(nn.Module):
         for i, width in enumerate(self.features):
             for j in range(self.blocks_per_stage):
                 s = 2 if (i < down and j == 0) else 1
+                conv_cls = SubpixelGradConv if (s == 2 and self.subpixel_grad) else None
                 x = nn.Conv(
                     width, (3, 3), (s, s), padding=1, use_bias=not self.use_bn, dtype=self.dtype,
-                    param_dtype=self.param_dtype, name=f"conv{i}_{j}",
+                    param_dtype=self.param_dtype, conv_general_dilated_cls=conv_cls, name=f"conv{i}_{j}",
                 )(x)  # fmt: skip
                 if self.use_bn:
                     x = _norm(train, self.dtype, self.param_dtype, self.bn_axis_name, name=f"bn{i}_{j}")(x)
@@ -179,6 +186,7 @@ class Decoder(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
+    subpixel_grad: bool = False
 
     def __post_init__(self):
         _tuple_field(self, "features")
