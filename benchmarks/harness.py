@@ -88,13 +88,7 @@ def _measure_in_process(builder: str, kwargs: dict, warmup: int, repeats: int, p
         touched = None if base is None or peak is None else (peak - base) * 1024
     else:
         _block(compiled(*args))
-    for _ in range(warmup):
-        _block(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _block(compiled(*args))
-        times.append(time.perf_counter() - t0)
+    times = timed_calls(lambda: _block(compiled(*args)), warmup, repeats)
     if probe is not None:
         probes.append(_resolve(probe)())
     return {
@@ -178,14 +172,7 @@ def compile_only(builder: str, kwargs: dict | None = None) -> dict:
 
 
 def _time_median(fn, args, repeats: int) -> float:
-    _block(fn(*args))
-    _block(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        _block(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(timed_calls(lambda: _block(fn(*args)), 2, repeats))
 
 
 def matmul_rate(size: int = 1024, dtype: str = "float32", repeats: int = 10) -> float:
@@ -234,6 +221,18 @@ def environment() -> dict:
         "cpu_count": os.cpu_count(),
         "loadavg": load,
     }
+
+
+def timed_calls(call, warmup: int, repeats: int) -> list[float]:
+    """Wall times (s) of `repeats` calls of `call()` (which must block until done) after `warmup` calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]], file=None) -> None:

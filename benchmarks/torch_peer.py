@@ -77,13 +77,7 @@ def _measure(dims: dict, mode: str, compiled: bool, warmup: int, repeats: int, t
         call()
         peak = harness._read_status_kb("VmHWM")
         touched = None if base is None or peak is None else (peak - base) * 1024
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    times = harness.timed_calls(call, warmup, repeats)
     return {
         "compile_s": first_s,
         "touched_bytes": touched,

@@ -64,18 +64,6 @@ def _host_batch(batch: int, image: int, seed: int = 0) -> dict:
     }
 
 
-def _timed(call, warmup: int, repeats: int) -> list[float]:
-    """Wall times of `repeats` calls of `call()` (which must block until done) after `warmup` calls."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def jax_steps(devices: int, batch: int, image: int):
     """(train_call, infer_call or None) for the library's step on `devices` CPU devices; call it before
     JAX starts its backends (it sets config.cpu_devices as the CLI does)."""
@@ -153,10 +141,13 @@ def _measure(variant: dict, batch: int, image: int, warmup: int, repeats: int) -
         train, infer = torch_steps(variant["compiled"], batch, image)
     t0 = time.perf_counter()
     train()  # compiles
-    out = {"train_first_s": time.perf_counter() - t0, "train_times": _timed(train, warmup, repeats)}
+    out = {
+        "train_first_s": time.perf_counter() - t0,
+        "train_times": harness.timed_calls(train, warmup, repeats),
+    }
     if infer is not None:
         infer()
-        out["infer_times"] = _timed(infer, warmup, repeats)
+        out["infer_times"] = harness.timed_calls(infer, warmup, repeats)
     return out
 
 
