@@ -61,6 +61,10 @@ def _scores(q_proj, k_proj, w_a, chunk_size: int):
     EXP_FORM_LIMIT (always, in practice: tanh saturates at 9) take `_hidden_exp`; else tanh itself.
     """
     n = k_proj.shape[1]
+    examples_per_block = (q_proj.shape[0] * chunk_size) // n  # the same block size, in whole examples
+    if q_proj.shape[1] == 1 and ONE_QUERY_EXAMPLE_BLOCKS and examples_per_block >= 1:
+        group = largest_divisor_at_most(q_proj.shape[0], examples_per_block)
+        return _one_query_scores(q_proj, k_proj, w_a, group)
     num = -(-n // chunk_size)
     k_chunks = _chunk(jnp.pad(k_proj, ((0, 0), (0, num * chunk_size - n), (0, 0))), num, 1)  # (num, B, k, a)
 
@@ -72,10 +76,6 @@ def _scores(q_proj, k_proj, w_a, chunk_size: int):
         return lax.map(lambda kc: jnp.tanh(q_proj[:, :, None, :] + kc[:, None, :, :]) @ w_a, k_chunks)
 
     if q_proj.shape[1] == 1:  # one query: each e^{2y} would serve one element, no cheaper than tanh
-        examples_per_block = (q_proj.shape[0] * chunk_size) // n  # the same block size, whole examples
-        if ONE_QUERY_EXAMPLE_BLOCKS and examples_per_block >= 1:
-            group = largest_divisor_at_most(q_proj.shape[0], examples_per_block)
-            return _one_query_scores(q_proj, k_proj, w_a, group)
         return _unchunk(tanh_form(q_proj, k_chunks), 2)[:, :, :n]
     bound = jnp.maximum(jnp.max(jnp.abs(q_proj)), jnp.max(jnp.abs(k_proj)))
     chunks = lax.cond(bound <= EXP_FORM_LIMIT, exp_form, tanh_form, q_proj, k_chunks)  # (num, B, m, k)
