@@ -76,14 +76,14 @@ def eval_main(argv) -> None:
     try:
         result = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     except (CheckpointMismatchError, FileNotFoundError) as err:
-        print(f"{argv[0]}: error: {err}", file=sys.stderr, flush=True)
-        raise SystemExit(1) from None
+        _exit_with_error(argv[0], str(err), 1)
     print(json.dumps(result, indent=2))
 
 
-def _usage_error(program: str, message: str):
+def _exit_with_error(program: str, message: str, status: int = cl.EXIT_USAGE):
+    """One line `program: error: message` on stderr, then exit with `status` (no traceback)."""
     print(f"{program}: error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(cl.EXIT_USAGE)
+    raise SystemExit(status) from None
 
 
 def _print_help(text: str) -> None:
@@ -114,7 +114,7 @@ def _flags_parser(command: str):
             if command == "eval" and not _WORKDIR.value:
                 raise cl.UsageFailure("eval needs --workdir (the directory of a run, with checkpoints/)")
         except cl.UsageFailure as err:
-            _usage_error(program, str(err))
+            _exit_with_error(program, str(err))
         return remaining
 
     return parse
