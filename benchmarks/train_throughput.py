@@ -4,6 +4,8 @@
     python benchmarks/train_throughput.py --quick               # smoke run (seconds per variant)
     python benchmarks/train_throughput.py --variants jax-1 jax-4 \
         --jax-flags thunk_off=--xla_cpu_use_thunk_runtime=false  # A/B of XLA flags (jax-4[thunk_off])
+    python benchmarks/train_throughput.py --variants jax-4 \
+        --jax-config bf16=model.dtype=bfloat16      # A/B of config fields (jax-4[bf16])
 
 The model is the one `attn-jax train --config experiments/configs/classification.py` trains (SmallCNN
 (24, 48, 96, 128), stride 8, spatial gate, 64x64x1 images, global batch 128, AdamW with the config's
@@ -21,6 +23,7 @@ only meaningful relative to the other variants of the same run: the JSON records
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import os
 import statistics
@@ -64,9 +67,10 @@ def _host_batch(batch: int, image: int, seed: int = 0) -> dict:
     }
 
 
-def jax_steps(devices: int, batch: int, image: int):
-    """(train_call, infer_call or None) for the library's step on `devices` CPU devices; call it before
-    JAX starts its backends (it sets config.cpu_devices as the CLI does)."""
+def jax_steps(devices: int, batch: int, image: int, overrides: dict | None = None):
+    """(train_call, infer_call or None) for the library's step on `devices` CPU devices, with the config's
+    dotted-path `overrides` (e.g. {"model.dtype": "bfloat16"}); call it before JAX starts its backends
+    (it sets config.cpu_devices as the CLI does)."""
     from attn_jax.data.pipeline import DatasetMeta
     from attn_jax.train.distributed import configure_cpu_devices
     from attn_jax.train.parallel import make_mesh
@@ -74,6 +78,12 @@ def jax_steps(devices: int, batch: int, image: int):
 
     config = main_job_config()
     config.cpu_devices, config.batch_size = devices, batch
+    for path, value in (overrides or {}).items():
+        *parents, leaf = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
     configure_cpu_devices(config.cpu_devices)
     import jax
 
@@ -136,7 +146,7 @@ def torch_steps(compiled: bool, batch: int, image: int):
 def _measure(variant: dict, batch: int, image: int, warmup: int, repeats: int) -> dict:
     """In the child: build the variant, time training then inference; medians and all times."""
     if variant["framework"] == "jax":
-        train, infer = jax_steps(variant["devices"], batch, image)
+        train, infer = jax_steps(variant["devices"], batch, image, variant.get("config"))
     else:
         train, infer = torch_steps(variant["compiled"], batch, image)
     t0 = time.perf_counter()
@@ -151,9 +161,10 @@ def _measure(variant: dict, batch: int, image: int, warmup: int, repeats: int) -
     return out
 
 
-def parse_variants(names, jax_flags=()) -> dict[str, dict]:
-    """Variant names (jax-N, torch-eager, torch-compile) and NAME=FLAGS extras -> {name: spec}; each
-    NAME=FLAGS adds 'jax-N[NAME]' for every jax-N, run with those XLA_FLAGS appended."""
+def parse_variants(names, jax_flags=(), jax_config=()) -> dict[str, dict]:
+    """Variant names (jax-N, torch-eager, torch-compile) and NAME=FLAGS / NAME=FIELD=VALUE extras ->
+    {name: spec}; each adds 'jax-N[NAME]' for every jax-N, run with those XLA_FLAGS appended or with that
+    config field (a dotted path, e.g. model.dtype) set to VALUE (a Python literal, else a string)."""
     specs = {}
     for name in names:
         if name in ("torch-eager", "torch-compile"):
@@ -169,7 +180,22 @@ def parse_variants(names, jax_flags=()) -> dict[str, dict]:
         for name, spec in list(specs.items()):
             if spec["framework"] == "jax" and not spec["xla_flags"]:
                 specs[f"{name}[{label}]"] = {**spec, "xla_flags": flags}
+    base = {name: spec for name, spec in specs.items() if spec["framework"] == "jax" and "[" not in name}
+    for extra in jax_config:
+        label, _, assignment = extra.partition("=")
+        field, sep, value = assignment.partition("=")
+        if not sep or not label or not field:
+            raise ValueError(f"--jax-config must be NAME=FIELD=VALUE; got {extra!r}")
+        for name, spec in base.items():
+            specs[f"{name}[{label}]"] = {**spec, "config": {field: _literal(value)}}
     return specs
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _run_variant(spec: dict, batch: int, image: int, warmup: int, repeats: int, timeout: float) -> dict:
@@ -191,6 +217,7 @@ def summarise(name: str, spec: dict, runs: list[dict], batch: int) -> dict:
     """Rows of the table: median over rounds of each round's median train / inference time."""
     row = {"variant": name, "devices": spec["devices"], "batch": batch, "rounds": len(runs)}
     row["xla_flags"] = spec.get("xla_flags") or None
+    row["config"] = spec.get("config") or None
     train = [statistics.median(r["train_times"]) for r in runs]
     row["train_round_ms"] = [1e3 * t for t in train]
     row["train_ms"] = 1e3 * statistics.median(train)
@@ -237,6 +264,9 @@ def _parse(argv):
     p.add_argument(
         "--jax-flags", nargs="*", default=[], metavar="NAME=FLAGS", help="extra XLA_FLAGS variants"
     )
+    p.add_argument(
+        "--jax-config", nargs="*", default=[], metavar="NAME=FIELD=VALUE", help="extra config-field variants"
+    )
     p.add_argument("--batch", type=int, default=128, help="global batch (the config's 128)")
     p.add_argument("--image", type=int, default=64, help="image side (cluttered_digits: 64)")
     p.add_argument("--rounds", type=int, default=3)
@@ -252,7 +282,7 @@ def _parse(argv):
 
 def main(argv=None) -> list[dict]:
     args = _parse(argv)
-    specs = parse_variants(args.variants, args.jax_flags)
+    specs = parse_variants(args.variants, args.jax_flags, args.jax_config)
     if any(s["framework"] == "torch" for s in specs.values()) and not _torch_available():
         print("torch not installed: skipping the PyTorch variants", file=sys.stderr)
         specs = {n: s for n, s in specs.items() if s["framework"] != "torch"}

@@ -21,6 +21,16 @@ def test_variants_and_flag_variants():
         T.parse_variants(["jax-1"], ["noflag"])
 
 
+def test_config_variants_set_a_dotted_field_to_a_literal_or_a_string():
+    extras = ["bf16=model.dtype=bfloat16", "wide=model.features=(8, 16)"]
+    specs = T.parse_variants(["jax-4", "torch-eager"], [], extras)
+    assert list(specs) == ["jax-4", "torch-eager", "jax-4[bf16]", "jax-4[wide]"]
+    assert specs["jax-4[bf16]"]["config"] == {"model.dtype": "bfloat16"}
+    assert specs["jax-4[wide]"]["config"] == {"model.features": (8, 16)} and specs["jax-4"].get("config") is None
+    with pytest.raises(ValueError, match="--jax-config"):
+        T.parse_variants(["jax-1"], [], ["model.dtype"])
+
+
 def test_summary_is_the_median_of_the_round_medians():
     times = ([0.1, 0.2, 0.9], [0.4, 0.4, 0.4], [0.9, 5.0, 0.1])
     runs = [{"train_times": t} for t in times]
@@ -42,14 +52,16 @@ def test_quick_command_writes_the_table_json(tmp_path, capsys):
     variants = ["jax-1"] + (["torch-eager"] if T._torch_available() else [])
     out = tmp_path / "tt.json"
     bad = "bad=--xla_cpu_no_such_flag=1"
-    T.main(["--quick", "--variants", *variants, "--jax-flags", bad, "--out", str(out)])
+    bad_field = "bad_backbone=model.backbone=nope"
+    T.main(["--quick", "--variants", *variants, "--jax-flags", bad, "--jax-config", bad_field, "--out", str(out)])
     payload = json.loads(out.read_text())
     assert payload["quick"] is True
     assert len(payload["loadavg_before"]) == 3 and payload["environment"]["loadavg"] is not None
     assert "load average" in payload["uptime"]
     rows = {r["variant"]: r for r in payload["results"]}
-    assert list(rows) == [*variants, "jax-1[bad]"]
+    assert list(rows) == [*variants, "jax-1[bad]", "jax-1[bad_backbone]"]
     assert "died with exit code" in rows["jax-1[bad]"]["error"]  # the flag reached the child's XLA
+    assert "unknown backbone 'nope'" in rows["jax-1[bad_backbone]"]["error"]  # the field reached the model
     for name in variants:
         row = rows[name]
         assert row["batch"] == 16 and row["rounds"] == 1 and len(row["train_round_ms"]) == 1

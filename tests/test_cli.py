@@ -122,6 +122,17 @@ def test_eval_with_another_models_config_says_the_checkpoint_differs(spatial_run
     assert "model.attention: 'spatial' (run) != 'cbam' (given)" in err[0], err
 
 
+def test_compute_only_fields_are_not_model_differences():
+    from attn_jax.train.config import model_differences
+
+    saved = json.loads(load_experiment_config("classification", "additive,tiny").to_json_best_effort())
+    given = load_experiment_config("classification", "additive,tiny")
+    given.model.dtype, given.model.attention_kwargs.implementation = "bfloat16", "pallas"
+    assert model_differences(saved, given) == []
+    given.model.features = (8, 32)
+    assert [d.split(":")[0] for d in model_differences(saved, given)] == ["model.features"]
+
+
 def test_eval_of_a_run_without_saved_config_under_another_model_says_so(spatial_run, data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     os.makedirs(workdir)

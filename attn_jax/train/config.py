@@ -86,8 +86,10 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
 
 
 # Fields that define the trained model and its data: a checkpoint restored under a config that differs in
-# any of them is another model (model.dtype is compute precision only; parameters are float32 either way).
-MODEL_FIELDS = ("task", "dataset")  # and every model.* field but model.dtype
+# any of them is another model. COMPUTE_FIELDS only choose how the same model is computed (precision,
+# attention kernel): the parameters fit either way.
+MODEL_FIELDS = ("task", "dataset")  # and every model.* field but COMPUTE_FIELDS
+COMPUTE_FIELDS = ("model.dtype", "model.attention_kwargs.implementation")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
@@ -107,7 +109,7 @@ def model_differences(saved: dict, config) -> list[str]:
 
     given = _flat(json.loads(config.to_json_best_effort()))
     saved = _flat(saved)
-    defines_model = lambda k: k in MODEL_FIELDS or (k.startswith("model.") and k != "model.dtype")  # noqa: E731
+    defines_model = lambda k: k in MODEL_FIELDS or (k.startswith("model.") and k not in COMPUTE_FIELDS)  # noqa: E731
     keys = sorted(filter(defines_model, set(saved) | set(given)))
     missing = "<absent>"
     return [
