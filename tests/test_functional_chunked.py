@@ -88,9 +88,15 @@ def test_chunked_never_builds_the_m_n_a_tensor():
     [(6, 9, 4), (5, 10, 3), (7, 5, 1), (4, 12, 30), (3, 20, 2)],
     ids=["2-examples-per-block", "1-per-block-prime-batch", "1-per-block", "whole-batch", "key-chunks"],
 )
-def test_one_query_blocks_of_whole_examples_equal_the_unchunked_path(batch, n, chunk_size):
-    # One query per example: the forward reads whole examples per step (batch * chunk_size // n of them,
-    # a divisor of the batch), or key chunks when one example exceeds the block ("key-chunks").
+def test_one_query_blocks_of_whole_examples_equal_the_unchunked_path(batch, n, chunk_size, monkeypatch):
+    # One query per example: the forward and the backward read whole examples per step (batch *
+    # chunk_size // n of them, a divisor of the batch), or key chunks when one example exceeds the block
+    # ("key-chunks").
+    from attn_jax.functional import chunked
+
+    blocks_seen = []
+    real_bwd = chunked._one_query_bwd
+    monkeypatch.setattr(chunked, "_one_query_bwd", lambda group, *a: blocks_seen.append(group) or real_bwd(group, *a))
     q, h, v, p, bias = make_inputs(3, (batch,), (batch,), (batch,), 1, n, dtype=jnp.float32)
     mask = make_mask(4, (batch, 1, n))
 
@@ -107,3 +113,5 @@ def test_one_query_blocks_of_whole_examples_equal_the_unchunked_path(batch, n, c
     np.testing.assert_allclose(ctx, ref_ctx, rtol=1e-5, atol=1e-6)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    expected_group = {4: 2, 3: 1, 1: 1, 30: 4, 2: None}[chunk_size]
+    assert blocks_seen == ([expected_group] if expected_group else [])

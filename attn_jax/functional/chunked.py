@@ -5,7 +5,9 @@ each step evaluating one (B, m, k, a) tanh block for the whole flat batch (it fi
 reducing it with w_a to scores; then an exact softmax over the (B, m, n) scores and the context. It keeps
 the (B, m, n) softmax weights for the backward pass, which does the softmax backward on them (d scores,
 d values) and then scans the keys k at a time per example, recomputing one (m, k, a) tanh chunk per
-step and accumulating d(q W_q) and d w_a per query row. Memory: O(B m n + B m k a). Projections
+step and accumulating d(q W_q) and d w_a per query row. With one query per example (m = 1, the decode
+step) both passes step over blocks of whole examples instead, the backward recomputing each block's tanh
+once for all gradients (`_one_query_scores`, `_one_query_bwd`). Memory: O(B m n + B m k a). Projections
 q W_q + b and h W_k are computed once, outside the scans, so their gradients come from ordinary
 autodiff. Everything inside runs in float32 (float64 for float64 inputs)."""
 
@@ -61,9 +63,8 @@ def _scores(q_proj, k_proj, w_a, chunk_size: int):
     EXP_FORM_LIMIT (always, in practice: tanh saturates at 9) take `_hidden_exp`; else tanh itself.
     """
     n = k_proj.shape[1]
-    examples_per_block = (q_proj.shape[0] * chunk_size) // n  # the same block size, in whole examples
-    if q_proj.shape[1] == 1 and ONE_QUERY_EXAMPLE_BLOCKS and examples_per_block >= 1:
-        group = largest_divisor_at_most(q_proj.shape[0], examples_per_block)
+    group = _one_query_group(q_proj, k_proj, chunk_size)
+    if group:
         return _one_query_scores(q_proj, k_proj, w_a, group)
     num = -(-n // chunk_size)
     k_chunks = _chunk(jnp.pad(k_proj, ((0, 0), (0, num * chunk_size - n), (0, 0))), num, 1)  # (num, B, k, a)
@@ -83,6 +84,17 @@ def _scores(q_proj, k_proj, w_a, chunk_size: int):
 
 
 ONE_QUERY_EXAMPLE_BLOCKS = True  # one query: blocks of whole examples (see _one_query_scores)
+
+
+def _one_query_group(q_proj, k_proj, chunk_size: int) -> int:
+    """Examples per block of the one-query path (a block as large as a chunk of the others: B * chunk_size
+    (key, query) pairs, in whole examples, a divisor of B); 0 when it does not apply (m > 1, or a chunk
+    smaller than one example's keys)."""
+    b, m = q_proj.shape[:2]
+    examples_per_block = (b * chunk_size) // k_proj.shape[1]
+    if m != 1 or not ONE_QUERY_EXAMPLE_BLOCKS or examples_per_block < 1:
+        return 0
+    return largest_divisor_at_most(b, examples_per_block)
 
 
 def _one_query_scores(q_proj, k_proj, w_a, group: int):
@@ -183,11 +195,15 @@ def _chunk_grads(q_proj, w_a, carry, xs):
 
 
 def _core_bwd(chunk_size, return_weights, residuals, cotangents):
-    """Backward of a flat batch: `_example_bwd` vmapped over it, d w_a summed over examples last."""
+    """Backward of a flat batch: `_example_bwd` vmapped over it, d w_a summed over examples last (one
+    query per example: `_one_query_bwd`, blocks of whole examples as in the forward)."""
     q_proj, k_proj, values, w_a, weights = residuals
     d_context, d_weights = cotangents
     if not return_weights:
         d_weights = jnp.zeros_like(weights)
+    group = _one_query_group(q_proj, k_proj, chunk_size)
+    if group:
+        return (*_one_query_bwd(group, q_proj, k_proj, values, w_a, weights, d_context, d_weights), None)
     example = functools.partial(_example_bwd, chunk_size)
     d_q, d_k, d_v, d_wa = jax.vmap(example, in_axes=(0, 0, 0, None, 0, 0, 0))(
         q_proj, k_proj, values, w_a, weights, d_context, d_weights
@@ -214,6 +230,35 @@ def _example_bwd(chunk_size, q_proj, k_proj, values, w_a, weights, d_context, d_
     step = functools.partial(_chunk_grads, q_proj, w_a)
     (d_q, d_wa), d_k = lax.scan(step, init, (k_chunks, ds_chunks))
     return d_q * w_a, _unchunk(d_k, 0)[:n], d_values, d_wa
+
+
+def _one_query_bwd(group, q_proj, k_proj, values, w_a, weights, d_context, d_weights):
+    """Backward of one query per example, `group` whole examples per step: (d q_proj, d k_proj, d values,
+    d w_a) for (B, 1, a), (B, n, a), (B, n, d_v), (a,), weights (B, 1, n).
+
+    The softmax backward of all examples at once, then per block the (group, n, a) tanh recomputed once
+    and shared by every gradient: d k_proj = d_s (1 - h^2) w_a elementwise, and the sums over keys of
+    d_s (1 - h^2) (-> d q_proj) and d_s h (-> d w_a) as one two-output reduction in groups of
+    REDUCE_GROUP keys (the terms of d q_proj cancel: the rows of d_s sum to zero).
+    """
+    b, n, a = k_proj.shape
+    d_p = jnp.einsum("bmv,bnv->bmn", d_context, values) + d_weights  # (B, 1, n)
+    delta = jnp.sum(weights * d_p, axis=-1, keepdims=True)
+    d_s = weights * (d_p - delta)
+    d_values = jnp.einsum("bmn,bmv->bnv", weights, d_context)
+
+    def block(args):
+        q, keys, ds = args  # (group, 1, a), (group, n, a), (group, n)
+        hidden = jnp.tanh(q + keys)
+        d_pre = ds[:, :, None] * (1.0 - hidden * hidden)
+        sum_pre, sum_hidden = _pair_sums(d_pre, ds[:, :, None] * hidden, axis=1)  # (group, a) each
+        return d_pre * w_a, sum_pre, sum_hidden
+
+    blocks = (q_proj.reshape(b // group, group, 1, a), k_proj.reshape(b // group, group, n, a),
+              d_s.reshape(b // group, group, n))  # fmt: skip
+    d_k, sum_pre, sum_hidden = lax.map(block, blocks)
+    d_q = (sum_pre * w_a).reshape(b, 1, a)
+    return d_q, d_k.reshape(b, n, a), d_values, jnp.sum(sum_hidden.reshape(b, a), axis=0)
 
 
 _core.defvjp(_core_fwd, _core_bwd)
