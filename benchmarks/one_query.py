@@ -1,14 +1,17 @@
-"""One query per example (the per-step decode shape): the chunked forward's example blocks vs key chunks.
+"""One query per example (the per-step decode shape): the chunked path's example blocks vs key chunks.
 
     python benchmarks/one_query.py                 # W1 and W3, fwd and fwd+bwd, 5 rounds x 5 calls
     python benchmarks/one_query.py --shapes W1 --modes fwd --rounds 3
 
-Three variants in ONE process, alternated round by round (load drifts hit all alike), medians of the
-rounds: the default call (`additive_attention`, chunk_size="auto") with whole examples per step (the
-library's choice), the same call with strided key chunks (chunked.ONE_QUERY_EXAMPLE_BLOCKS = False, the
-previous forward) and the lax.map + jax.checkpoint baseline of benchmarks/attention.py. fwd+bwd =
-gradients of sum(context) w.r.t. keys, W_q, W_k, w_a. Prints a Markdown table and writes
-benchmarks/results/one_query.json with `uptime` before and after.
+Three variants, each round running every variant in a fresh process (compiled there, then `calls`
+timed calls), alternated round by round so load drifts hit all alike; medians of the rounds. (Timed in
+one process, the variant compiled first ran ~10% slower there, whichever it was.) The variants: the
+default call (`additive_attention`, chunk_size="auto") with whole examples per step in the
+forward and the backward (the library's choice), the same call with strided key chunks forward and the
+per-example key-chunk scan backward (chunked.ONE_QUERY_EXAMPLE_BLOCKS = False, the previous path) and the
+lax.map + jax.checkpoint baseline of benchmarks/attention.py. fwd+bwd = gradients of sum(context) w.r.t.
+keys, W_q, W_k, w_a. Prints a Markdown table and writes benchmarks/results/one_query.json with `uptime`
+before and after.
 """
 
 from __future__ import annotations
@@ -74,19 +77,28 @@ def _compiled(variant: str, mode: str, args):
     return jitted
 
 
-def measure(dims: dict, mode: str, rounds: int, calls: int) -> dict:
-    """Median ms per call of each variant over `rounds` alternated rounds of `calls` calls."""
+def time_variant(variant: str, dims: dict, mode: str, calls: int) -> float:
+    """ms per call of one variant (compiled first, then `calls` calls), in the calling process."""
     import jax
 
     args = _inputs(dims)
-    fns = {v: _compiled(v, mode, args) for v in VARIANTS}
+    fn = _compiled(variant, mode, args)
+    start = time.perf_counter()
+    for _ in range(calls):
+        jax.block_until_ready(fn(*args))
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
+def measure(dims: dict, mode: str, rounds: int, calls: int, timeout: float = 600) -> dict:
+    """Median ms per call of each variant over `rounds` alternated rounds, one fresh process per variant
+    and round."""
     times = {v: [] for v in VARIANTS}
     for _ in range(rounds):
-        for variant, fn in fns.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                jax.block_until_ready(fn(*args))
-            times[variant].append(1e3 * (time.perf_counter() - start) / calls)
+        for variant in VARIANTS:
+            args = (variant, dims, mode, calls)
+            label = f"{variant} {mode} {dims}"
+            ms = harness.run_in_fresh_process(time_variant, args, timeout=timeout, label=label)
+            times[variant].append(ms)
     return {v: statistics.median(t) for v, t in times.items()} | {"rounds_ms": times}
 
 

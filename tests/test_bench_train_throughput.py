@@ -26,7 +26,8 @@ def test_config_variants_set_a_dotted_field_to_a_literal_or_a_string():
     specs = T.parse_variants(["jax-4", "torch-eager"], [], extras)
     assert list(specs) == ["jax-4", "torch-eager", "jax-4[bf16]", "jax-4[wide]"]
     assert specs["jax-4[bf16]"]["config"] == {"model.dtype": "bfloat16"}
-    assert specs["jax-4[wide]"]["config"] == {"model.features": (8, 16)} and specs["jax-4"].get("config") is None
+    assert specs["jax-4[wide]"]["config"] == {"model.features": (8, 16)}
+    assert specs["jax-4"].get("config") is None
     with pytest.raises(ValueError, match="--jax-config"):
         T.parse_variants(["jax-1"], [], ["model.dtype"])
 
@@ -53,7 +54,8 @@ def test_quick_command_writes_the_table_json(tmp_path, capsys):
     out = tmp_path / "tt.json"
     bad = "bad=--xla_cpu_no_such_flag=1"
     bad_field = "bad_backbone=model.backbone=nope"
-    T.main(["--quick", "--variants", *variants, "--jax-flags", bad, "--jax-config", bad_field, "--out", str(out)])
+    extras = ["--jax-flags", bad, "--jax-config", bad_field]
+    T.main(["--quick", "--variants", *variants, *extras, "--out", str(out)])
     payload = json.loads(out.read_text())
     assert payload["quick"] is True
     assert len(payload["loadavg_before"]) == 3 and payload["environment"]["loadavg"] is not None

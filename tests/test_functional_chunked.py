@@ -96,7 +96,8 @@ def test_one_query_blocks_of_whole_examples_equal_the_unchunked_path(batch, n, c
 
     blocks_seen = []
     real_bwd = chunked._one_query_bwd
-    monkeypatch.setattr(chunked, "_one_query_bwd", lambda group, *a: blocks_seen.append(group) or real_bwd(group, *a))
+    spy = lambda group, *a: blocks_seen.append(group) or real_bwd(group, *a)  # noqa: E731
+    monkeypatch.setattr(chunked, "_one_query_bwd", spy)
     q, h, v, p, bias = make_inputs(3, (batch,), (batch,), (batch,), 1, n, dtype=jnp.float32)
     mask = make_mask(4, (batch, 1, n))
 
