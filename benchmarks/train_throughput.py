@@ -78,12 +78,7 @@ def jax_steps(devices: int, batch: int, image: int, overrides: dict | None = Non
 
     config = main_job_config()
     config.cpu_devices, config.batch_size = devices, batch
-    for path, value in (overrides or {}).items():
-        *parents, leaf = path.split(".")
-        node = config
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides or {})
     configure_cpu_devices(config.cpu_devices)
     import jax
 
