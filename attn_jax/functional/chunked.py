@@ -217,6 +217,14 @@ def _core_bwd(chunk_size, return_weights, residuals, cotangents):
     return d_q, d_k, d_v, jnp.sum(d_wa, axis=0), None
 
 
+def _softmax_bwd(values, weights, d_context, d_weights):
+    """(d loss / d scores (..., m, n), d values (..., n, d_v)) from the softmax weights (..., m, n) and the
+    cotangents of context (..., m, d_v) and weights; d scores is zero at masked keys."""
+    d_p = jnp.einsum("...mv,...nv->...mn", d_context, values) + d_weights
+    delta = jnp.sum(weights * d_p, axis=-1, keepdims=True)
+    return weights * (d_p - delta), jnp.einsum("...mn,...mv->...nv", weights, d_context)
+
+
 def _example_bwd(chunk_size, q_proj, k_proj, values, w_a, weights, d_context, d_weights):
     """Backward of one example: softmax backward on the (m, n) weights, then tanh chunk by chunk.
 
@@ -224,10 +232,7 @@ def _example_bwd(chunk_size, q_proj, k_proj, values, w_a, weights, d_context, d_
     softmax does: the rows of d_s then sum to zero up to rounding, which keeps d q_proj accurate.
     """
     n = k_proj.shape[0]
-    d_p = d_context @ values.T + d_weights  # (m, n)
-    delta = jnp.sum(weights * d_p, axis=-1, keepdims=True)
-    d_s = weights * (d_p - delta)  # d loss / d scores; zero at masked keys
-    d_values = weights.T @ d_context
+    d_s, d_values = _softmax_bwd(values, weights, d_context, d_weights)
     num_chunks = -(-n // chunk_size)
     pad = num_chunks * chunk_size - n  # padded keys have d_s = 0 and contribute nothing
     k_chunks = _chunk(jnp.pad(k_proj, ((0, pad), (0, 0))), num_chunks, 0)
@@ -248,10 +253,7 @@ def _one_query_bwd(group, q_proj, k_proj, values, w_a, weights, d_context, d_wei
     REDUCE_GROUP keys (the terms of d q_proj cancel: the rows of d_s sum to zero).
     """
     b, n, a = k_proj.shape
-    d_p = jnp.einsum("bmv,bnv->bmn", d_context, values) + d_weights  # (B, 1, n)
-    delta = jnp.sum(weights * d_p, axis=-1, keepdims=True)
-    d_s = weights * (d_p - delta)
-    d_values = jnp.einsum("bmn,bmv->bnv", weights, d_context)
+    d_s, d_values = _softmax_bwd(values, weights, d_context, d_weights)
 
     def block(args):
         q, keys, ds = args  # (group, 1, a), (group, n, a), (group, n); group 1: (1, a), (n, a), (n,)
