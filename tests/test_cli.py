@@ -91,6 +91,31 @@ def test_unknown_config_argument_is_one_line_naming_it(tmp_path):
     _one_line_usage_error(["--config", f"{CONFIG}:spatial,huge"], "'spatial,huge'", "got extra ['huge']")
 
 
+@pytest.mark.parametrize(
+    "field, value, wanted",
+    [
+        ("features", ("abc",), "SmallCNN features must be positive ints"),
+        ("stride", 3, "stride must be a power of 2 with log2(stride) <= 2 (2 stages); got 3"),
+        ("backbone", "nope", "unknown backbone 'nope'"),
+    ],
+)
+def test_model_fields_are_checked_before_training(field, value, wanted):
+    spec = f"{CONFIG}:spatial,tiny"
+    config = load_experiment_config("classification", "spatial,tiny")
+    cl.check_model(config, spec)  # the family's own model builds
+    config.model[field] = value
+    with pytest.raises(cl.UsageFailure) as err:
+        cl.check_model(config, spec)
+    assert wanted in str(err.value) and len(str(err.value).splitlines()) == 1, err.value
+
+
+def test_bad_model_field_is_one_line_and_starts_no_run(tmp_path):
+    workdir = tmp_path / "run"
+    args = ["--config", f"{CONFIG}:spatial,tiny", "--config.model.features=abc", f"--workdir={workdir}"]
+    _one_line_usage_error(args, "SmallCNN features must be positive ints", "('abc',)")
+    assert not workdir.exists()
+
+
 def test_stray_argument_is_one_line_naming_it(tmp_path):
     args = ["--config", f"{CONFIG}:spatial,tiny", "--workdir", str(tmp_path), "runs/x"]
     code, out, err = _cli(*args, entry="attn-jax eval")

@@ -225,6 +225,21 @@ def test_small_cnn_stride(stride):
 
 
 @pytest.mark.parametrize(
+    "make, wanted",
+    [
+        (lambda: SmallCNN(features=("abc",)), r"SmallCNN features must be positive ints.*\('abc',\)"),
+        (lambda: SmallCNN(features=(8, 0)), r"SmallCNN features must be positive ints.*\(8, 0\)"),
+        (lambda: SmallCNN(features=()), r"SmallCNN features must be positive ints.*\(\)"),
+        (lambda: SmallCNN(blocks_per_stage=0), "SmallCNN blocks_per_stage must be an int >= 1; got 0"),
+        (lambda: Decoder(features=(16, 2.5)), r"Decoder features must be positive ints.*2\.5"),
+    ],
+)
+def test_backbone_widths_and_depth_are_checked_when_built(make, wanted):
+    with pytest.raises(ValueError, match=wanted):
+        make()  # at construction, before any trace: blocks_per_stage=0 would otherwise build no conv at all
+
+
+@pytest.mark.parametrize(
     "ctor,channels,stride", [(ResNet18, 64, 32), (ResNet34, 64, 32), (ResNet50, 256, 32)]
 )
 def test_resnets_expose_channels_and_stride_and_update_batch_stats(ctor, channels, stride):

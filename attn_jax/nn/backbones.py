@@ -37,6 +37,14 @@ def _tuple_field(module: nn.Module, field: str) -> None:
         object.__setattr__(module, field, tuple(value))
 
 
+def _check_widths(module: nn.Module, field: str) -> None:
+    """ValueError unless `field` is a non-empty tuple of positive ints (channel widths)."""
+    value = getattr(module, field)
+    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+        name = type(module).__name__
+        raise ValueError(f"{name} {field} must be positive ints, e.g. (24, 48); got {value!r}")
+
+
 def _log2_stride(stride: int, limit: int, what: str) -> int:
     """Number of 2x downsamplings for `stride`; ValueError unless a power of 2 reachable in `limit`."""
     if stride < 1 or stride & (stride - 1) or int(math.log2(stride)) > limit:
@@ -62,6 +70,9 @@ class SmallCNN(nn.Module):
 
     def __post_init__(self):
         _tuple_field(self, "features")
+        _check_widths(self, "features")
+        if not isinstance(self.blocks_per_stage, int) or self.blocks_per_stage < 1:
+            raise ValueError(f"SmallCNN blocks_per_stage must be an int >= 1; got {self.blocks_per_stage!r}")
         super().__post_init__()
 
     @property
@@ -190,6 +201,7 @@ class Decoder(nn.Module):
 
     def __post_init__(self):
         _tuple_field(self, "features")
+        _check_widths(self, "features")
         super().__post_init__()
 
     @property

@@ -113,6 +113,35 @@ def check_attention(config, spec: str) -> None:
         )
 
 
+def check_model(config, spec: str) -> None:
+    """UsageFailure when config.model does not build the task's model: the model is traced on one example
+    of the dataset's image shape (jax.eval_shape: no compute, no data read, no backend started), so a bad
+    field such as --config.model.features=abc is one line before training, not a traceback during it."""
+    import jax
+    import jax.numpy as jnp
+
+    from attn_jax.train.tasks import make_task
+
+    try:
+        task = make_task(config)
+        model = task.build_model(None)
+    except (ValueError, TypeError, KeyError) as err:
+        raise UsageFailure(f"--config {spec}: {_one_line(err)}") from None
+    shape = task.meta.image_shape
+    if any(size is None for size in shape):  # images of varying size: nothing to trace on
+        return
+
+    def init():
+        keys = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(0)}
+        return model.init(keys, jnp.zeros((1, *shape), jnp.float32), train=False)
+
+    try:
+        jax.eval_shape(init)
+    except (ValueError, TypeError) as err:
+        message = f"config.model of --config {spec} does not build a model: {_one_line(err)}"
+        raise UsageFailure(message) from None
+
+
 def validate(argv: list[str], required: bool = True) -> None:
     """Run the checks above on argv (before absl parses it)."""
     spec = config_spec(argv)
