@@ -224,6 +224,19 @@ def test_crop_and_flip_move_boxes_with_masks(raw_batch, offsets, flips):
     _check_boxes(T.flip_batch(cropped, np.array(flips)), unclipped)
 
 
+def test_crop_takes_each_examples_own_window_of_the_zero_padded_image():
+    rng = np.random.default_rng(3)
+    image = rng.integers(1, 255, (5, 6, 7, 2), dtype=np.uint8)
+    mask = rng.integers(1, 9, (5, 6, 7)).astype(np.int32)
+    tops, lefts, pad = np.array([0, 4, 2, 1, 3]), np.array([4, 0, 2, 3, 1]), 2
+    cropped = T.crop_batch({"image": image, "mask": mask}, tops, lefts, pad)
+    for i, y, x in np.ndindex(5, 6, 7):  # output pixel (y, x) is input pixel (y + top - pad, x + left - pad)
+        sy, sx = y + tops[i] - pad, x + lefts[i] - pad
+        inside = 0 <= sy < 6 and 0 <= sx < 7
+        np.testing.assert_array_equal(cropped["image"][i, y, x], image[i, sy, sx] if inside else 0)
+        assert cropped["mask"][i, y, x] == (mask[i, sy, sx] if inside else 0)
+
+
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), zoom=st.floats(0.0, 0.3), degrees=st.floats(0.0, 30.0))
 def test_affine_moves_boxes_with_masks(raw_batch, seed, zoom, degrees):
