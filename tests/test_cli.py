@@ -153,6 +153,7 @@ def test_compute_only_fields_are_not_model_differences():
     saved = json.loads(load_experiment_config("classification", "additive,tiny").to_json_best_effort())
     given = load_experiment_config("classification", "additive,tiny")
     given.model.dtype, given.model.attention_kwargs.implementation = "bfloat16", "pallas"
+    given.model.matmul_grad = True
     assert model_differences(saved, given) == []
     given.model.features = (8, 32)
     assert [d.split(":")[0] for d in model_differences(saved, given)] == ["model.features"]

@@ -1,4 +1,5 @@
-"""attn_jax.nn.conv: the sub-pixel input gradient of stride-2 3x3 convolutions equals XLA's."""
+"""attn_jax.nn.conv: the sub-pixel input gradient of stride-2 3x3 convolutions and the matrix-product
+training pass of 3x3 convolutions equal XLA's convolution and its gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from attn_jax.nn.conv import subpixel_grad_conv
+from attn_jax.nn.conv import matmul_grad_conv, subpixel_grad_conv
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -80,3 +81,80 @@ def test_small_cnn_subpixel_grad_same_forward_and_gradients():
         jax.jit(jax.grad(loss, has_aux=True), static_argnums=1).lower(variables["params"], nets[1]).as_text()
     )
     assert "lhs_dilate = [2, 2]" not in hlo  # the stride-2 convs' input gradients took the sub-pixel path
+
+
+PAD1 = ((1, 1), (1, 1))
+
+
+@pytest.mark.parametrize("stride,hw,c,o", [(1, (8, 8), 3, 5), (2, (8, 8), 3, 5), (2, (7, 9), 24, 48),
+                                           (1, (5, 3), 1, 2), (2, (1, 1), 2, 3)])  # fmt: skip
+def test_matmul_grad_conv_equals_xla_up_to_rounding(stride, hw, c, o):
+    k = jax.random.split(jax.random.key(4), 3)
+    x, w = jax.random.normal(k[0], (2, *hw, c)), jax.random.normal(k[1], (3, 3, c, o))
+    strides = (stride, stride)
+    xla_out = lax.conv_general_dilated(x, w, strides, PAD1, dimension_numbers=DN)
+    np.testing.assert_array_equal(matmul_grad_conv(x, w, strides, PAD1, dimension_numbers=DN), xla_out)
+    trained_out = jax.vjp(lambda x: matmul_grad_conv(x, w, strides, PAD1, dimension_numbers=DN), x)[0]
+    np.testing.assert_allclose(trained_out, xla_out, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(xla_out))))
+    cot = jax.random.normal(k[2], xla_out.shape)
+    ours = _grads(matmul_grad_conv, x, w, cot, strides, PAD1)
+    xla = _grads(lax.conv_general_dilated, x, w, cot, strides, PAD1)
+    np.testing.assert_array_equal(ours[0], xla[0])  # the input gradient is XLA's own
+    scale = float(jnp.max(jnp.abs(xla[1])))
+    np.testing.assert_allclose(ours[1], xla[1], rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_matmul_grad_kernel_gradient_is_a_product_not_a_convolution(stride):
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+
+    def hlo(conv):
+        loss = lambda w: jnp.sum(conv(x, w, (stride, stride), PAD1, dimension_numbers=DN))
+        return jax.jit(jax.grad(loss)).lower(w).as_text()
+
+    assert "convolution" in hlo(lax.conv_general_dilated)  # XLA: a kernel-gradient convolution
+    ours = hlo(matmul_grad_conv)
+    assert "convolution" not in ours and "dot_general" in ours
+
+
+@pytest.mark.parametrize("stride,padding,precision", [((1, 1), "SAME", None), ((1, 2), PAD1, None),
+                                                      ((1, 1), PAD1, lax.Precision.HIGHEST)])  # fmt: skip
+def test_matmul_grad_other_convolutions_are_xla_s(stride, padding, precision):
+    k = jax.random.split(jax.random.key(5), 3)
+    x, w = jax.random.normal(k[0], (2, 8, 8, 3)), jax.random.normal(k[1], (3, 3, 3, 4))
+    out = lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=DN)
+    cot = jax.random.normal(k[2], out.shape)
+
+    def grads(conv):
+        loss = lambda x, w: jnp.sum(
+            conv(x, w, stride, padding, dimension_numbers=DN, precision=precision) * cot
+        )
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
+
+    jax.tree.map(np.testing.assert_array_equal, grads(matmul_grad_conv), grads(lax.conv_general_dilated))
+
+
+def test_small_cnn_matmul_grad_same_model_and_gradients():
+    from attn_jax.nn import SmallCNN
+
+    x = jax.random.normal(jax.random.key(6), (4, 16, 16, 1))
+    nets = [SmallCNN((4, 8, 8), stride=4, matmul_grad=flag) for flag in (False, True)]
+    variables = nets[0].init(jax.random.key(7), x)
+    np.testing.assert_array_equal(nets[0].apply(variables, x), nets[1].apply(variables, x))  # evaluation
+
+    def loss(params, net):
+        out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out * jnp.arange(out.size).reshape(out.shape) / out.size)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    for a, b in zip(
+        jax.tree.leaves(grad(variables["params"], nets[0])),
+        jax.tree.leaves(grad(variables["params"], nets[1])),
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
+    hlo = jax.jit(jax.grad(loss), static_argnums=1).lower(variables["params"], nets[1]).as_text()
+    assert (
+        hlo.count("dot_general") >= 3 * 2
+    )  # each of the three convs: a forward and a kernel-gradient product
+    with pytest.raises(ValueError, match="subpixel_grad or matmul_grad, not both"):
+        SmallCNN(subpixel_grad=True, matmul_grad=True)

@@ -9,9 +9,20 @@ useful work. Here it is computed as its four sub-pixel phases (Shi et al. 2016):
 only receives kernel taps of one parity, so each phase is a stride-1 convolution of the output gradient
 with a 1x1, 1x2, 2x1 or 2x2 slice of the kernel, and the phases are interleaved. Same sum, different
 order: equal to XLA's gradient up to float32 rounding.
+
+    nn.Conv(width, (3, 3), (s, s), padding=1, conv_general_dilated_cls=MatmulGradConv)
+
+A 3x3 convolution (stride 1 or 2) whose training pass is a matrix product. Under differentiation the
+forward concatenates the input's nine shifted (strided) views on the channel axis, the (B, Ho, Wo, 9C)
+patches, and multiplies them by the kernel as a (9C, O) matrix. The kernel gradient is then one product,
+patches^T @ output gradient, instead of XLA:CPU's kernel-gradient convolution, which first transposes
+the input to put the batch innermost. The input gradient is XLA's. Without differentiation (evaluation)
+the forward is `lax.conv_general_dilated` itself.
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -82,6 +93,82 @@ def subpixel_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type,
     )  # fmt: skip
+
+
+def _strided_conv(x, w, stride: int):
+    return lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_DN)
+
+
+def _patches(x, stride: int):
+    """(B, H, W, C) -> (B, Ho, Wo, 9C): the 3x3 pad-1 windows, taps in the kernel's (kh, kw, c) order."""
+    b, h, w, c = x.shape
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1
+    padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    taps = [
+        lax.slice(padded, (0, i, j, 0), (b, i + stride * (ho - 1) + 1, j + stride * (wo - 1) + 1, c),
+                  (1, stride, stride, 1))
+        for i in range(3)
+        for j in range(3)
+    ]  # fmt: skip
+    return jnp.concatenate(taps, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_grad_conv(x, w, stride: int):
+    return _strided_conv(x, w, stride)
+
+
+def _matmul_fwd(x, w, stride: int):
+    # the barrier keeps x's producer (BatchNorm, ReLU) out of the nine slices: XLA would recompute it per tap
+    patches = _patches(lax.optimization_barrier(x), stride)
+    b, ho, wo, k = patches.shape
+    y = (patches.reshape(-1, k) @ w.reshape(k, -1)).reshape(b, ho, wo, -1)
+    return y, (patches, x, w)
+
+
+def _matmul_bwd(stride: int, res, g):
+    patches, x, w = res
+    k, o = patches.shape[-1], g.shape[-1]
+    dw = (g.reshape(-1, o).T @ patches.reshape(-1, k)).T.reshape(w.shape)
+    (dx,) = jax.vjp(lambda x: _strided_conv(x, w, stride), x)[1](g)  # XLA's input gradient
+    return dx, dw
+
+
+_matmul_grad_conv.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                     dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                     preferred_element_type=None):  # fmt: skip
+    """Drop-in for `lax.conv_general_dilated`: the matrix-product training pass for NHWC 3x3 pad-1
+    convolutions with equal strides of 1 or 2 and no precision request, XLA's convolution otherwise."""
+    strides = tuple(window_strides)
+    simple = (
+        strides in ((1, 1), (2, 2))
+        and not isinstance(padding, str)
+        and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+        and rhs.shape[:2] == (3, 3)
+        and lhs.ndim == 4
+        and all(d in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and precision is None
+        and preferred_element_type is None
+        and _is_nhwc(dimension_numbers)
+    )
+    if simple:
+        return _matmul_grad_conv(lhs, rhs, strides[0])
+    return lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+        feature_group_count, batch_group_count, precision, preferred_element_type,
+    )  # fmt: skip
+
+
+class MatmulGradConv:
+    """For flax's `nn.Conv(conv_general_dilated_cls=MatmulGradConv)`: instances are `matmul_grad_conv`."""
+
+    def __call__(self, *args, **kwargs):
+        return matmul_grad_conv(*args, **kwargs)
 
 
 def _is_nhwc(dimension_numbers) -> bool:

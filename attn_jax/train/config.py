@@ -24,7 +24,8 @@ def parse_arg(arg: str | None, default: str = "spatial") -> tuple[str, bool]:
 def base_config(task: str, arg: str | None = "spatial") -> ml_collections.ConfigDict:
     """Fields every task's config has, with their defaults; the task's file overrides the numbers.
 
-    Vocabulary: model.{backbone, features, stride, blocks_per_stage, attention, attention_kwargs, dtype};
+    Vocabulary: model.{backbone, features, stride, blocks_per_stage, attention, attention_kwargs, dtype,
+    matmul_grad};
     optimizer, lr, weight_decay, momentum, warmup_steps, end_lr_factor, clip_norm, skip_nonfinite, augment;
     batch_size (global), eval_batch_size, eval_examples, num_train_steps, log_every_steps, eval_every_steps,
     checkpoint_every_steps, keep_latest, keep_best; cpu_devices, num_devices, parallel, coordinator,
@@ -47,6 +48,9 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.model.blocks_per_stage = 1
     c.model.attention = attention
     c.model.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
+    # small_cnn: train its convs as matrix products over 3x3 patches (attn_jax.nn.conv.MatmulGradConv);
+    # same model, gradients equal up to rounding; faster on 1 CPU device, slower at 32 examples per device
+    c.model.matmul_grad = False
     # extra arguments of the attention module, e.g. {"implementation": "auto"} for additive attention's
     # fused kernel on GPU / TPU (attn_jax.nn.AdditiveAttention)
     c.model.attention_kwargs = ml_collections.ConfigDict()
@@ -89,7 +93,7 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
 # any of them is another model. COMPUTE_FIELDS only choose how the same model is computed (precision,
 # attention kernel): the parameters fit either way.
 MODEL_FIELDS = ("task", "dataset")  # and every model.* field but COMPUTE_FIELDS
-COMPUTE_FIELDS = ("model.dtype", "model.attention_kwargs.implementation")
+COMPUTE_FIELDS = ("model.dtype", "model.matmul_grad", "model.attention_kwargs.implementation")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:
