@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,10 +38,14 @@ def _tuple_field(module: nn.Module, field: str) -> None:
         object.__setattr__(module, field, tuple(value))
 
 
+def _positive_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+
+
 def _check_widths(module: nn.Module, field: str) -> None:
     """ValueError unless `field` is a non-empty tuple of positive ints (channel widths)."""
     value = getattr(module, field)
-    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+    if not value or not all(_positive_int(v) for v in value):
         name = type(module).__name__
         raise ValueError(f"{name} {field} must be positive ints, e.g. (24, 48); got {value!r}")
 
@@ -77,7 +82,7 @@ class SmallCNN(nn.Module):
         _check_widths(self, "features")
         if self.subpixel_grad and self.matmul_grad:
             raise ValueError("SmallCNN takes subpixel_grad or matmul_grad, not both")
-        if not isinstance(self.blocks_per_stage, int) or self.blocks_per_stage < 1:
+        if not _positive_int(self.blocks_per_stage):
             raise ValueError(f"SmallCNN blocks_per_stage must be an int >= 1; got {self.blocks_per_stage!r}")
         super().__post_init__()
 
