@@ -116,3 +116,24 @@ def test_one_query_blocks_of_whole_examples_equal_the_unchunked_path(batch, n, c
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
     expected_group = {4: 2, 3: 1, 1: 1, 30: 4, 2: None}[chunk_size]
     assert blocks_seen == ([expected_group] if expected_group else [])
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the layout XLA:CPU chose; other backends differ")
+@pytest.mark.parametrize("chunk_size", ["auto", None])
+def test_key_projection_gradient_needs_no_transposed_copy_of_the_key_gradient(chunk_size):
+    """d w_k = keys^T @ d k_proj as one 2-D product: batched, XLA:CPU first copied d k_proj to (a, B*n)."""
+    b, n, d, a = 2, 256, 16, 32
+    k = jax.random.split(jax.random.key(0), 5)
+    query, keys = jax.random.normal(k[0], (b, 1, d)), jax.random.normal(k[1], (b, n, d))
+    w_q, w_k, w_a = (
+        jax.random.normal(k[2], (d, a)),
+        jax.random.normal(k[3], (d, a)),
+        jax.random.normal(k[4], (a,)),
+    )
+
+    def loss(keys, w_k):
+        context, _ = additive_attention(query, keys, keys, w_q=w_q, w_k=w_k, w_a=w_a, chunk_size=chunk_size)
+        return jnp.sum(context)
+
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(keys, w_k).compile().as_text()
+    assert f"f32[{a},{b * n}]" not in compiled
