@@ -33,9 +33,9 @@ _DN = ("NHWC", "HWIO", "NHWC")
 _TAPS = {0: ((1, 0),), 1: ((2, 0), (0, 1))}
 
 
-def _conv(x, w, precision=None):
+def _conv(x, w, precision=None, stride: int = 2):
     return lax.conv_general_dilated(
-        x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=_DN, precision=precision
+        x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_DN, precision=precision
     )
 
 
@@ -76,27 +76,17 @@ def subpixel_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
     convolutions of even-sized inputs, `lax.conv_general_dilated` itself for anything else."""
     simple = (
         tuple(window_strides) == (2, 2)
-        and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
-        and rhs.shape[:2] == (3, 3)
-        and lhs.ndim == 4
+        and _plain_3x3_pad1(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                            feature_group_count, batch_group_count, preferred_element_type)
         and lhs.shape[1] % 2 == 0
         and lhs.shape[2] % 2 == 0
-        and all(d in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation))
-        and feature_group_count == 1
-        and batch_group_count == 1
-        and preferred_element_type is None
-        and _is_nhwc(dimension_numbers)
-    )
+    )  # fmt: skip
     if simple:
         return _subpixel_conv(lhs, rhs, precision)
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
         feature_group_count, batch_group_count, precision, preferred_element_type,
     )  # fmt: skip
-
-
-def _strided_conv(x, w, stride: int):
-    return lax.conv_general_dilated(x, w, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=_DN)
 
 
 def _patches(x, stride: int):
@@ -115,7 +105,7 @@ def _patches(x, stride: int):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _matmul_grad_conv(x, w, stride: int):
-    return _strided_conv(x, w, stride)
+    return _conv(x, w, None, stride)
 
 
 def _matmul_fwd(x, w, stride: int):
@@ -130,7 +120,7 @@ def _matmul_bwd(stride: int, res, g):
     patches, x, w = res
     k, o = patches.shape[-1], g.shape[-1]
     dw = (g.reshape(-1, o).T @ patches.reshape(-1, k)).T.reshape(w.shape)
-    (dx,) = jax.vjp(lambda x: _strided_conv(x, w, stride), x)[1](g)  # XLA's input gradient
+    (dx,) = jax.vjp(lambda x: _conv(x, w, None, stride), x)[1](g)  # XLA's input gradient
     return dx, dw
 
 
@@ -145,17 +135,10 @@ def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_d
     strides = tuple(window_strides)
     simple = (
         strides in ((1, 1), (2, 2))
-        and not isinstance(padding, str)
-        and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
-        and rhs.shape[:2] == (3, 3)
-        and lhs.ndim == 4
-        and all(d in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation))
-        and feature_group_count == 1
-        and batch_group_count == 1
+        and _plain_3x3_pad1(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                            feature_group_count, batch_group_count, preferred_element_type)
         and precision is None
-        and preferred_element_type is None
-        and _is_nhwc(dimension_numbers)
-    )
+    )  # fmt: skip
     if simple:
         return _matmul_grad_conv(lhs, rhs, strides[0])
     return lax.conv_general_dilated(
@@ -169,6 +152,22 @@ class MatmulGradConv:
 
     def __call__(self, *args, **kwargs):
         return matmul_grad_conv(*args, **kwargs)
+
+
+def _plain_3x3_pad1(lhs, rhs, padding, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                    batch_group_count, preferred_element_type) -> bool:  # fmt: skip
+    """True for an NHWC 3x3 convolution padded 1 per side: no dilation, no groups, the input dtype out."""
+    return (
+        not isinstance(padding, str)
+        and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+        and rhs.shape[:2] == (3, 3)
+        and lhs.ndim == 4
+        and all(d in (None, (1, 1)) for d in (lhs_dilation, rhs_dilation))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+        and _is_nhwc(dimension_numbers)
+    )
 
 
 def _is_nhwc(dimension_numbers) -> bool:

@@ -110,8 +110,9 @@ def _flags_parser(command: str):
                 raise cl.UsageFailure(str(err).strip().splitlines()[0]) from None
             if len(remaining) > 1:
                 raise cl.UsageFailure(f"unexpected arguments {remaining[1:]} (flags are --name=value)")
-            cl.check_attention(_CONFIG.value, cl.config_spec(rest))
-            cl.check_model(_CONFIG.value, cl.config_spec(rest))
+            spec = cl.config_spec(rest)
+            cl.check_attention(_CONFIG.value, spec)
+            cl.check_model(_CONFIG.value, spec)
             if command == "eval" and not _WORKDIR.value:
                 raise cl.UsageFailure("eval needs --workdir (the directory of a run, with checkpoints/)")
         except cl.UsageFailure as err:
