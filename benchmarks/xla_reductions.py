@@ -80,15 +80,25 @@ def backward_stored_tanh(q, keys, d_s):
     return (sum_pre, jnp.sum(sum_hidden, 0)), d_keys
 
 
-def backward_library(q, keys, d_s):
-    """The library's chunk backward (attn_jax.functional.chunked._chunk_grads): tanh fused into each sum."""
+def backward_library(q, keys, d_s, exp_form: bool = False):
+    """The library's chunk backward (attn_jax.functional.chunked._chunk_grads): tanh fused into each sum;
+    exp_form: recomputed from e^{2x}, e^{2y} as the library does when the projections are within 40."""
     import jax.numpy as jnp
 
-    from attn_jax.functional.chunked import _chunk_grads
+    from attn_jax.functional import chunked
 
     w_a = jnp.ones((q.shape[-1],), q.dtype)
-    (d_q, d_wa), d_keys = _chunk_grads(q, w_a, (jnp.zeros_like(q), jnp.zeros_like(w_a)), (keys, d_s.T))
+    terms = chunked._hidden_grad_terms_exp if exp_form else chunked._hidden_grad_terms_tanh
+    if exp_form:
+        q, keys = chunked._exp2(q), chunked._exp2(keys)  # per call here; once per example in the library
+    init = (jnp.zeros_like(q), jnp.zeros_like(w_a))
+    (d_q, d_wa), d_keys = chunked._chunk_grads(terms, q, w_a, init, (keys, d_s.T))
     return (d_q, d_wa), d_keys
+
+
+def backward_library_exp(q, keys, d_s):
+    """`backward_library` in the exp form."""
+    return backward_library(q, keys, d_s, exp_form=True)
 
 
 VARIANTS = {
@@ -98,6 +108,7 @@ VARIANTS = {
     "tanh + 2 sums over 64 queries, one two-output reduction": (sum_over_queries_two_output, 16),
     "chunk backward, tanh stored and shared by both sums": (backward_stored_tanh, 16),
     "chunk backward as in the library (tanh per sum)": (backward_library, 16),
+    "chunk backward as in the library, exp form (one division per element)": (backward_library_exp, 16),
 }
 
 

@@ -96,7 +96,10 @@ def test_xla_reduction_variants_compute_the_same_sums():
     keys = jax.random.normal(k2, (16, 8), jnp.float32)
     d_s = jax.random.normal(k3, (64, 16), jnp.float32)
     (lib_dq, lib_dwa), lib_dkeys = X.backward_library(q, keys, d_s)
+    (exp_dq, exp_dwa), exp_dkeys = X.backward_library_exp(q, keys, d_s)
     (dq, dwa), dkeys = X.backward_stored_tanh(q, keys, d_s)
     (dq2, dwa_rows), _ = X.sums_over_keys_one_output(q, keys, d_s)
-    for a, b in [(lib_dq, dq), (lib_dwa, dwa), (lib_dkeys, dkeys), (dq, dq2), (dwa, jnp.sum(dwa_rows, 0))]:
+    pairs = [(lib_dq, dq), (lib_dwa, dwa), (lib_dkeys, dkeys), (dq, dq2), (dwa, jnp.sum(dwa_rows, 0))]
+    pairs += [(exp_dq, dq), (exp_dwa, dwa), (exp_dkeys, dkeys)]
+    for a, b in pairs:
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

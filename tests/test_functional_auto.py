@@ -92,12 +92,26 @@ def test_auto_gradients_match_float64(shape):
     assert_errors_within(gradient_errors_vs_float64(args, cotangent), 1e-6)  # default chunk_size="auto"
 
 
-def test_chunked_large_projections_take_the_tanh_branch():
+def _grads_of_sum(q, h, w, w_a, chunk_size):
+    loss = lambda q, h, w, w_a: jnp.sum(
+        jnp.sin(additive_attention(q, h, w_q=w, w_k=w, w_a=w_a, chunk_size=chunk_size)[0])
+    )
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))(q, h, w, w_a)
+
+
+def _assert_grads_close(grads, ref):
+    for g, g_ref in zip(grads, ref):
+        assert np.all(np.isfinite(g))
+        np.testing.assert_allclose(g, g_ref, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(g_ref))))
+
+
+@pytest.mark.parametrize("m", [3, 20], ids=["few-queries", "many-queries"])  # both backward reductions
+def test_chunked_large_projections_take_the_tanh_branch(m):
     """|q W_q|, |h W_k| above 40 with sums of a few units: e^{2x} e^{2y} would overflow or be clipped."""
     n, a = 12, 8
     rng = np.random.default_rng(0)
     w = jnp.asarray(50.0 * (1.0 + 0.1 * rng.random((1, a))), jnp.float32)
-    q = jnp.ones((2, 3, 1), jnp.float32)
+    q = jnp.ones((2, m, 1), jnp.float32)
     h = jnp.asarray(-(1.0 + 0.05 * rng.standard_normal((2, n, 1))), jnp.float32)
     w_a = jnp.asarray(rng.standard_normal(a), jnp.float32)
     run = lambda k: additive_attention(q, h, w_q=w, w_k=w, w_a=w_a, chunk_size=k)
@@ -105,3 +119,20 @@ def test_chunked_large_projections_take_the_tanh_branch():
     ref_ctx, ref_weights = run(None)
     np.testing.assert_allclose(weights, ref_weights, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(ctx, ref_ctx, rtol=1e-4, atol=1e-6)
+    _assert_grads_close(_grads_of_sum(q, h, w, w_a, 4), _grads_of_sum(q, h, w, w_a, None))
+
+
+@pytest.mark.parametrize("m", [3, 20], ids=["few-queries", "many-queries"])
+def test_chunked_gradients_where_the_exp_form_overflows_and_underflows(m):
+    """Projections just inside EXP_FORM_LIMIT (the exp form's branch): e^{2x} e^{2y} is inf for x + y
+    above ~44 (tanh 1) and 0 below ~-52 (tanh -1); the backward's 1 - tanh^2 = 4r(1 - r) must give 0 there,
+    not inf * 0, and the gradients must equal the unchunked path's."""
+    n, a = 12, 8
+    rng = np.random.default_rng(1)
+    w = jnp.asarray(36.0 + 2.0 * rng.random((1, a)), jnp.float32)  # |x|, |y| up to 38, under the limit 40
+    q = jnp.asarray(rng.choice([-1.0, 1.0], (2, m, 1)) * (0.9 + 0.1 * rng.random((2, m, 1))), jnp.float32)
+    h = jnp.asarray(rng.choice([-1.0, 1.0], (2, n, 1)) * (0.9 + 0.1 * rng.random((2, n, 1))), jnp.float32)
+    w_a = jnp.asarray(rng.standard_normal(a), jnp.float32)
+    pre = (q @ w)[:, :, None, :] + (h @ w)[:, None, :, :]
+    assert float(jnp.max(pre)) > 50 and float(jnp.min(pre)) < -55 and float(jnp.min(jnp.abs(pre))) < 8
+    _assert_grads_close(_grads_of_sum(q, h, w, w_a, 4), _grads_of_sum(q, h, w, w_a, None))

@@ -5,7 +5,8 @@ each step evaluating one (B, m, k, a) tanh block for the whole flat batch (it fi
 reducing it with w_a to scores; then an exact softmax over the (B, m, n) scores and the context. It keeps
 the (B, m, n) softmax weights for the backward pass, which does the softmax backward on them (d scores,
 d values) and then scans the keys k at a time per example, recomputing one (m, k, a) tanh chunk per
-step and accumulating d(q W_q) and d w_a per query row. With one query per example (m = 1, the decode
+step (from e^{2x} e^{2y} as the forward, when the projections allow) and accumulating d(q W_q) and d w_a
+per query row. With one query per example (m = 1, the decode
 step) both passes step over blocks of whole examples instead, the backward recomputing each block's tanh
 once for all gradients (`_one_query_scores`, `_one_query_bwd`). Memory: O(B m n + B m k a). Projections
 q W_q + b and h W_k are computed once, outside the scans, so their gradients come from ordinary
@@ -171,30 +172,40 @@ def _pair_sums(x, y, axis: int):
     return tuple(jnp.sum(t, axis=axis) for t in sums)
 
 
-def _chunk_grads(q_proj, w_a, carry, xs):
+def _hidden_grad_terms_tanh(d_s, q, keys):
+    """(d loss / d pre-activation over w_a, d loss / d w_a terms) of a (k, m, a) block: tanh recomputed."""
+    hidden = jnp.tanh(keys[:, None, :] + q[None, :, :])
+    return d_s * (1.0 - hidden * hidden), d_s * hidden
+
+
+def _hidden_grad_terms_exp(d_s, eq, ek):
+    """The same from e^{2x}, e^{2y}: with r = 1 / (e^{2x} e^{2y} + 1), tanh = 1 - 2r and 1 - tanh^2 =
+    4r(1 - r); one division per element instead of a tanh, and no inf * 0 where the product overflows."""
+    r = 1.0 / (ek[:, None, :] * eq[None, :, :] + 1.0)
+    return d_s * (4.0 * r * (1.0 - r)), d_s * (1.0 - 2.0 * r)
+
+
+def _chunk_grads(grad_terms, q_proj, w_a, carry, xs):
     """Backward of one chunk of k keys, tanh recomputed in (k, m, a) layout.
 
-    xs = (keys (k, a), dL/dscores transposed (k, m)). carry = (sum_k d_s (1 - h^2) (m, a), d w_a (a,)).
-    Returns the carry and d keys (k, a). Two reductions, each with its own fused tanh: over keys
-    (-> d q_proj rows) and over queries (-> d keys); each also sums d_s h over its axis, and d w_a is
-    the mean of the two totals, so neither reduction is a slow one-output reduction.
+    grad_terms: `_hidden_grad_terms_tanh` on the projections or `_hidden_grad_terms_exp` on their
+    `_exp2` (then q_proj and the keys are e^{2x}, e^{2y}). xs = (keys (k, a), dL/dscores transposed
+    (k, m)). carry = (sum_k d_s (1 - h^2) (m, a), d w_a (a,)). Returns the carry and d keys (k, a). Two
+    reductions, each with its own fused tanh: over keys (-> d q_proj rows) and over queries (-> d keys);
+    each also sums d_s h over its axis, and d w_a is the mean of the two totals, so neither reduction is
+    a slow one-output reduction.
     """
     d_q, d_wa = carry
     k_chunk, d_s_t = xs
     d_s = d_s_t[:, :, None]
-
-    def grad_terms(q, keys):
-        hidden = jnp.tanh(keys[:, None, :] + q[None, :, :])
-        return d_s * (1.0 - hidden * hidden), d_s * hidden  # d loss / d pre-activation (over w_a); d w_a
-
-    d_pre, d_hidden = grad_terms(q_proj, k_chunk)
+    d_pre, d_hidden = grad_terms(d_s, q_proj, k_chunk)
     sum_pre, sum_hidden = _pair_sums(d_pre, d_hidden, axis=0)  # (m, a) each
     if q_proj.shape[0] < REDUCE_GROUP:  # few queries: d keys is (nearly) elementwise, share the tanh
         d_keys = jnp.sum(d_pre, axis=1)
         d_wa = d_wa + jnp.sum(sum_hidden, axis=0)
     else:  # recomputing tanh (the barrier stops XLA from sharing it) beats storing it for both
         q_again, keys_again = lax.optimization_barrier((q_proj, k_chunk))
-        d_keys, sum_hidden_keys = _pair_sums(*grad_terms(q_again, keys_again), axis=1)
+        d_keys, sum_hidden_keys = _pair_sums(*grad_terms(d_s, q_again, keys_again), axis=1)
         d_wa = d_wa + 0.5 * (jnp.sum(sum_hidden, axis=0) + jnp.sum(sum_hidden_keys, axis=0))
     # w_a applied here, not after the scan: XLA would fuse it into a transposing copy for d W_k
     return (d_q + sum_pre, d_wa), d_keys * w_a
@@ -202,7 +213,8 @@ def _chunk_grads(q_proj, w_a, carry, xs):
 
 def _core_bwd(chunk_size, return_weights, residuals, cotangents):
     """Backward of a flat batch: `_example_bwd` vmapped over it, d w_a summed over examples last (one
-    query per example: `_one_query_bwd`, blocks of whole examples as in the forward)."""
+    query per example: `_one_query_bwd`, blocks of whole examples as in the forward). The same bound as
+    the forward picks the exp form (W2 forward+backward 59-66 ms against 91-100 with tanh) or tanh."""
     q_proj, k_proj, values, w_a, weights = residuals
     d_context, d_weights = cotangents
     if not return_weights:
@@ -210,10 +222,16 @@ def _core_bwd(chunk_size, return_weights, residuals, cotangents):
     group = _one_query_group(q_proj, k_proj, chunk_size)
     if group:
         return (*_one_query_bwd(group, q_proj, k_proj, values, w_a, weights, d_context, d_weights), None)
-    example = functools.partial(_example_bwd, chunk_size)
-    d_q, d_k, d_v, d_wa = jax.vmap(example, in_axes=(0, 0, 0, None, 0, 0, 0))(
-        q_proj, k_proj, values, w_a, weights, d_context, d_weights
-    )
+
+    def vmapped(exp_form, q_proj, k_proj):
+        example = functools.partial(_example_bwd, chunk_size, exp_form)
+        return jax.vmap(example, in_axes=(0, 0, 0, None, 0, 0, 0))(
+            q_proj, k_proj, values, w_a, weights, d_context, d_weights
+        )
+
+    bound = jnp.maximum(jnp.max(jnp.abs(q_proj)), jnp.max(jnp.abs(k_proj)))
+    exp_branch, tanh_branch = functools.partial(vmapped, True), functools.partial(vmapped, False)
+    d_q, d_k, d_v, d_wa = lax.cond(bound <= EXP_FORM_LIMIT, exp_branch, tanh_branch, q_proj, k_proj)
     return d_q, d_k, d_v, jnp.sum(d_wa, axis=0), None
 
 
@@ -225,20 +243,23 @@ def _softmax_bwd(values, weights, d_context, d_weights):
     return weights * (d_p - delta), jnp.einsum("...mn,...mv->...nv", weights, d_context)
 
 
-def _example_bwd(chunk_size, q_proj, k_proj, values, w_a, weights, d_context, d_weights):
+def _example_bwd(chunk_size, exp_form, q_proj, k_proj, values, w_a, weights, d_context, d_weights):
     """Backward of one example: softmax backward on the (m, n) weights, then tanh chunk by chunk.
 
     delta_i = sum_j p_ij dL/dp_ij is summed over the same weights it multiplies, as autodiff of a
     softmax does: the rows of d_s then sum to zero up to rounding, which keeps d q_proj accurate.
+    exp_form: the chunks recompute tanh from e^{2x}, e^{2y} (`_hidden_grad_terms_exp`).
     """
     n = k_proj.shape[0]
     d_s, d_values = _softmax_bwd(values, weights, d_context, d_weights)
     num_chunks = -(-n // chunk_size)
     pad = num_chunks * chunk_size - n  # padded keys have d_s = 0 and contribute nothing
-    k_chunks = _chunk(jnp.pad(k_proj, ((0, pad), (0, 0))), num_chunks, 0)
+    keys, queries = (_exp2(k_proj), _exp2(q_proj)) if exp_form else (k_proj, q_proj)
+    k_chunks = _chunk(jnp.pad(keys, ((0, pad), (0, 0))), num_chunks, 0)
     ds_chunks = _chunk(jnp.pad(d_s.T, ((0, pad), (0, 0))), num_chunks, 0)  # (chunks, k, m)
     init = (jnp.zeros_like(q_proj), jnp.zeros_like(w_a))
-    step = functools.partial(_chunk_grads, q_proj, w_a)
+    grad_terms = _hidden_grad_terms_exp if exp_form else _hidden_grad_terms_tanh
+    step = functools.partial(_chunk_grads, grad_terms, queries, w_a)
     (d_q, d_wa), d_k = lax.scan(step, init, (k_chunks, ds_chunks))
     return d_q * w_a, _unchunk(d_k, 0)[:n], d_values, d_wa
 
