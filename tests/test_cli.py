@@ -97,6 +97,11 @@ def test_unknown_config_argument_is_one_line_naming_it(tmp_path):
         ("features", ("abc",), "SmallCNN features must be positive ints"),
         ("stride", 3, "stride must be a power of 2 with log2(stride) <= 2 (2 stages); got 3"),
         ("backbone", "nope", "unknown backbone 'nope'"),
+        (
+            "matmul_grad",
+            "sometimes",
+            "matmul_grad must be one of ['none', 'strided', 'all'] or a bool; got 'sometimes'",
+        ),
     ],
 )
 def test_model_fields_are_checked_before_training(field, value, wanted):
@@ -153,7 +158,7 @@ def test_compute_only_fields_are_not_model_differences():
     saved = json.loads(load_experiment_config("classification", "additive,tiny").to_json_best_effort())
     given = load_experiment_config("classification", "additive,tiny")
     given.model.dtype, given.model.attention_kwargs.implementation = "bfloat16", "pallas"
-    given.model.matmul_grad = True
+    given.model.matmul_grad = "all"
     assert model_differences(saved, given) == []
     given.model.features = (8, 32)
     assert [d.split(":")[0] for d in model_differences(saved, given)] == ["model.features"]

@@ -134,11 +134,51 @@ def test_matmul_grad_other_convolutions_are_xla_s(stride, padding, precision):
     jax.tree.map(np.testing.assert_array_equal, grads(matmul_grad_conv), grads(lax.conv_general_dilated))
 
 
-def test_small_cnn_matmul_grad_same_model_and_gradients():
+def _matmul_convs(net, x) -> int:
+    """How many of `net`'s convs train through MatmulGradConv: custom_vjp calls in its training loss."""
+    variables = net.init(jax.random.key(0), x)
+
+    def loss(params):
+        out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out)
+
+    return str(jax.make_jaxpr(loss)(variables["params"])).count("custom_vjp_call")
+
+
+@pytest.mark.parametrize("choice, products", [(False, 0), ("none", 0), ("strided", 2), (True, 3), ("all", 3)])
+def test_small_cnn_matmul_grad_choice_picks_the_convs(choice, products):
+    from attn_jax.nn import SmallCNN
+
+    x = jnp.ones((2, 16, 16, 1))
+    assert _matmul_convs(SmallCNN((4, 8, 8), stride=4, matmul_grad=choice), x) == products  # 2 stride-2 convs
+
+
+def test_main_job_classifier_trains_its_strided_convs_as_products():
+    from attn_jax.train.factory import build_backbone
+    from tests._train_models import load_experiment_config
+
+    config = load_experiment_config("classification", "spatial")
+    assert config.model.matmul_grad == "strided"
+    assert _matmul_convs(build_backbone(config.model, bn_axis_name=None), jnp.ones((2, 64, 64, 1))) == 3
+
+
+def test_small_cnn_rejects_an_unknown_matmul_grad():
+    from attn_jax.nn import SmallCNN
+
+    with pytest.raises(
+        ValueError, match=r"matmul_grad must be one of \['none', 'strided', 'all'\] or a bool; got 'some'"
+    ):
+        SmallCNN((4, 8), stride=2, matmul_grad="some")
+    with pytest.raises(ValueError, match="subpixel_grad or matmul_grad, not both"):
+        SmallCNN(subpixel_grad=True, matmul_grad="strided")
+
+
+@pytest.mark.parametrize("choice", [True, "strided"])
+def test_small_cnn_matmul_grad_same_model_and_gradients(choice):
     from attn_jax.nn import SmallCNN
 
     x = jax.random.normal(jax.random.key(6), (4, 16, 16, 1))
-    nets = [SmallCNN((4, 8, 8), stride=4, matmul_grad=flag) for flag in (False, True)]
+    nets = [SmallCNN((4, 8, 8), stride=4, matmul_grad=flag) for flag in ("none", choice)]
     variables = nets[0].init(jax.random.key(7), x)
     np.testing.assert_array_equal(nets[0].apply(variables, x), nets[1].apply(variables, x))  # evaluation
 
@@ -153,8 +193,5 @@ def test_small_cnn_matmul_grad_same_model_and_gradients():
     ):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
     hlo = jax.jit(jax.grad(loss), static_argnums=1).lower(variables["params"], nets[1]).as_text()
-    assert (
-        hlo.count("dot_general") >= 3 * 2
-    )  # each of the three convs: a forward and a kernel-gradient product
-    with pytest.raises(ValueError, match="subpixel_grad or matmul_grad, not both"):
-        SmallCNN(subpixel_grad=True, matmul_grad=True)
+    products = {True: 3, "strided": 2}[choice]
+    assert hlo.count("dot_general") >= products * 2  # each such conv: a forward and a kernel-gradient product

@@ -57,15 +57,34 @@ def _log2_stride(stride: int, limit: int, what: str) -> int:
     return int(math.log2(stride))
 
 
+MATMUL_GRAD_CHOICES = ("none", "strided", "all")
+
+
+def matmul_grad_choice(value: bool | str) -> str:
+    """One of MATMUL_GRAD_CHOICES for SmallCNN's matmul_grad (a bool means "all" / "none");
+    ValueError naming the choices otherwise."""
+    if isinstance(value, bool):
+        return "all" if value else "none"
+    if isinstance(value, str) and value in MATMUL_GRAD_CHOICES:
+        return value
+    raise ValueError(f"matmul_grad must be one of {list(MATMUL_GRAD_CHOICES)} or a bool; got {value!r}")
+
+
+def _trains_as_product(matmul_grad: bool | str, stride: int) -> bool:
+    choice = matmul_grad_choice(matmul_grad)
+    return choice == "all" or (choice == "strided" and stride == 2)
+
+
 class SmallCNN(nn.Module):
     """Conv3x3-BN-ReLU stages, one per entry of `features` (`blocks_per_stage` convs each); the first
     log2(stride) stages halve the resolution with a stride-2 conv. stride 4 or 8 for 64x64 images.
     subpixel_grad: those convs compute their input gradient by sub-pixel phases (attn_jax.nn.conv; same
     forward, gradients equal up to float32 rounding); opt-in: on a loaded 2-core CPU it measured ~0.92x
     the step time on 1 device and 1.0x on 4, not enough to change the default's numerics.
-    matmul_grad: every conv trains as a matrix product over 3x3 patches, so its kernel gradient is one
+    matmul_grad: which convs train as a matrix product over 3x3 patches, so that the kernel gradient is one
     product (attn_jax.nn.conv.MatmulGradConv; evaluation unchanged, gradients equal up to float32
-    rounding); opt-in: faster on 1 CPU device at batch 128, slower at 32 examples per device."""
+    rounding): "none", "strided" (the stride-2 convs, whose kernel gradients XLA:CPU computes slowest)
+    or "all"; True / False mean "all" / "none"."""
 
     features: Sequence[int] = (32, 64, 128)
     stride: int = 8
@@ -75,12 +94,12 @@ class SmallCNN(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
     subpixel_grad: bool = False
-    matmul_grad: bool = False
+    matmul_grad: bool | str = "none"
 
     def __post_init__(self):
         _tuple_field(self, "features")
         _check_widths(self, "features")
-        if self.subpixel_grad and self.matmul_grad:
+        if matmul_grad_choice(self.matmul_grad) != "none" and self.subpixel_grad:
             raise ValueError("SmallCNN takes subpixel_grad or matmul_grad, not both")
         if not _positive_int(self.blocks_per_stage):
             raise ValueError(f"SmallCNN blocks_per_stage must be an int >= 1; got {self.blocks_per_stage!r}")
@@ -97,7 +116,7 @@ class SmallCNN(nn.Module):
             for j in range(self.blocks_per_stage):
                 s = 2 if (i < down and j == 0) else 1
                 conv_cls = SubpixelGradConv if (s == 2 and self.subpixel_grad) else None
-                conv_cls = MatmulGradConv if self.matmul_grad else conv_cls
+                conv_cls = MatmulGradConv if _trains_as_product(self.matmul_grad, s) else conv_cls
                 x = nn.Conv(
                     width, (3, 3), (s, s), padding=1, use_bias=not self.use_bn, dtype=self.dtype,
                     param_dtype=self.param_dtype, conv_general_dilated_cls=conv_cls, name=f"conv{i}_{j}",

@@ -48,9 +48,9 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.model.blocks_per_stage = 1
     c.model.attention = attention
     c.model.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
-    # small_cnn: train its convs as matrix products over 3x3 patches (attn_jax.nn.conv.MatmulGradConv);
-    # same model, gradients equal up to rounding; faster on 1 CPU device, slower at 32 examples per device
-    c.model.matmul_grad = False
+    # small_cnn: which convs train as matrix products over 3x3 patches (attn_jax.nn.conv.MatmulGradConv):
+    # "none", "strided" (the stride-2 convs) or "all"; same model, gradients equal up to rounding
+    c.model.matmul_grad = "none"
     # extra arguments of the attention module, e.g. {"implementation": "auto"} for additive attention's
     # fused kernel on GPU / TPU (attn_jax.nn.AdditiveAttention)
     c.model.attention_kwargs = ml_collections.ConfigDict()

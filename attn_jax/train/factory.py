@@ -40,7 +40,7 @@ def build_backbone(model_cfg, bn_axis_name: str | None = AXIS):
             features=tuple(model_cfg.features),
             stride=model_cfg.stride,
             blocks_per_stage=model_cfg.blocks_per_stage,
-            matmul_grad=bool(model_cfg.get("matmul_grad", False)),
+            matmul_grad=model_cfg.get("matmul_grad", "none"),
             dtype=dtype,
             bn_axis_name=bn_axis_name,
         )
