@@ -16,8 +16,11 @@ A 3x3 convolution (stride 1 or 2) whose training pass is a matrix product. Under
 forward concatenates the input's nine shifted (strided) views on the channel axis, the (B, Ho, Wo, 9C)
 patches, and multiplies them by the kernel as a (9C, O) matrix. The kernel gradient is then one product,
 patches^T @ output gradient, instead of XLA:CPU's kernel-gradient convolution, which first transposes
-the input to put the batch innermost. The input gradient is XLA's. Without differentiation (evaluation)
-the forward is `lax.conv_general_dilated` itself.
+the input to put the batch innermost. For stride 2 the input gradient is a product too: output
+gradient @ kernel^T gives the patches' gradient, (B·Ho·Wo, O) x (O, 9C), and the transpose of the nine
+strided views adds it back onto the input (zero-interleaving pads and adds), instead of XLA's
+input-dilated convolution. For stride 1 the input gradient is XLA's (a plain convolution). Without
+differentiation (evaluation) the forward is `lax.conv_general_dilated` itself.
 """
 
 from __future__ import annotations
@@ -120,7 +123,11 @@ def _matmul_bwd(stride: int, res, g):
     patches, x, w = res
     k, o = patches.shape[-1], g.shape[-1]
     dw = (g.reshape(-1, o).T @ patches.reshape(-1, k)).T.reshape(w.shape)
-    (dx,) = jax.vjp(lambda x: _conv(x, w, None, stride), x)[1](g)  # XLA's input gradient
+    if stride == 2:  # the patches' gradient, added back through the transpose of the strided views
+        dpatches = (g.reshape(-1, o) @ w.reshape(k, o).T).reshape(patches.shape)
+        (dx,) = jax.vjp(lambda x: _patches(x, stride), x)[1](dpatches)
+    else:  # XLA's input gradient: a stride-1 convolution
+        (dx,) = jax.vjp(lambda x: _conv(x, w, None, stride), x)[1](g)
     return dx, dw
 
 
