@@ -81,10 +81,10 @@ class SmallCNN(nn.Module):
     subpixel_grad: those convs compute their input gradient by sub-pixel phases (attn_jax.nn.conv; same
     forward, gradients equal up to float32 rounding); opt-in: on a loaded 2-core CPU it measured ~0.92x
     the step time on 1 device and 1.0x on 4, not enough to change the default's numerics.
-    matmul_grad: which convs train as a matrix product over 3x3 patches, so that the kernel gradient is one
-    product (attn_jax.nn.conv.MatmulGradConv; evaluation unchanged, gradients equal up to float32
-    rounding): "none", "strided" (the stride-2 convs, whose kernel gradients XLA:CPU computes slowest)
-    or "all"; True / False mean "all" / "none"."""
+    matmul_grad: which convs train as a matrix product over 3x3 patches, so that their kernel gradients
+    (and stride-2 input gradients) are products (attn_jax.nn.conv.MatmulGradConv; evaluation unchanged,
+    gradients equal up to float32 rounding): "none", "strided" (the stride-2 convs, whose gradients
+    XLA:CPU computes slowest) or "all"; True / False mean "all" / "none"."""
 
     features: Sequence[int] = (32, 64, 128)
     stride: int = 8

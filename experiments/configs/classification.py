@@ -21,8 +21,8 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     c.dataset = "cluttered_digits/tiny" if tiny else "cluttered_digits"
     c.model.features = (8, 16) if tiny else (24, 48, 96, 128)  # receptive field 31 px at stride 8
     c.model.stride = 4 if tiny else 8
-    # the stride-2 convs train as matrix products (attn_jax.nn.conv.MatmulGradConv): XLA:CPU's kernel
-    # gradient of a strided conv is its slowest op; same model and gradients up to rounding
+    # the stride-2 convs train as matrix products (attn_jax.nn.conv.MatmulGradConv): their kernel and
+    # input gradients are XLA:CPU's slowest ops; same model, gradients equal up to rounding
     c.model.matmul_grad = "none" if tiny else "strided"
 
     c.lr = 3e-3 if tiny else 5e-3
