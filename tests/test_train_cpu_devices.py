@@ -4,6 +4,8 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
+
 SCRIPT = textwrap.dedent(
     """
     import warnings
@@ -27,3 +29,36 @@ def test_cpu_devices_before_and_after_jax_starts():
     env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def _compiled_conv_step(num_devices: int) -> str:
+    """Compiled HLO of a data-parallel step (a conv and a dot, mean over the mesh) on `num_devices`."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    from attn_jax.train.parallel import make_mesh, replicate, shard_batch, shard_map_step
+
+    def step(w, batch):
+        y = lax.conv_general_dilated(
+            batch["x"], w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return w, lax.pmean(jnp.sum(y.reshape(y.shape[0], -1) @ jnp.ones((y[0].size, 8))), "data")
+
+    mesh = make_mesh(num_devices)
+    w = replicate(jnp.ones((3, 3, 4, 8)), mesh)
+    batch = shard_batch({"x": np.ones((8, 16, 16, 4), np.float32)}, mesh)
+    return shard_map_step(step, mesh).lower(w, batch).compile().as_text()
+
+
+def test_one_cpu_device_trains_on_xla_kernels_several_on_ynnpack():
+    assert "__ynn_fusion" not in _compiled_conv_step(1)  # one device per process: XLA's threaded kernels
+    assert "__ynn_fusion" in _compiled_conv_step(4)  # devices side by side: YNNPACK's
+
+
+def test_xla_flags_that_set_the_kernel_library_are_left_to_decide(monkeypatch):
+    from attn_jax.train.parallel import YNN_FLAG, make_mesh, train_compiler_options
+
+    assert train_compiler_options(make_mesh(1)) == {YNN_FLAG: ""}
+    assert train_compiler_options(make_mesh(4)) is None
+    monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 --{YNN_FLAG}=individual_dot")
+    assert train_compiler_options(make_mesh(1)) is None
