@@ -130,6 +130,16 @@ def test_matmul_grad_stride_2_input_gradient_is_a_product_not_a_dilated_convolut
     assert "convolution" not in ours and "dot_general" in ours
 
 
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_matmul_grad_conv_lowered_for_an_accelerator_is_the_vendor_convolution(platform):
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    loss = lambda x, w: jnp.sum(matmul_grad_conv(x, w, (2, 2), PAD1, dimension_numbers=DN) ** 2)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    exported = jax.export.export(grads, platforms=[platform])(x, w).mlir_module()
+    assert "convolution" in exported and "dot_general" not in exported  # no patches, no products
+    assert "convolution" not in grads.lower(x, w).as_text()  # CPU: the products
+
+
 @pytest.mark.parametrize("stride,padding,precision", [((1, 1), "SAME", None), ((1, 2), PAD1, None),
                                                       ((1, 1), PAD1, lax.Precision.HIGHEST)])  # fmt: skip
 def test_matmul_grad_other_convolutions_are_xla_s(stride, padding, precision):

@@ -20,7 +20,8 @@ the input to put the batch innermost. For stride 2 the input gradient is a produ
 gradient @ kernel^T gives the patches' gradient, (B·Ho·Wo, O) x (O, 9C), and the transpose of the nine
 strided views adds it back onto the input (zero-interleaving pads and adds), instead of XLA's
 input-dilated convolution. For stride 1 the input gradient is XLA's (a plain convolution). Without
-differentiation (evaluation) the forward is `lax.conv_general_dilated` itself.
+differentiation (evaluation) the forward is `lax.conv_general_dilated` itself. All of this is for
+XLA:CPU: a program lowered for GPU or TPU runs `lax.conv_general_dilated` (`lax.platform_dependent`).
 """
 
 from __future__ import annotations
@@ -137,8 +138,9 @@ _matmul_grad_conv.defvjp(_matmul_fwd, _matmul_bwd)
 def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                      dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                      preferred_element_type=None):  # fmt: skip
-    """Drop-in for `lax.conv_general_dilated`: the matrix-product training pass for NHWC 3x3 pad-1
-    convolutions with equal strides of 1 or 2 and no precision request, XLA's convolution otherwise."""
+    """Drop-in for `lax.conv_general_dilated`: on CPU, the matrix-product training pass for NHWC 3x3 pad-1
+    convolutions with equal strides of 1 or 2 and no precision request; XLA's convolution otherwise and
+    on every other platform (chosen at lowering, `lax.platform_dependent`)."""
     strides = tuple(window_strides)
     simple = (
         strides in ((1, 1), (2, 2))
@@ -146,12 +148,16 @@ def matmul_grad_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_d
                             feature_group_count, batch_group_count, preferred_element_type)
         and precision is None
     )  # fmt: skip
-    if simple:
-        return _matmul_grad_conv(lhs, rhs, strides[0])
-    return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type,
+    xla = functools.partial(
+        lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+        lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count, precision=precision,
+        preferred_element_type=preferred_element_type,
     )  # fmt: skip
+    if not simple:
+        return xla(lhs, rhs)
+    # chosen when the program is lowered: the products on CPU, the vendor convolution on GPU / TPU
+    return lax.platform_dependent(lhs, rhs, cpu=lambda x, w: _matmul_grad_conv(x, w, strides[0]), default=xla)
 
 
 class MatmulGradConv:

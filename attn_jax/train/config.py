@@ -49,7 +49,8 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.model.attention = attention
     c.model.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
     # small_cnn: which convs train as matrix products over 3x3 patches (attn_jax.nn.conv.MatmulGradConv):
-    # "none", "strided" (the stride-2 convs) or "all"; same model, gradients equal up to rounding
+    # "none", "strided" (the stride-2 convs) or "all"; same model, gradients equal up to rounding; CPU
+    # only: lowered for GPU / TPU the convs are XLA's whatever this says
     c.model.matmul_grad = "none"
     # extra arguments of the attention module, e.g. {"implementation": "auto"} for additive attention's
     # fused kernel on GPU / TPU (attn_jax.nn.AdditiveAttention)
