@@ -105,28 +105,25 @@ def test_matmul_grad_conv_equals_xla_up_to_rounding(stride, hw, c, o):
         np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(theirs))))
 
 
+def _grad_hlo(conv, stride: int, argnum: int) -> str:
+    """Lowered HLO of the gradient of sum(conv(x, w)) w.r.t. x (argnum 0) or w (1), 3x3 pad 1."""
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+    loss = lambda x, w: jnp.sum(conv(x, w, (stride, stride), PAD1, dimension_numbers=DN))
+    return jax.jit(jax.grad(loss, argnums=argnum)).lower(x, w).as_text()
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_matmul_grad_kernel_gradient_is_a_product_not_a_convolution(stride):
-    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
-
-    def hlo(conv):
-        loss = lambda w: jnp.sum(conv(x, w, (stride, stride), PAD1, dimension_numbers=DN))
-        return jax.jit(jax.grad(loss)).lower(w).as_text()
-
-    assert "convolution" in hlo(lax.conv_general_dilated)  # XLA: a kernel-gradient convolution
-    ours = hlo(matmul_grad_conv)
+    xla = _grad_hlo(lax.conv_general_dilated, stride, 1)
+    assert "convolution" in xla  # XLA: a kernel-gradient convolution
+    ours = _grad_hlo(matmul_grad_conv, stride, 1)
     assert "convolution" not in ours and "dot_general" in ours
 
 
 def test_matmul_grad_stride_2_input_gradient_is_a_product_not_a_dilated_convolution():
-    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
-
-    def hlo(conv):
-        loss = lambda x: jnp.sum(conv(x, w, (2, 2), PAD1, dimension_numbers=DN))
-        return jax.jit(jax.grad(loss)).lower(x).as_text()
-
-    assert "lhs_dilate = [2, 2]" in hlo(lax.conv_general_dilated)  # XLA: an input-dilated convolution
-    ours = hlo(matmul_grad_conv)
+    xla = _grad_hlo(lax.conv_general_dilated, 2, 0)
+    assert "lhs_dilate = [2, 2]" in xla  # XLA: an input-dilated convolution
+    ours = _grad_hlo(matmul_grad_conv, 2, 0)
     assert "convolution" not in ours and "dot_general" in ours
 
 
