@@ -53,10 +53,12 @@ YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 
 
 @functools.cache
-def _ynn_flag_known() -> bool:
-    """Whether this jaxlib's XLA takes YNN_FLAG as a compile option (an XLA flag, so versions may drop it)."""
+def _ynn_flag_known(device) -> bool:
+    """Whether this jaxlib's XLA takes YNN_FLAG as a compile option for `device` (an XLA flag, so versions
+    may drop it)."""
     try:
-        jax.jit(lambda x: x + 1, compiler_options={YNN_FLAG: ""}).lower(np.float32(0)).compile()
+        probe = jax.device_put(np.float32(0), device)
+        jax.jit(lambda x: x + 1, compiler_options={YNN_FLAG: ""}).lower(probe).compile()
     except Exception:  # noqa: BLE001 - XLA raises its own runtime error type for an unknown option
         return False
     return True
@@ -73,7 +75,7 @@ def train_compiler_options(mesh: Mesh) -> dict | None:
     local = mesh.local_devices
     if len(local) != 1 or local[0].platform != "cpu" or YNN_FLAG in os.environ.get("XLA_FLAGS", ""):
         return None
-    return {YNN_FLAG: ""} if _ynn_flag_known() else None
+    return {YNN_FLAG: ""} if _ynn_flag_known(local[0]) else None
 
 
 def shard_map_step(step_fn, mesh: Mesh, *, donate: bool = True):
