@@ -1,5 +1,6 @@
 """config.cpu_devices: the host CPU split into several XLA devices before JAX starts; later, a warning."""
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -32,7 +33,8 @@ def test_cpu_devices_before_and_after_jax_starts():
 
 
 def _compiled_conv_step(num_devices: int) -> str:
-    """Compiled HLO of a data-parallel step (a conv and a dot, mean over the mesh) on `num_devices`."""
+    """Compiled HLO of a data-parallel step (a conv, a dot and a per-channel sum, mean over the mesh) on
+    `num_devices`."""
     import jax.numpy as jnp
     from jax import lax
 
@@ -42,23 +44,39 @@ def _compiled_conv_step(num_devices: int) -> str:
         y = lax.conv_general_dilated(
             batch["x"], w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
         )
-        return w, lax.pmean(jnp.sum(y.reshape(y.shape[0], -1) @ jnp.ones((y[0].size, 8))), "data")
+        dot = jnp.sum(y.reshape(y.shape[0], -1) @ jnp.ones((y[0].size, 8)))
+        channel_sums = jnp.sum(y * y, axis=(0, 1, 2))  # BatchNorm-like statistics
+        return w, lax.pmean(dot + jnp.sum(channel_sums * channel_sums), "data")
 
     mesh = make_mesh(num_devices)
     w = replicate(jnp.ones((3, 3, 4, 8)), mesh)
-    batch = shard_batch({"x": np.ones((8, 16, 16, 4), np.float32)}, mesh)
+    batch = shard_batch({"x": np.ones((8, 64, 64, 4), np.float32)}, mesh)
     return shard_map_step(step, mesh).lower(w, batch).compile().as_text()
 
 
-def test_one_cpu_device_trains_on_xla_kernels_several_on_ynnpack():
-    assert "__ynn_fusion" not in _compiled_conv_step(1)  # one device per process: XLA's threaded kernels
-    assert "__ynn_fusion" in _compiled_conv_step(4)  # devices side by side: YNNPACK's
+def _ynn_ops(hlo: str) -> set[str]:
+    """Opcodes computed inside YNNPACK fusions of compiled HLO text."""
+    called = set(re.findall(r"calls=(%[\w.-]+).*__ynn_fusion", hlo))
+    ops, body = set(), False
+    for line in hlo.splitlines():
+        if re.match(r"^(%[\w.-]+) ", line):
+            body = line.split()[0] in called
+        elif body:
+            ops.update(re.findall(r"= \S+ ([a-z-]+)\(", line))
+    return ops
+
+
+def test_one_cpu_device_sums_on_ynnpack_and_convolves_on_xla_kernels():
+    one, four = _ynn_ops(_compiled_conv_step(1)), _ynn_ops(_compiled_conv_step(4))
+    # one device per process: XLA's threaded convolution and product, YNNPACK's reductions
+    assert "reduce" in one and not {"convolution", "dot"} & one, one
+    assert {"dot", "reduce"} <= four, four  # devices side by side: YNNPACK throughout
 
 
 def test_xla_flags_that_set_the_kernel_library_are_left_to_decide(monkeypatch):
-    from attn_jax.train.parallel import YNN_FLAG, make_mesh, train_compiler_options
+    from attn_jax.train.parallel import YNN_FLAG, YNN_REDUCTIONS_ONLY, make_mesh, train_compiler_options
 
-    assert train_compiler_options(make_mesh(1)) == {YNN_FLAG: ""}
+    assert train_compiler_options(make_mesh(1)) == {YNN_FLAG: YNN_REDUCTIONS_ONLY}
     assert train_compiler_options(make_mesh(4)) is None
     monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 --{YNN_FLAG}=individual_dot")
     assert train_compiler_options(make_mesh(1)) is None
