@@ -80,3 +80,17 @@ def test_xla_flags_that_set_the_kernel_library_are_left_to_decide(monkeypatch):
     assert train_compiler_options(make_mesh(4)) is None
     monkeypatch.setenv("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 --{YNN_FLAG}=individual_dot")
     assert train_compiler_options(make_mesh(1)) is None
+
+
+def test_a_jaxlib_that_refuses_the_reductions_only_value_gets_no_ynnpack(monkeypatch):
+    from attn_jax.train import parallel
+
+    monkeypatch.setattr(parallel, "_ONE_DEVICE_YNN_CHOICES", ("LIBRARY_FUSION_TYPE_NOT_A_TYPE", ""))
+    parallel._ynn_choice.cache_clear()
+    try:
+        assert parallel.train_compiler_options(parallel.make_mesh(1)) == {parallel.YNN_FLAG: ""}
+        monkeypatch.setattr(parallel, "_ONE_DEVICE_YNN_CHOICES", ("LIBRARY_FUSION_TYPE_NOT_A_TYPE",))
+        parallel._ynn_choice.cache_clear()
+        assert parallel.train_compiler_options(parallel.make_mesh(1)) is None  # XLA's defaults
+    finally:
+        parallel._ynn_choice.cache_clear()

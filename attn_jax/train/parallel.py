@@ -53,15 +53,16 @@ YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
 # YNNPACK for reductions only: its per-channel sums (BatchNorm) are ~6x faster than XLA's own, while its
 # convolutions and products leave a core idle
 YNN_REDUCTIONS_ONLY = "LIBRARY_FUSION_TYPE_REDUCE"
+_ONE_DEVICE_YNN_CHOICES = (YNN_REDUCTIONS_ONLY, "")  # first the XLA takes wins; "" = no YNNPACK at all
 
 
 @functools.cache
 def _ynn_choice(device) -> str | None:
-    """The YNN_FLAG value for a one-device CPU step: YNN_REDUCTIONS_ONLY, else "" (no YNNPACK), whichever
-    this jaxlib's XLA takes first as a compile option for `device` (an XLA flag: versions may drop it);
-    None if neither."""
+    """The YNN_FLAG value for a one-device CPU step: the first of _ONE_DEVICE_YNN_CHOICES this jaxlib's XLA
+    takes as a compile option for `device` (an XLA flag: versions may drop it or its values); None if
+    none."""
     probe = jax.device_put(np.float32(0), device)
-    for value in (YNN_REDUCTIONS_ONLY, ""):
+    for value in _ONE_DEVICE_YNN_CHOICES:
         try:
             jax.jit(lambda x: x + 1, compiler_options={YNN_FLAG: value}).lower(probe).compile()
         except Exception:  # noqa: BLE001, S112 - XLA raises its own runtime error type for a bad option
