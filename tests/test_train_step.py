@@ -1,6 +1,7 @@
 """Data-parallel train step of every task: exact gradients, and 1-device == shard_map == pmap after several
 SGD and AdamW steps (classification, detection, segmentation), eval outputs independent of the device
-count, and the task step equal bit for bit to the classification step it replaced."""
+count, the task step equal bit for bit to the classification step it replaced, and the main job's
+matrix-product convolutions (model.matmul_grad="strided") training like XLA's."""
 
 import functools
 
@@ -204,3 +205,28 @@ def test_task_step_is_bitwise_the_classification_step_it_replaced():
 def test_unknown_task_is_a_value_error_listing_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown task 'pose'; known: \['classification', 'detection'"):
         get_task("pose")
+
+
+@pytest.mark.parametrize("num_devices", [1, 4])
+def test_matmul_grad_strided_trains_like_xla_convolutions(num_devices):
+    """The main job trains its stride-2 convs as matrix products (model.matmul_grad="strided"): through
+    the runner (shard_map, BatchNorm over the device axis, AdamW) three steps land where XLA's
+    convolutions do, up to float32 rounding."""
+
+    def run(matmul_grad):
+        config = small_config("classification", "adamw")
+        config.model.matmul_grad = matmul_grad
+        runner = build_steps(config, parallel.make_mesh(num_devices), meta=synthetic_meta("classification"))
+        state = runner.place(runner.init_state(0))
+        for batch in synthetic_batches("classification", 3):
+            state, metrics = runner.train(state, runner.batch(batch))
+        return jax.device_get(state), jax.device_get(metrics)
+
+    products, xla = run("strided"), run("none")
+    init = build_steps(
+        small_config("classification"), parallel.make_mesh(1), meta=synthetic_meta("classification")
+    )
+    assert not np.allclose(jax.tree.leaves(init.init_state(0).params)[0], jax.tree.leaves(xla[0].params)[0])
+    _assert_trees_close(products[0].params, xla[0].params, rtol=5e-5, atol=5e-6)
+    _assert_trees_close(products[0].batch_stats, xla[0].batch_stats, rtol=5e-5, atol=5e-6)
+    _assert_trees_close(products[1], xla[1], rtol=5e-5, atol=1e-5)
