@@ -71,8 +71,11 @@ def test_bit_flipped_checkpoint_is_reported_and_skipped(tmp_path, capsys):
     manager.close()
 
 
-@pytest.mark.parametrize("damage", ["flip", "delete_manifest", "delete_manifest_and_checksums"])
-def test_damaged_latest_step_is_moved_aside_so_the_run_can_save_it_again(tmp_path, capsys, damage):
+@pytest.mark.parametrize(
+    "damage, aside",
+    [("flip", ".damaged"), ("delete_manifest", ".damaged"), ("delete_manifest_and_checksums", ".unverified")],
+)
+def test_damaged_latest_step_is_moved_aside_so_the_run_can_save_it_again(tmp_path, capsys, damage, aside):
     directory = str(tmp_path / "checkpoints")
     manager = _save_steps(directory, [1, 2])
     step_dir = os.path.join(directory, "2")
@@ -80,12 +83,12 @@ def test_damaged_latest_step_is_moved_aside_so_the_run_can_save_it_again(tmp_pat
         _flip_byte(_largest_file(step_dir))
     else:
         os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
-        if damage == "delete_manifest_and_checksums":  # restore itself fails: the orbax error path
+        if damage == "delete_manifest_and_checksums":  # no checksum: never restored, set aside unverified
             os.remove(os.path.join(step_dir, ckpt.CHECKSUM_FILE))
     state, step = ckpt.restore_latest(manager, _abstract())
     assert step == 1
-    assert not os.path.exists(step_dir) and os.path.isdir(os.path.join(directory + ".damaged", "2"))
-    assert "moved to" in capsys.readouterr().out
+    assert not os.path.exists(step_dir) and os.path.isdir(os.path.join(directory + aside, "2"))
+    assert "moving it to" in capsys.readouterr().out
     ckpt.save(manager, 2, _state(2), _iterator())  # used to raise StepAlreadyExistsError
     manager.close()
     manager = ckpt.make_manager(directory, keep_latest=5, keep_best=0, async_save=False)

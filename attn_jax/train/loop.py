@@ -2,13 +2,16 @@
 metrics.
 
 data -> task model -> step (shard_map over the mesh, or pmap) -> metrics / checkpoints. Resumes
-automatically from the latest finalised checkpoint in <workdir>/checkpoints; SIGTERM saves and returns
-cleanly; a non-finite loss or parameter stops with NonFiniteLossError and no checkpoint of the bad state.
+automatically from the latest verified checkpoint in <workdir>/checkpoints (a workdir holding a run of another
+config is refused before anything is compiled; restart=True starts over); SIGTERM at any point saves,
+verifies and returns cleanly; a full disk stops with DiskFullError (one line); a non-finite loss or parameter
+stops with NonFiniteLossError and no checkpoint of the bad state.
 Pictures and other by-products come from `callbacks` run at the end (this package draws nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,12 +24,13 @@ import numpy as np
 
 from attn_jax.data import make_pipeline
 from attn_jax.train import checkpoint as ckpt
-from attn_jax.train.config import model_differences
+from attn_jax.train.checkpoint import CheckpointMismatchError
+from attn_jax.train.config import COMPUTE_FIELDS, model_differences
 from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
 from attn_jax.train.preemption import SigtermFlag
 from attn_jax.train.runner import Runner, build_steps
 from attn_jax.train.tasks.base import jsonable
-from attn_jax.train.workdir_lock import workdir_lock
+from attn_jax.train.workdir_lock import LOCK_PREFIX, workdir_lock
 from attn_jax.train.writers import MetricWriter, progress_bar
 
 
@@ -104,7 +108,7 @@ def evaluate(runner: Runner, state, config, split: str = "test") -> dict:
 
 
 def _init_state(config, runner, manager, iterator):
-    """(state, step): the latest readable checkpoint (iterator moved to its position) or a fresh state."""
+    """(state, step): the latest verified checkpoint (iterator moved to its position) or a fresh state."""
     state, step = ckpt.restore_latest(manager, runner.abstract_state(), iterator)
     if state is None:
         return runner.place(runner.init_state(config.seed)), 0
@@ -112,9 +116,12 @@ def _init_state(config, runner, manager, iterator):
     return runner.from_restored(state), int(step)
 
 
-def _train(config, runner, state, start, iterator, manager, writer, sigterm):
-    """Steps start..num_train_steps; returns (state, last eval metrics, stop reason)."""
+def _train(config, runner, state, start, iterator, manager, writer, sigterm, train_time):
+    """Steps start..num_train_steps; returns (state, last eval metrics, stop reason). train_time():
+    training seconds so far over all resumes (saved with each checkpoint)."""
     task, total, pending, last_eval = runner.task, config.num_train_steps, [], None
+    if any_process(sigterm.requested):  # SIGTERM while compiling / restoring: nothing new to save
+        return state, None, "sigterm"
     bar = progress_bar(total, start, config.get("progress", True))
     every = lambda n, s: (n and s % n == 0) or s == total  # noqa: E731
     # A SIGTERM may reach only some processes: they agree every `preemption_check_every_steps` steps (a
@@ -125,6 +132,7 @@ def _train(config, runner, state, start, iterator, manager, writer, sigterm):
         state, metrics = runner.train(state, runner.batch(next(iterator)))
         pending.append(metrics)
         bar.update(1)
+        manager.checksum_finished_saves()  # a finished background save gets its checksum now
         if step % check_every == 0 or step == total:
             stop = any_process(sigterm.requested)
         save_now = every(config.checkpoint_every_steps, step) or stop
@@ -141,7 +149,8 @@ def _train(config, runner, state, start, iterator, manager, writer, sigterm):
             shown = ", ".join(f"{k} {last_eval[k]:.4f}" for k in task.headline if k in last_eval)
             bar.write(f"step {step}: test {shown}")
         if save_now:
-            ckpt.save(manager, step, state, iterator, metrics=last_eval if is_eval else None)
+            metrics = last_eval if is_eval else None
+            ckpt.save(manager, step, state, iterator, metrics=metrics, train_time_s=round(train_time(), 3))
         if stop:
             bar.close()
             return state, last_eval, "sigterm"
@@ -152,66 +161,264 @@ def _train(config, runner, state, start, iterator, manager, writer, sigterm):
 def setup(config, model=None) -> Runner:
     """Devices, dataset facts, task, model, optimizer and compiled steps of `config`. CPU devices and
     multi-host start-up come first: both must precede any JAX operation."""
-    configure_cpu_devices(config.get("cpu_devices", 0))
-    maybe_initialize(config.get("coordinator") or None)
+    _start_devices(config)
     return build_steps(config, model=model)
 
 
+def _start_devices(config) -> None:
+    configure_cpu_devices(config.get("cpu_devices", 0))
+    maybe_initialize(config.get("coordinator") or None)
+
+
 def _manager(config, workdir, task, **kwargs):
-    """The run's checkpoint manager (<workdir>/checkpoints), best-k by the task's eval metric."""
-    return ckpt.make_manager(os.path.join(workdir, "checkpoints"), best_metric=task.best_metric, **kwargs)
+    """The run's checkpoint manager (<workdir>/checkpoints), best-k by the task's eval metric (steps saved
+    before metrics went into their metadata are ranked by <workdir>/metrics.jsonl)."""
+    return ckpt.make_manager(
+        os.path.join(workdir, "checkpoints"),
+        best_metric=task.best_metric,
+        metrics_log=os.path.join(workdir, "metrics.jsonl"),
+        **kwargs,
+    )
 
 
 def _save_config(config, workdir) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=1) if hasattr(config, "to_json_best_effort") else "{}")
+        text = config.to_json_best_effort(indent=1) if hasattr(config, "to_json_best_effort") else "{}"
+        ckpt.write_text_atomically(os.path.join(workdir, "config.json"), text)
 
 
-def train_and_evaluate(config, workdir: str, *, model=None, callbacks: Sequence[Callback] = ()) -> dict:
+# Fields of a run's config that may change when it is resumed: how long it trains, how often it logs,
+# evaluates and saves, how many checkpoints it keeps, where the data is, on which devices and how it is
+# shown, and how the same model is computed (COMPUTE_FIELDS). Every other field (task, dataset, model.*,
+# seed, batch_size, optimizer and its numbers, augment, the task's own fields) defines the experiment.
+RESUMABLE_FIELDS = (
+    "name",
+    "data_dir",
+    "num_train_steps",
+    "eval_batch_size",
+    "eval_examples",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_latest",
+    "keep_best",
+    "async_checkpoints",
+    "cpu_devices",
+    "num_devices",
+    "parallel",
+    "coordinator",
+    "preemption_check_every_steps",
+    "progress",
+    "tensorboard",
+    "png_examples",
+    *COMPUTE_FIELDS,
+)
+PREVIOUS_RUNS = "previous"  # restart=True moves a workdir's old files to <workdir>/previous/<n>/
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def run_config_differences(saved: dict, config) -> list[str]:
+    """'field: saved value (run) != given value (given)' for each field that defines the experiment
+    (all but RESUMABLE_FIELDS) where a run's saved config (the dict of <workdir>/config.json) and `config`
+    differ. Model fields as in attn_jax.train.config.model_differences; other fields only when both sides
+    have them (a field added or removed by another attn_jax version is not a difference)."""
+    given, saved_flat = _flatten(json.loads(config.to_json_best_effort())), _flatten(saved)
+    diffs = model_differences(saved, config)
+    named = {d.split(":", 1)[0] for d in diffs}
+    for key in sorted(set(saved_flat) & set(given)):
+        if key in named or key in RESUMABLE_FIELDS or key.startswith("model."):
+            continue
+        if saved_flat[key] != given[key]:
+            diffs.append(f"{key}: {saved_flat[key]!r} (run) != {given[key]!r} (given)")
+    return sorted(diffs)
+
+
+def check_workdir_config(config, workdir: str) -> None:
+    """Refuse to train `config` in a workdir that holds a run of another experiment.
+
+    Compares <workdir>/config.json (written by train_and_evaluate) with `config` over the fields that
+    define the experiment (run_config_differences); reads only, so it can run before anything is compiled.
+
+    Args:
+      config: the config to train.
+      workdir: the run directory.
+
+    Raises:
+      CheckpointMismatchError (a ValueError): one line naming the differing fields and how to go on (another
+        --workdir, or restart=True / --restart to start over). Nothing when the workdir has no config.json
+        or the configs agree.
+
+    Examples:
+      >>> check_workdir_config(config, "runs/cls")   # before attn-jax train compiles anything
+    """
+    path = os.path.join(workdir, "config.json")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return
+    if not isinstance(saved, dict):
+        return
+    diffs = run_config_differences(saved, config)
+    if diffs:
+        shown = "; ".join(diffs[:6]) + (f"; and {len(diffs) - 6} more" if len(diffs) > 6 else "")
+        raise CheckpointMismatchError(
+            f"workdir {workdir} holds a run of another config ({shown}): resume it with its own config "
+            f"({path}), pick another --workdir, or start over with --restart (restart=True; the old run's "
+            f"files move to {os.path.join(workdir, PREVIOUS_RUNS)}/<n>/)"
+        )
+
+
+def set_previous_run_aside(workdir: str) -> str | None:
+    """Move every file of a workdir's run (all but its lock files and PREVIOUS_RUNS) into
+    <workdir>/previous/<n>/ (n = 1, 2, ...); returns that directory, None when there was nothing to move.
+    Call with the workdir's lock held."""
+    names = sorted(n for n in os.listdir(workdir) if n != PREVIOUS_RUNS and not n.startswith(LOCK_PREFIX))
+    if not names or jax.process_index() != 0:
+        return None
+    parent = os.path.join(workdir, PREVIOUS_RUNS)
+    os.makedirs(parent, exist_ok=True)
+    taken = [int(n) for n in os.listdir(parent) if n.isdigit()]
+    dest = os.path.join(parent, str(max(taken, default=0) + 1))
+    os.makedirs(dest)
+    for name in names:
+        os.rename(os.path.join(workdir, name), os.path.join(dest, name))
+    print(f"restart: the previous run's files in {workdir} moved to {dest}", flush=True)
+    return dest
+
+
+def _close_quietly(*closers) -> None:
+    """Close what a failed run opened; a second failure (e.g. the disk is still full) is not raised."""
+    for close in closers:
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
+
+
+def _disk_full(err: BaseException, workdir: str) -> ckpt.DiskFullError:
+    """One line: what filled up, which verified checkpoints are kept, what to do."""
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    steps = ckpt.checksummed_steps(directory)
+    kept = f"verified checkpoint steps {steps} in {directory} are kept" if steps else "no checkpoint yet"
+    first = ckpt.disk_full_error(err, f"writing the run in {workdir}")
+    return ckpt.DiskFullError(
+        f"{first}; {kept}; free space (or pass another --workdir), then run the same command to resume",
+        first.errno,
+    )
+
+
+# Training seconds are measured with this clock (durations only; a test may replace it).
+_now = time.monotonic
+
+
+def train_and_evaluate(
+    config, workdir: str, *, model=None, callbacks: Sequence[Callback] = (), restart: bool = False
+) -> dict:
     """Train `config`'s task (config.task: classification, detection, segmentation) on its dataset,
-    evaluating and checkpointing in `workdir`.
+    evaluating and checkpointing in `workdir`; resumes from the latest verified checkpoint there.
 
-    Returns the summary also written to <workdir>/summary.json: final test metrics (test_<name>), steps,
-    wall time, stop reason ("done" or "sigterm"). `model` overrides the config's model (tests, notebooks);
-    its BatchNorm must average over the axis "data" for exact data parallelism. Each callback gets a
-    RunEnd after a finished run; the dicts they return are added to the summary.
+    Args:
+      config: the experiment config (experiments/configs/*.py).
+      workdir: the run directory (checkpoints/, config.json, metrics.jsonl, tb/, summary.json).
+      model: overrides the config's model (tests, notebooks); its BatchNorm must average over the axis
+        "data" for exact data parallelism.
+      callbacks: each gets a RunEnd after a finished run; the dicts they return are added to the summary.
+      restart: start over in a workdir that holds a run: its files move to <workdir>/previous/<n>/ first.
+
+    Returns:
+      The summary also written to <workdir>/summary.json: final test metrics (test_<name>), steps, training
+      time over all resumes, wall time of this call, stop reason ("done" or "sigterm": SIGTERM at any point
+      stops after the step in flight is saved and verified; run again to resume).
+
+    Raises:
+      CheckpointMismatchError: the workdir holds a run of another config (before anything is compiled or
+        written; see check_workdir_config), or its checkpoint does not restore into this config.
+      WorkdirInUseError: another live run holds the workdir.
+      DiskFullError: the disk filled up; one line naming the verified steps kept.
+      NonFiniteLossError: the loss or parameters became NaN / Inf (the last good checkpoint is kept).
     """
     t0 = time.time()
-    runner = setup(config, model)
-    iterator = iter(
-        make_pipeline(
-            config.dataset,
-            "train",
-            batch_size=config.batch_size,
-            train=True,
-            seed=config.seed,
-            data_dir=config.data_dir,
-            num_devices=runner.mesh.size,
-            augment=config.get("augment"),
-            **runner.task.pipeline_kwargs(),
-        )
-    )
+    if not restart:
+        check_workdir_config(config, workdir)
+    with SigtermFlag() as sigterm:
+        try:
+            summary, state, runner, last_eval = _run(config, workdir, model, sigterm, restart, t0)
+            if summary["stop_reason"] == "done":
+                summary = _finish(config, workdir, runner, state, last_eval, summary, callbacks, sigterm)
+            summary["wall_time_s"] = round(time.time() - t0, 2)
+            if jax.process_index() == 0:
+                path = os.path.join(workdir, "summary.json")
+                ckpt.write_text_atomically(path, json.dumps(summary, indent=2))
+        except Exception as err:
+            if ckpt.is_disk_full(err):
+                raise _disk_full(err, workdir) from None
+            raise
+    return summary
+
+
+def _run(config, workdir, model, sigterm, restart, t0):
+    """The training part of train_and_evaluate, under the workdir's lock: (summary, state, runner, eval)."""
+    _start_devices(config)
     os.makedirs(workdir, exist_ok=True)
     with workdir_lock(workdir):  # a second run on this workdir fails at once (WorkdirInUseError)
+        if restart:
+            set_previous_run_aside(workdir)
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("attn_jax_restart")
+        runner = build_steps(config, model=model)
+        iterator = iter(
+            make_pipeline(
+                config.dataset,
+                "train",
+                batch_size=config.batch_size,
+                train=True,
+                seed=config.seed,
+                data_dir=config.data_dir,
+                num_devices=runner.mesh.size,
+                augment=config.get("augment"),
+                **runner.task.pipeline_kwargs(),
+            )
+        )
         _save_config(config, workdir)
-        manager = _manager(
-            config, workdir, runner.task, keep_latest=config.keep_latest, keep_best=config.keep_best,
-            async_save=config.get("async_checkpoints", True),
-        )  # fmt: skip
-        writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
+        manager = writer = None
+        ok = False
         try:
+            manager = _manager(
+                config, workdir, runner.task, keep_latest=config.keep_latest, keep_best=config.keep_best,
+                async_save=config.get("async_checkpoints", True),
+            )  # fmt: skip
+            writer = MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
             state, start = _init_state(config, runner, manager, iterator)
-            train_start = time.time()
-            with SigtermFlag() as sigterm:
-                state, last_eval, reason = _train(
-                    config, runner, state, start, iterator, manager, writer, sigterm
-                )
-            manager.wait_until_finished()
-            train_s = time.time() - train_start
+            prior = float(manager.step_record(start).get("train_time_s") or 0.0) if start else 0.0
+            train_start = _now()
+            train_time = lambda: prior + _now() - train_start  # noqa: E731
+            state, last_eval, reason = _train(
+                config, runner, state, start, iterator, manager, writer, sigterm, train_time
+            )
+            manager.wait_until_finished()  # every saved step has its checksum from here on
+            train_s = train_time()
+            ok = True
         finally:
-            writer.close()
-            manager.close()
+            if ok:
+                writer.close()
+                manager.close()
+            else:
+                _close_quietly(writer and writer.close, manager and manager.wait_until_finished)
+                _close_quietly(manager and manager.close)
+                ckpt.remove_unfinished(os.path.join(workdir, "checkpoints"))
+    if reason == "done" and any_process(sigterm.requested):
+        reason = "sigterm"  # after the last save: the run stops here; run again for the final eval
     summary = {
         "workdir": os.path.abspath(workdir),
         "task": runner.task.name,
@@ -224,20 +431,21 @@ def train_and_evaluate(config, workdir: str, *, model=None, callbacks: Sequence[
         "processes": jax.process_count(),
         "attention": config.model.get("attention"),
     }
-    if reason == "done":
-        summary.update({f"test_{k}": v for k, v in (last_eval or evaluate(runner, state, config)).items()})
-        for callback in callbacks:
-            summary.update(
-                callback(RunEnd(config, workdir, runner.task, runner.model, state, runner, summary)) or {}
-            )
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+    return summary, state, runner, last_eval
+
+
+def _finish(config, workdir, runner, state, last_eval, summary, callbacks, sigterm) -> dict:
+    """Final test metrics and callbacks of a finished run; after a SIGTERM no further callback starts (the
+    summary then says "sigterm": the next run redoes the evaluation and the callbacks)."""
+    summary.update({f"test_{k}": v for k, v in (last_eval or evaluate(runner, state, config)).items()})
+    for callback in callbacks:
+        if any_process(sigterm.requested):
+            summary["stop_reason"] = "sigterm"  # checkpoints are saved and verified; run again to finish
+            break
+        summary.update(
+            callback(RunEnd(config, workdir, runner.task, runner.model, state, runner, summary)) or {}
+        )
     return summary
-
-
-class CheckpointMismatchError(ValueError):
-    """The checkpoints of a workdir were written by another model or config than the one given."""
 
 
 def check_run_config(config, workdir: str) -> None:

@@ -56,8 +56,13 @@ def _create(path: str) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(_owner(), f)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_owner(), f)
+    except BaseException:  # e.g. the disk is full: leave no empty lock behind
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
     return True
 
 
