@@ -8,7 +8,13 @@ import os
 import numpy as np
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# the collective timeouts as the trainer sets them (attn_jax.train.distributed.set_collective_timeouts):
+# under xdist on 2 loaded cores a multi-device test's device can reach an all-reduce a minute late
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_force_host_platform_device_count=8 --xla_cpu_collective_call_terminate_timeout_seconds=86400"
+    " --xla_cpu_collective_call_warn_stuck_timeout_seconds=300",
+)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
