@@ -76,15 +76,45 @@ def _trains_as_product(matmul_grad: bool | str, stride: int) -> bool:
 
 
 class SmallCNN(nn.Module):
-    """Conv3x3-BN-ReLU stages, one per entry of `features` (`blocks_per_stage` convs each); the first
-    log2(stride) stages halve the resolution with a stride-2 conv. stride 4 or 8 for 64x64 images.
-    subpixel_grad: those convs compute their input gradient by sub-pixel phases (attn_jax.nn.conv; same
-    forward, gradients equal up to float32 rounding); opt-in: on a loaded 2-core CPU it measured ~0.92x
-    the step time on 1 device and 1.0x on 4, not enough to change the default's numerics.
-    matmul_grad: which convs train as a matrix product over 3x3 patches, so that their kernel gradients
-    (and stride-2 input gradients) are products (attn_jax.nn.conv.MatmulGradConv; evaluation unchanged,
-    gradients equal up to float32 rounding): "none", "strided" (the stride-2 convs, whose gradients
-    XLA:CPU computes slowest) or "all"; True / False mean "all" / "none"."""
+    """A small CNN for CPU experiments: Conv3x3-BN-ReLU stages, one per entry of ``features``.
+
+    The first log2(stride) stages open with a stride-2 conv; use stride 4 or 8 for 64x64 images. The
+    main job's backbone is ``SmallCNN((24, 48, 96, 128), stride=8, matmul_grad="strided")``.
+
+    Args:
+      features: the width of each stage (positive ints).
+      stride: the total downsampling, a power of 2 with log2(stride) <= len(features).
+      blocks_per_stage: convs per stage (the first of a downsampling stage has stride 2).
+      use_bn: BatchNorm after each conv (else the conv has a bias).
+      dtype: computation dtype (None: the input's); ``jnp.bfloat16`` for bf16 compute.
+      param_dtype: dtype of the parameters.
+      bn_axis_name: a mapped axis name (e.g. ``"data"``) to average BatchNorm statistics across devices.
+      subpixel_grad: the stride-2 convs compute their input gradient by sub-pixel phases
+        (`attn_jax.nn.conv`; same forward, gradients equal up to float32 rounding). Opt-in.
+      matmul_grad: which convs train as a matrix product over 3x3 patches, so that their kernel gradients
+        (and stride-2 input gradients) are products: ``"none"``, ``"strided"`` (the stride-2 convs) or
+        ``"all"``; True / False mean ``"all"`` / ``"none"``. Evaluation is unchanged and the gradients
+        equal XLA's up to float32 rounding; lowered for GPU or TPU the convs are XLA's whatever this says.
+
+    Returns:
+      Called as ``backbone(images, train=False)`` on (B, H, W, C_in) images: features
+      (B, H / stride, W / stride, features[-1]). ``train=True`` uses batch statistics (update them with
+      ``mutable=["batch_stats"]``).
+
+    Raises:
+      ValueError: empty or non-positive ``features``, a ``blocks_per_stage`` below 1, an unknown
+        ``matmul_grad``, both ``subpixel_grad`` and ``matmul_grad``, or (when called) a ``stride`` that is
+        not a reachable power of 2.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.nn import SmallCNN
+      >>> cnn = SmallCNN(features=(8, 16), stride=4)
+      >>> images = jnp.zeros((2, 32, 32, 1))
+      >>> variables = cnn.init(jax.random.key(0), images)
+      >>> cnn.apply(variables, images).shape, cnn.out_channels
+      ((2, 8, 8, 16), 16)
+    """
 
     features: Sequence[int] = (32, 64, 128)
     stride: int = 8
@@ -107,6 +137,7 @@ class SmallCNN(nn.Module):
 
     @property
     def out_channels(self) -> int:
+        """Channels of the output features: ``features[-1]``."""
         return self.features[-1]
 
     @nn.compact
@@ -128,7 +159,14 @@ class SmallCNN(nn.Module):
 
 
 class ResNetBlock(nn.Module):
-    """Basic residual block (two 3x3 convs), as in flax examples/imagenet."""
+    """Basic residual block (two 3x3 convs), as in the Flax ImageNet example; built by `ResNet`.
+
+    Args:
+      filters: output channels.
+      conv: the conv constructor (``functools.partial`` of ``flax.linen.Conv``).
+      norm: the normalisation constructor.
+      strides: stride of the first conv (and of the projection shortcut).
+    """
 
     filters: int
     conv: Any
@@ -148,7 +186,14 @@ class ResNetBlock(nn.Module):
 
 
 class BottleneckResNetBlock(nn.Module):
-    """Bottleneck block (1x1, 3x3 strided, 1x1 with 4x expansion), as torchvision's ResNet v1.5."""
+    """Bottleneck block (1x1, 3x3 strided, 1x1 with 4x expansion), as torchvision's ResNet v1.5.
+
+    Args:
+      filters: channels of the inner convs (the output has 4 x filters).
+      conv: the conv constructor (``functools.partial`` of ``flax.linen.Conv``).
+      norm: the normalisation constructor.
+      strides: stride of the 3x3 conv (and of the projection shortcut).
+    """
 
     filters: int
     conv: Any
@@ -169,8 +214,33 @@ class BottleneckResNetBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """ResNet feature extractor (no classifier head). stem="imagenet": 7x7/2 conv + 3x3/2 max-pool,
-    stride 32; stem="small": one 3x3/1 conv, no pool, stride 8 (for 32-64 px images)."""
+    """ResNet feature extractor (no classifier head); `ResNet18`, `ResNet34` and `ResNet50` fix its stages.
+
+    Args:
+      stage_sizes: blocks per stage; every stage after the first halves the resolution.
+      block_cls: `ResNetBlock` or `BottleneckResNetBlock`.
+      num_filters: channels of the first stage (doubled per stage).
+      stem: ``"imagenet"`` (7x7/2 conv and 3x3/2 max-pool: stride 32 with four stages) or ``"small"``
+        (one 3x3/1 conv, no pool: stride 8, for 32-64 px images).
+      dtype: computation dtype (None: the input's).
+      param_dtype: dtype of the parameters.
+      bn_axis_name: a mapped axis name to average BatchNorm statistics across devices.
+
+    Returns:
+      Called as ``backbone(images, train=False)``: features (B, H / stride, W / stride, out_channels).
+
+    Raises:
+      ValueError: (when called) an unknown ``stem``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.nn import ResNet18
+      >>> resnet = ResNet18(num_filters=8, stem="small")
+      >>> resnet.stride, resnet.out_channels
+      (8, 64)
+      >>> jax.eval_shape(resnet.init_with_output, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))[0].shape
+      (1, 4, 4, 64)
+    """
 
     stage_sizes: Sequence[int]
     block_cls: Any = ResNetBlock
@@ -186,10 +256,12 @@ class ResNet(nn.Module):
 
     @property
     def out_channels(self) -> int:
+        """Channels of the output features."""
         return self.num_filters * 2 ** (len(self.stage_sizes) - 1) * self.block_cls.expansion
 
     @property
     def stride(self) -> int:
+        """Total downsampling of the output features."""
         return (4 if self.stem == "imagenet" else 1) * 2 ** (len(self.stage_sizes) - 1)
 
     @nn.compact
@@ -218,10 +290,35 @@ ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block_cls=Bottlen
 
 
 class Decoder(nn.Module):
-    """Segmentation decoder: per entry of `features`, 2x bilinear upsampling then Conv3x3-BN-ReLU.
+    """Segmentation decoder: per entry of ``features``, 2x bilinear upsampling, then Conv3x3-BN-ReLU.
 
-    Upsamples by 2 ** len(features): use log2(encoder stride) entries to return to input resolution.
-    Output (B, H * 2**k, W * 2**k, out_channels)."""
+    It upsamples by 2 ** len(features): give it log2(encoder stride) entries to return to the input's
+    resolution.
+
+    Args:
+      features: the width after each upsampling (positive ints).
+      use_bn: BatchNorm after each conv (else the conv has a bias).
+      dtype: computation dtype (None: the input's).
+      param_dtype: dtype of the parameters.
+      bn_axis_name: a mapped axis name to average BatchNorm statistics across devices.
+      subpixel_grad: accepted for symmetry with `SmallCNN`; the decoder's convs have stride 1, so it
+        changes nothing.
+
+    Returns:
+      Called as ``decoder(x, train=False)`` on (B, h, w, C): (B, h · 2^k, w · 2^k, features[-1]) with
+      k = len(features).
+
+    Raises:
+      ValueError: empty or non-positive ``features``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.nn import Decoder
+      >>> decoder = Decoder((16, 8))
+      >>> x = jnp.zeros((2, 8, 8, 32))
+      >>> decoder.apply(decoder.init(jax.random.key(0), x), x).shape, decoder.upsampling
+      ((2, 32, 32, 8), 4)
+    """
 
     features: Sequence[int] = (64, 32, 16)
     use_bn: bool = True
@@ -237,10 +334,12 @@ class Decoder(nn.Module):
 
     @property
     def out_channels(self) -> int:
+        """Channels of the output: ``features[-1]``."""
         return self.features[-1]
 
     @property
     def upsampling(self) -> int:
+        """The resolution factor, 2 ** len(features)."""
         return 2 ** len(self.features)
 
     @nn.compact

@@ -91,14 +91,34 @@ def torch_to_flax(
     *,
     template: Mapping[str, Any] | None = None,
 ) -> dict:
-    """Convert a PyTorch ``state_dict`` to Flax variables {"params": ..., "batch_stats": ...}.
+    """Convert a PyTorch ``state_dict`` to Flax variables ``{"params": ..., "batch_stats": ...}``.
 
-    ``rename`` maps each PyTorch module prefix (the key without its last component, e.g.
-    "backbone.0") to a Flax module path ("backbone/conv0_0"), or to None to drop it; a callable is
-    called with the prefix instead. ``template`` (e.g. ``model.init(...)``, or its
-    ``jax.eval_shape``) is checked leaf by leaf (missing, unexpected or mis-shaped leaves raise
-    ValueError naming them) and gives the dtypes; only its "params" and "batch_stats" are compared.
-    Returns NumPy arrays in nested dicts.
+    Conv weights (O, I, kh, kw) become kernels (kh, kw, I, O), linear weights (O, I) kernels (I, O),
+    and BatchNorm's running statistics go to "batch_stats"; ``num_batches_tracked`` is dropped. torch
+    itself is not imported: tensors are read through NumPy.
+
+    Args:
+      state_dict: PyTorch parameter names to tensors (any device) or array-likes.
+      rename: maps each PyTorch module prefix (the key without its last component, e.g.
+        ``"backbone.0"``) to a Flax module path (``"backbone/conv0_0"``), or to None to drop it; a
+        callable is called with the prefix instead.
+      template: the expected variables (e.g. ``model.init(...)`` or its ``jax.eval_shape``). When
+        given, its "params" and "batch_stats" are compared leaf by leaf, and its dtypes are used.
+
+    Returns:
+      The variables as nested dicts of NumPy arrays.
+
+    Raises:
+      ValueError: a prefix that ``rename`` does not map (naming the known ones), or, with a
+        ``template``, missing, unexpected or mis-shaped leaves (naming them).
+
+    Examples:
+      >>> import numpy as np
+      >>> from attn_jax.nn import torch_to_flax
+      >>> state_dict = {"fc.weight": np.ones((10, 4)), "fc.bias": np.zeros(10)}
+      >>> variables = torch_to_flax(state_dict, {"fc": "classifier"})
+      >>> variables["params"]["classifier"]["kernel"].shape
+      (4, 10)
     """
     flat: dict[tuple[str, ...], np.ndarray] = {}
     for key, tensor in state_dict.items():
@@ -117,9 +137,27 @@ def torch_to_flax(
 def torchvision_resnet_rename(
     stage_sizes, *, bottleneck: bool = False, torch_prefix: str = "", flax_prefix: str = ""
 ) -> dict[str, str | None]:
-    """``rename`` for a torchvision-layout ResNet (conv1, bn1, layer{i}.{j}.conv1 ..., downsample, fc)
-    into `attn_jax.nn.ResNet(stage_sizes, stem="imagenet")`; ``fc`` is dropped (attn_jax's ResNet is a
-    feature extractor). Prefixes place it inside a model, e.g. ("backbone.", "backbone/")."""
+    """The ``rename`` of `torch_to_flax` for a ResNet written with torchvision's module names.
+
+    Maps conv1, bn1, layer{i}.{j}.conv1 ..., downsample into
+    ``attn_jax.nn.ResNet(stage_sizes, stem="imagenet")``; ``fc`` is dropped (attn_jax's ResNet is a
+    feature extractor).
+
+    Args:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      bottleneck: the blocks are bottleneck blocks (ResNet-50 and deeper).
+      torch_prefix: prefix of the ResNet's keys in the state_dict, e.g. ``"backbone."``.
+      flax_prefix: path of the ResNet inside the Flax model, e.g. ``"backbone/"``.
+
+    Returns:
+      PyTorch module prefix -> Flax module path (None for ``fc``).
+
+    Examples:
+      >>> from attn_jax.nn import torchvision_resnet_rename
+      >>> rename = torchvision_resnet_rename((2, 2, 2, 2))
+      >>> rename["layer2.0.downsample.0"], rename["fc"]
+      ('ResNetBlock_2/conv_proj', None)
+    """
     block = "BottleneckResNetBlock" if bottleneck else "ResNetBlock"
     convs = 3 if bottleneck else 2
     out: dict[str, str | None] = {

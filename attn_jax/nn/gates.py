@@ -32,7 +32,28 @@ def reject_guide(name: str, guide) -> None:
 
 
 class Identity(nn.Module):
-    """No attention: returns x unchanged; sows a uniform (B, H, W) map of ones for uniform tooling."""
+    """No attention: returns x unchanged, so a model with ``attention="none"`` is the baseline.
+
+    Sows a (B, H, W) map of ones as "attention_map", so tools that read the map work on every model.
+
+    Args:
+      dtype: unused (no computation); accepted like every registry entry's.
+      param_dtype: unused (no parameters).
+
+    Returns:
+      Called as ``module(x, *, guide=None, train=False)`` on x (B, H, W, C): x itself.
+
+    Raises:
+      ValueError: x is not 4-D, or a ``guide`` is given.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.nn import Identity
+      >>> x = jnp.ones((2, 4, 4, 8))
+      >>> y, state = Identity().apply({}, x, mutable=["intermediates"])
+      >>> bool((y == x).all()), state["intermediates"]["attention_map"][0].shape
+      (True, (2, 4, 4))
+    """
 
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -46,7 +67,30 @@ class Identity(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """Spatial gate: a = sigmoid(Conv1x1(x)) of shape (B, H, W, 1); returns x * a."""
+    """Spatial gate: a = sigmoid(conv1x1(x)), one weight per position; returns x * a.
+
+    The attention of the reference task models. Sows a (B, H, W) as "attention_map".
+
+    Args:
+      dtype: computation dtype of the 1x1 conv (None: the input's); the gate is computed in float32.
+      param_dtype: dtype of the conv's parameters.
+
+    Returns:
+      Called as ``module(x, *, guide=None, train=False)`` on x (B, H, W, C): x * a, (B, H, W, C).
+
+    Raises:
+      ValueError: x is not 4-D, or a ``guide`` is given.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.nn import SpatialAttention
+      >>> x = jnp.ones((2, 4, 4, 8))
+      >>> gate = SpatialAttention()
+      >>> variables = gate.init(jax.random.key(0), x)
+      >>> y, state = gate.apply(variables, x, mutable=["intermediates"])
+      >>> y.shape, state["intermediates"]["attention_map"][0].shape
+      ((2, 4, 4, 8), (2, 4, 4))
+    """
 
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -62,7 +106,22 @@ class SpatialAttention(nn.Module):
 
 
 class SqueezeExcite(nn.Module):
-    """Squeeze-and-excitation (Hu et al. 2018): a = sigmoid(W2 relu(W1 mean_hw(x))) of shape (B, C)."""
+    """Squeeze-and-excitation (Hu et al. 2018): a channel gate a = sigmoid(W2 relu(W1 mean_hw(x))).
+
+    Sows a (B, C) as "attention_map".
+
+    Args:
+      reduction: the hidden layer has max(min_hidden, C // reduction) units.
+      min_hidden: the smallest hidden width.
+      dtype: computation dtype of the two dense layers (None: the input's).
+      param_dtype: dtype of their parameters.
+
+    Returns:
+      Called as ``module(x, *, guide=None, train=False)`` on x (B, H, W, C): x * a, (B, H, W, C).
+
+    Raises:
+      ValueError: x is not 4-D, or a ``guide`` is given.
+    """
 
     reduction: int = 16
     min_hidden: int = 4
@@ -84,9 +143,25 @@ class SqueezeExcite(nn.Module):
 
 
 class CBAM(nn.Module):
-    """CBAM (Woo et al. 2018): channel attention (shared MLP on avg- and max-pooled x), then spatial
-    attention (kxk conv over channel-wise mean and max). Sows the spatial map (B, H, W) as
-    "attention_map" and the channel map (B, C) as "channel_map"."""
+    """CBAM (Woo et al. 2018): a channel gate, then a spatial gate.
+
+    The channel gate is a shared MLP on the average- and max-pooled x; the spatial gate a k x k conv over
+    the channel-wise mean and max. Sows the spatial map (B, H, W) as "attention_map" and the channel
+    map (B, C) as "channel_map".
+
+    Args:
+      reduction: the MLP's hidden layer has max(min_hidden, C // reduction) units.
+      min_hidden: the smallest hidden width.
+      kernel_size: k of the spatial gate's conv.
+      dtype: computation dtype of the layers (None: the input's).
+      param_dtype: dtype of their parameters.
+
+    Returns:
+      Called as ``module(x, *, guide=None, train=False)`` on x (B, H, W, C): the gated x, (B, H, W, C).
+
+    Raises:
+      ValueError: x is not 4-D, or a ``guide`` is given.
+    """
 
     reduction: int = 16
     min_hidden: int = 4
@@ -122,9 +197,22 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 
 
 class ECA(nn.Module):
-    """ECA (Wang et al. 2020): a = sigmoid(conv1d_k(mean_hw(x))) over the channel axis, (B, C).
+    """ECA (Wang et al. 2020): a channel gate a = sigmoid(conv1d_k(mean_hw(x))) over the channel axis.
 
-    kernel_size=None picks ECA-Net's adaptive size from C."""
+    Sows a (B, C) as "attention_map".
+
+    Args:
+      kernel_size: k of the 1-D conv; None picks ECA-Net's adaptive size from C (odd, about
+        log2(C) / 2 + 1 / 2).
+      dtype: computation dtype of the conv (None: the input's).
+      param_dtype: dtype of its parameters.
+
+    Returns:
+      Called as ``module(x, *, guide=None, train=False)`` on x (B, H, W, C): x * a, (B, H, W, C).
+
+    Raises:
+      ValueError: x is not 4-D, or a ``guide`` is given.
+    """
 
     kernel_size: int | None = None
     dtype: Dtype | None = None
@@ -154,9 +242,30 @@ class ECA(nn.Module):
 class AttentionGate(nn.Module):
     """Attention U-Net gate (Oktay et al. 2018): a = sigmoid(psi(relu(theta(x) + phi(g)))), (B, H, W).
 
-    ``guide`` g (B, h, w, C_g) is a coarser gating signal; phi(g) is resized (bilinear) to x's grid.
-    Without a guide, g = 2x2 average-pooled x (a self-gating, coarser context). The paper's output
-    1x1 conv + BatchNorm after the gating is left out so the module is a pure gate like the others.
+    The gating signal g is ``guide``, a coarser (B, h, w, C_g) feature map; phi(g) is resized
+    (bilinear) to x's grid. Without a guide, g is the 2x2 average-pooled x (a self-gating, coarser
+    context). The paper's output 1x1 conv + BatchNorm after the gating is left out, so the module is a
+    pure gate like the others. Sows a (B, H, W) as "attention_map".
+
+    Args:
+      inter_channels: width of theta(x) and phi(g) (None: C // 2).
+      dtype: computation dtype of the 1x1 convs (None: the input's).
+      param_dtype: dtype of their parameters.
+
+    Returns:
+      Called as ``module(x, *, guide=None, train=False)`` on x (B, H, W, C): x * a, (B, H, W, C).
+
+    Raises:
+      ValueError: x is not 4-D, or ``guide`` is not (B, h, w, C_g) with x's batch size.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.nn import AttentionGate
+      >>> x, g = jnp.ones((2, 8, 8, 16)), jnp.ones((2, 4, 4, 32))  # g: a coarser decoder signal
+      >>> gate = AttentionGate(inter_channels=8)
+      >>> variables = gate.init(jax.random.key(0), x, guide=g)
+      >>> gate.apply(variables, x, guide=g).shape
+      (2, 8, 8, 16)
     """
 
     inter_channels: int | None = None

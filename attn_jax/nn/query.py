@@ -30,18 +30,44 @@ def _query_from_guide(guide, batch: int):
 
 
 class AdditiveAttention(nn.Module):
-    """Additive attention (Bahdanau et al. 2015) pooling the grid, as in Show-Attend-Tell (Xu et al. 2015).
+    """Additive attention (Bahdanau et al. 2015) over the grid, as in Show, Attend and Tell (Xu et al. 2015).
 
-    e_i = w_a . tanh(q W_q + h_i W_k + b).
+    Scores e_i = w_a · tanh(q W_q + h_i W_k + b) over the n = H·W feature vectors h_i (C each), which
+    are both keys and values; alpha = softmax(e); context c = sum_i alpha_i h_i. The query is ``guide``
+    when given, else ``num_queries`` learned vectors of size C. The module returns the gate
+    x · n · mean_m(alpha), so that averaging the output over positions gives exactly the mean context
+    vector: a model that average-pools (`AttentionClassifier`) pools with alpha. Sows alpha (B, m, n)
+    as "attention_map" and the context (B, m, C) as "context".
 
-    Keys and values are the n = H*W feature vectors h_i (C each); the query is ``guide`` ((m, d_q) or
-    (B, m, d_q)) if given, else ``num_queries`` learned vectors of size C. Sows "attention_map" (B, m, n)
-    (the softmax weights alpha) and "context" (B, m, C) (c = sum_i alpha_i h_i). Returns the gate
-    x * n * mean_m(alpha) (B, H, W, C), so that averaging the output over positions gives exactly the mean
-    context vector: a model that average-pools (AttentionClassifier) pools with alpha.
-    ``chunk_size`` ("auto", the default: unchunked while the (B, m, n, a) tanh tensor fits in a few MiB,
-    else key chunks; an int; None = unchunked) and ``implementation`` ("xla", "pallas", "auto") are passed
-    to `attn_jax.additive_attention`.
+    Args:
+      num_queries: m, the number of learned queries (ignored when a ``guide`` is given).
+      attention_dim: a, the width of the projections W_q, W_k and of w_a (None: C).
+      use_bias: whether to learn the bias b (a,).
+      chunk_size: passed to `attn_jax.additive_attention`: ``"auto"`` (unchunked while the
+        (B, m, n, a) tanh tensor fits in 4 MiB, else key chunks), an int k (chunks of k keys) or None
+        (never chunked).
+      implementation: passed to `attn_jax.additive_attention`: ``"xla"``, ``"pallas"`` or ``"auto"``.
+      dtype: computation dtype (None: the promoted dtype of x and the parameters).
+      param_dtype: dtype of the parameters.
+
+    Returns:
+      Called as ``module(x, *, guide=None, train=False)`` on x (B, H, W, C), with ``guide`` an optional
+      query of shape (m, d_q) shared by the batch or (B, m, d_q): the gated x, (B, H, W, C).
+
+    Raises:
+      ValueError: x is not 4-D, ``guide`` has another shape, or an argument of
+        `attn_jax.additive_attention` is invalid.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.nn import AdditiveAttention
+      >>> x = jnp.ones((2, 4, 4, 8))  # n = 16 positions
+      >>> attn = AdditiveAttention(num_queries=3, attention_dim=16)
+      >>> variables = attn.init(jax.random.key(0), x)
+      >>> y, state = attn.apply(variables, x, mutable=["intermediates"])
+      >>> sown = state["intermediates"]
+      >>> y.shape, sown["attention_map"][0].shape, sown["context"][0].shape
+      ((2, 4, 4, 8), (2, 3, 16), (2, 3, 8))
     """
 
     num_queries: int = 1
@@ -83,12 +109,33 @@ class AdditiveAttention(nn.Module):
 
 
 class NonLocal(nn.Module):
-    """Non-local block, embedded Gaussian (Wang et al. 2018): self-attention over the H*W positions.
+    """Non-local block, embedded Gaussian (Wang et al. 2018): self-attention over the H·W positions.
 
-    f = softmax_j(theta(x_i) . phi(x_j)), y_i = sum_j f_ij g(x_j), z = x + W_z(y). W_z starts at zero
-    (the paper zero-initialises its BatchNorm scale instead), so the block is the identity at init.
-    ``subsample`` max-pools phi and g by 2 (the paper's cheaper variant). Sows f as "attention_map"
-    (B, n, n'), n = H*W and n' = n or the pooled count.
+    f = softmax_j(theta(x_i) · phi(x_j)), y_i = sum_j f_ij g(x_j), z = x + W_z(y). W_z starts at zero
+    (the paper zero-initialises its BatchNorm scale instead), so the block is the identity at init. Sows
+    f (B, n, n') as "attention_map", n = H·W and n' = n, or the pooled count with ``subsample``.
+
+    Args:
+      inter_channels: width of theta, phi and g (None: C // 2).
+      subsample: max-pool phi and g by 2 (the paper's cheaper variant).
+      dtype: computation dtype of the 1x1 convs (None: the input's).
+      param_dtype: dtype of their parameters.
+
+    Returns:
+      Called as ``module(x, *, guide=None, train=False)`` on x (B, H, W, C): z, (B, H, W, C).
+
+    Raises:
+      ValueError: x is not 4-D, or a ``guide`` is given.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.nn import NonLocal
+      >>> x = jnp.ones((2, 4, 4, 8))
+      >>> block = NonLocal(subsample=True)
+      >>> variables = block.init(jax.random.key(0), x)
+      >>> y, state = block.apply(variables, x, mutable=["intermediates"])
+      >>> bool((y == x).all()), state["intermediates"]["attention_map"][0].shape  # identity at init
+      (True, (2, 16, 4))
     """
 
     inter_channels: int | None = None

@@ -26,15 +26,42 @@ ATTENTION_REGISTRY: Mapping[str, type[nn.Module]] = {
 
 
 def available_attention() -> tuple[str, ...]:
-    """The registered attention names, sorted."""
+    """The registered attention names, sorted.
+
+    Returns:
+      The keys of `ATTENTION_REGISTRY` as a sorted tuple; each is a valid ``attention=`` of the models.
+
+    Examples:
+      >>> from attn_jax.nn import available_attention
+      >>> available_attention()
+      ('additive', 'cbam', 'eca', 'gate', 'none', 'nonlocal', 'se', 'spatial')
+    """
     return tuple(sorted(ATTENTION_REGISTRY))
 
 
 def create_attention(name: str, /, **kwargs) -> nn.Module:
     """Build the attention module registered as `name` with its keyword attributes.
 
-    `kwargs` may include the Flax `name=` of the module. Raises ValueError for an unknown name
-    (listing the known ones) or an attribute the entry lacks.
+    Args:
+      name: a registry name (`available_attention`), positional only.
+      **kwargs: attributes of that module (e.g. ``reduction=8`` for ``"se"``), and optionally the Flax
+        ``name=`` of the module.
+
+    Returns:
+      The unbound Flax module, called as ``module(x, *, guide=None, train=False)``.
+
+    Raises:
+      ValueError: an unknown name (the message lists the known ones) or an attribute the entry lacks
+        (the message lists the ones it takes).
+
+    Examples:
+      >>> from attn_jax.nn import create_attention
+      >>> create_attention("se", reduction=8).reduction
+      8
+      >>> create_attention("nope")
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown attention 'nope'; known: additive, cbam, eca, gate, none, nonlocal, se, spatial
     """
     if name not in ATTENTION_REGISTRY:
         raise ValueError(f"unknown attention {name!r}; known: {', '.join(available_attention())}")
