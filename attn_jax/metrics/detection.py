@@ -139,6 +139,45 @@ def check_scores(records: Sequence[ImageRecord]) -> None:
             )
 
 
+def _check_labels_and_boxes(where: str, kind: str, labels, boxes, num_classes: int, rows=None) -> None:
+    """Raise if a label lies outside [0, num_classes) or a box holds NaN / Inf (`kind` is "gt" or "det").
+
+    rows (bool, like labels) limits the check to the valid rows; messages name a row by its full index."""
+    labels = np.asarray(labels).reshape(-1)
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    rows = np.ones(labels.shape, bool) if rows is None else np.asarray(rows, bool).reshape(-1)
+    bad = rows & ~((labels >= 0) & (labels < num_classes))  # NaN too
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{kind}_labels of {where} hold {labels[j].item()!r} (box {j}), outside [0, {num_classes}) for "
+            f"num_classes={num_classes}: {int(bad.sum())} such box(es); mark padded boxes invalid instead"
+        )
+    bad = rows & ~np.all(np.isfinite(boxes), axis=1)
+    if bad.any():
+        j = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{kind}_boxes of {where} hold {boxes[j].tolist()} (box {j}): not finite")
+
+
+def check_records(records: Sequence[ImageRecord], num_classes: int) -> None:
+    """Raise ValueError for records the detection metrics cannot score.
+
+    Args:
+      records: the images to score.
+      num_classes: C; every gt and detection label must lie in [0, C).
+
+    Raises:
+      ValueError: for a bad num_classes, a NaN detection score, a gt or detection label outside [0, C), or
+        a gt or detection box holding NaN or Inf; the message names the image, the box and the value.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+    check_scores(records)
+    for i, rec in enumerate(records):
+        _check_labels_and_boxes(f"image {i}", "gt", rec.gt_labels, rec.gt_boxes, num_classes)
+        _check_labels_and_boxes(f"image {i}", "det", rec.det_labels, rec.det_boxes, num_classes)
+
+
 def coco_evaluate(
     records: Sequence[ImageRecord],
     num_classes: int,
@@ -148,8 +187,11 @@ def coco_evaluate(
 ) -> dict[str, float]:
     """COCO bbox metrics over images, -> {"mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
     "AR100", "ARs", "ARm", "ARl"} (-1 where undefined, as pycocotools). Classes with no gt are skipped.
-    NaN scores are a ValueError."""
-    check_scores(records)
+
+    Raises:
+      ValueError: as check_records (NaN scores, labels outside [0, num_classes), non-finite boxes).
+    """
+    check_records(records, num_classes)
     scale = np.array([image_size[0], image_size[1], image_size[0], image_size[1]], np.float64)
     area_ranges = np.array(list(COCO_AREA_RANGES.values()))
     iou_thresholds = np.asarray(iou_thresholds, np.float64)
@@ -219,9 +261,12 @@ def voc_evaluate(
     records: Sequence[ImageRecord], num_classes: int, iou_threshold: float = 0.5, use_07_metric: bool = False
 ) -> dict[str, float | list[float]]:
     """PASCAL VOC AP per class (IoU > iou_threshold; a second detection of a matched gt is a false
-    positive) -> {"AP50_voc": mean over classes with gt (-1 if none), "per_class": [AP or nan]}. NaN scores
-    are a ValueError."""
-    check_scores(records)
+    positive) -> {"AP50_voc": mean over classes with gt (-1 if none), "per_class": [AP or nan]}.
+
+    Raises:
+      ValueError: as check_records (NaN scores, labels outside [0, num_classes), non-finite boxes).
+    """
+    check_records(records, num_classes)
     per_class = []
     for k in range(num_classes):
         dets, num_gt = [], 0
@@ -257,26 +302,44 @@ def voc_evaluate(
 class DetectionEvaluator:
     """Accumulates batches of fixed-size detections (e.g. from detection.postprocess) and padded ground
     truth over an eval set; result() returns the COCO metrics plus VOC AP@0.5 ("AP50_voc"). With no image
-    added every metric is NaN (num_images 0), the convention of every evaluator in attn_jax.metrics."""
+    added every metric is NaN (num_images 0), the convention of every evaluator in attn_jax.metrics.
+
+    `add_batch` is the host-side check of a jitted eval step's output: rows marked invalid (padded
+    detections, padded gt, padding examples) may hold anything; every valid row must have a label in
+    [0, num_classes), a finite box and (detections) a non-NaN score, else ValueError naming the value.
+    """
 
     num_classes: int
     image_size: tuple[float, float] = (1.0, 1.0)
     records: list[ImageRecord] = field(default_factory=list)
 
+    def __post_init__(self):
+        check_records([], self.num_classes)
+
     def add_batch(self, boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid, example_valid=None):
         """Arrays with a leading batch dim: detections (b, k, ...), gt (b, m, ...); example_valid (b,)
-        drops the eval pipeline's padding examples."""
+        drops the eval pipeline's padding examples.
+
+        Raises:
+          ValueError: naming the batch example and value, for a valid detection with a NaN score, a valid
+            detection's class or valid gt's label outside [0, num_classes), or a valid box with NaN / Inf.
+        """
         arrays = [np.asarray(x) for x in (boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid)]
         boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid = arrays
         b = boxes.shape[0]
         keep = np.ones(b, bool) if example_valid is None else np.asarray(example_valid, bool)
-        for i in np.flatnonzero(keep):
-            v, gv = valid[i].astype(bool), gt_valid[i].astype(bool)
-            if np.isnan(scores[i][v]).any():
+        valid, gt_valid = valid.astype(bool), gt_valid.astype(bool)
+        for n, i in enumerate(np.flatnonzero(keep)):  # check the whole batch before adding any of it
+            where = f"batch example {i} (image {len(self.records) + n} of the eval set)"
+            if np.isnan(scores[i][valid[i]]).any():
                 raise ValueError(
-                    f"scores of batch example {i} (image {len(self.records)} of the eval set) contain NaN "
-                    "at valid detections; detection metrics rank by score and cannot order NaN"
+                    f"scores of {where} contain NaN at valid detections; detection metrics rank by score "
+                    "and cannot order NaN"
                 )
+            _check_labels_and_boxes(where, "gt", gt_labels[i], gt_boxes[i], self.num_classes, gt_valid[i])
+            _check_labels_and_boxes(where, "det", classes[i], boxes[i], self.num_classes, valid[i])
+        for i in np.flatnonzero(keep):
+            v, gv = valid[i], gt_valid[i]
             self.records.append(
                 ImageRecord(gt_boxes[i][gv], gt_labels[i][gv], boxes[i][v], scores[i][v], classes[i][v])
             )

@@ -1,11 +1,64 @@
-"""Segmentation metrics: confusion matrix (JAX, runs inside a jitted eval step), per-class IoU and mIoU."""
+"""Segmentation metrics: confusion matrix (JAX, runs inside a jitted eval step), per-class IoU and mIoU.
+
+Value rules (the same for `confusion_matrix`, `SegmentationEvaluator` and the losses in attn_jax.losses):
+a pixel is *counted* when its example is valid and its target is not `ignore_index`. A counted pixel's
+target and prediction must lie in [0, num_classes): called with concrete arrays (NumPy, or JAX arrays
+outside jit) anything else is a ValueError naming the value. `ignore_index` is a target-only label: a
+prediction equal to it is out of range like any other. Under jit the values cannot be checked; there a
+counted pixel with an out-of-range prediction is a miss (never a hit), and one with an out-of-range target
+is not counted, as documented in `confusion_matrix`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def _check_num_classes(num_classes) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int; got {num_classes!r}")
+
+
+def _traced(*arrays) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in arrays)
+
+
+def _first_bad(name: str, values: np.ndarray, bad: np.ndarray, num_classes: int, extra: str = "") -> None:
+    if bad.any():
+        flat = values[bad]
+        raise ValueError(
+            f"{name} holds {flat[0].item()!r} at index {tuple(int(i) for i in np.argwhere(bad)[0])}, outside "
+            f"[0, {num_classes}){extra}: {flat.size} such pixel(s), values {np.unique(flat)[:5].tolist()}"
+        )
+
+
+def check_segmentation_values(pred, target, num_classes: int, ignore_index: int | None = 255, valid=None):
+    """Raise ValueError if a counted pixel's target or prediction lies outside [0, num_classes).
+
+    Args:
+      pred: int array (...) of predicted classes, concrete (not traced).
+      target: int array of pred's shape; pixels equal to `ignore_index` are not counted.
+      num_classes: C.
+      ignore_index: target label of pixels that are not counted (None: none).
+      valid: optional bool array broadcastable to target's shape; False marks padding, not counted.
+
+    Raises:
+      ValueError: naming the first out-of-range value and its index, e.g. ``pred holds 99 at index (0, 1)``.
+    """
+    pred, target = np.asarray(pred), np.asarray(target)
+    counted = np.ones(target.shape, bool)
+    if valid is not None:
+        counted &= np.broadcast_to(np.asarray(valid, bool), target.shape)
+    if ignore_index is not None:
+        counted &= target != ignore_index
+    ignore = "" if ignore_index is None else f" and not ignore_index={ignore_index}"
+    out_of_range = lambda x: ~((x >= 0) & (x < num_classes))  # NaN too
+    _first_bad("target", target, counted & out_of_range(target), num_classes, ignore)
+    _first_bad("pred", pred, counted & out_of_range(pred), num_classes)
 
 
 def confusion_matrix(
@@ -13,26 +66,66 @@ def confusion_matrix(
 ) -> jnp.ndarray:
     """(C, C) int32 counts, rows = target class, columns = predicted class; jit-compatible.
 
-    pred, target int (...) of one shape. Pixels whose target is ignore_index or outside [0, C), or where
-    the optional bool `valid` (broadcastable, e.g. (b, 1, 1) for padded examples) is False, are not counted.
+    Args:
+      pred: int (...) predicted classes.
+      target: int (...) of pred's shape, target classes in [0, C) or `ignore_index`.
+      num_classes: C >= 1.
+      ignore_index: target label of pixels that are not counted (None: every pixel counts).
+      valid: optional bool, broadcastable to target (e.g. (b, 1, 1) for padded examples); False pixels are
+        not counted and may hold anything.
+
+    Returns:
+      The (C, C) int32 confusion matrix of the counted pixels (valid, target != ignore_index).
+
+    Raises:
+      ValueError: for mismatched shapes or a bad num_classes; with concrete (untraced) inputs, also for a
+        counted pixel whose target or prediction lies outside [0, C), naming the value.
+
+    Under jit the values cannot be checked. There a counted pixel whose target lies outside [0, C) is not
+    counted, and one whose prediction lies outside [0, C) is counted as a miss: in its target's row, in
+    column (target + 1) mod C (with C = 1, where no class is wrong, it is not counted). An out-of-range
+    prediction is never a hit and never clipped onto a class.
+
+    Examples:
+      >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 2).tolist()
+      [[1, 1], [0, 1]]
     """
+    _check_num_classes(num_classes)
     if pred.shape != target.shape:
         raise ValueError(f"pred and target must have the same shape; got {pred.shape} and {target.shape}")
+    if not _traced(pred, target, valid):
+        check_segmentation_values(pred, target, num_classes, ignore_index, valid)
+    pred, target = jnp.asarray(pred), jnp.asarray(target)
     ok = (target >= 0) & (target < num_classes)
     if ignore_index is not None:
         ok &= target != ignore_index
     if valid is not None:
         ok &= jnp.broadcast_to(jnp.asarray(valid, bool), target.shape)
-    pred_ok = jnp.clip(pred, 0, num_classes - 1)
-    idx = jnp.where(ok, target * num_classes + pred_ok, 0).reshape(-1)
+    pred_in_range = (pred >= 0) & (pred < num_classes)
+    if num_classes == 1:
+        ok &= pred_in_range
+    column = jnp.where(pred_in_range, pred, (target + 1) % num_classes)
+    idx = jnp.where(ok, target * num_classes + column, 0).reshape(-1)
     counts = jnp.zeros(num_classes * num_classes, jnp.int32).at[idx].add(ok.reshape(-1).astype(jnp.int32))
     return counts.reshape(num_classes, num_classes)
 
 
 def iou_from_confusion(cm: np.ndarray) -> dict[str, float | np.ndarray]:
     """Per-class IoU = TP / (TP + FP + FN) (NaN for classes absent from both target and prediction),
-    mIoU = their nan-mean, and pixel accuracy."""
+    mIoU = their nan-mean, and pixel accuracy.
+
+    Args:
+      cm: (C, C) counts, rows = target class, columns = predicted class.
+
+    Returns:
+      {"mIoU": float, "per_class_iou": (C,) float64, "pixel_accuracy": float}; NaN when nothing is counted.
+
+    Raises:
+      ValueError: if cm is not square.
+    """
     cm = np.asarray(cm, np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
+        raise ValueError(f"cm must be a square (C, C) confusion matrix; got shape {cm.shape}")
     tp = np.diag(cm)
     union = cm.sum(0) + cm.sum(1) - tp
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -48,25 +141,46 @@ def iou_from_confusion(cm: np.ndarray) -> dict[str, float | np.ndarray]:
 @dataclass
 class SegmentationEvaluator:
     """Sums confusion matrices over an eval set (from predictions or from in-step confusion_matrix); with
-    nothing added, mIoU and pixel accuracy are NaN like every empty evaluator in attn_jax.metrics."""
+    nothing added, mIoU and pixel accuracy are NaN like every empty evaluator in attn_jax.metrics.
+
+    `add_batch` is the host-side entry point: its arrays are concrete, so a counted pixel's target or
+    prediction outside [0, num_classes) is a ValueError naming the value (see the module docstring).
+
+    Raises:
+      ValueError: if num_classes is not a positive int.
+    """
 
     num_classes: int
     ignore_index: int | None = 255
     matrix: np.ndarray = field(default=None)
 
     def __post_init__(self):
+        _check_num_classes(self.num_classes)
         if self.matrix is None:
             self.matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
 
     def add_confusion(self, cm) -> None:
-        """Add a (C, C) confusion matrix (e.g. returned by a jitted eval step)."""
+        """Add a (C, C) confusion matrix (e.g. returned by a jitted eval step).
+
+        Raises:
+          ValueError: for a wrong shape, or counts that are negative or not whole numbers.
+        """
         cm = np.asarray(cm)
         if cm.shape != self.matrix.shape:
             raise ValueError(f"confusion matrix must be {self.matrix.shape}; got {cm.shape}")
+        if cm.size and (not np.all(np.isfinite(cm)) or np.any(cm < 0) or np.any(cm != np.round(cm))):
+            raise ValueError(
+                f"confusion matrix counts must be non-negative whole numbers; got min {cm.min().item()!r} "
+                f"(dtype {cm.dtype})"
+            )
         self.matrix += cm.astype(np.int64)
 
     def add_batch(self, pred, target, valid=None) -> None:
-        """pred / target int (b, h, w); valid bool (b,) marks real (non-padding) examples."""
+        """pred / target int (b, h, w); valid bool (b,) marks real (non-padding) examples.
+
+        Raises:
+          ValueError: if a counted pixel's target or prediction lies outside [0, num_classes).
+        """
         pred, target = np.asarray(pred), np.asarray(target)
         if valid is not None:
             valid = np.asarray(valid, bool).reshape((-1,) + (1,) * (target.ndim - 1))
