@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from attn_jax.detection.boxes import DEFAULT_VARIANCES, decode_boxes, elementwise_giou
@@ -45,6 +46,15 @@ def detection_loss(
 
     cls_logits (b, n, C), box_deltas (b, n, 4), anchors (n, 4), targets from assign_targets (b, n, ...).
     Returns (total, {"cls_loss", "box_loss", "num_positives"}).
+
+    A positive anchor's label must lie in [0, C). With concrete (untraced) targets anything else is a
+    ValueError naming the value; under jit it makes cls_loss and the total NaN, so a training loop's
+    non-finite-loss check stops on it (one_hot would otherwise train that anchor as background).
+    Labels of anchors that are not positive are never read.
+
+    Raises:
+      ValueError: for a bad box_loss, shapes that disagree, or (concrete targets) a positive anchor's label
+        outside [0, C).
     """
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
@@ -55,9 +65,19 @@ def detection_loss(
             f"got {cls_logits.shape}, {box_deltas.shape}"
         )
     positive = targets.positive
+    bad_label = positive & ~((targets.labels >= 0) & (targets.labels < c))
+    if not any(isinstance(x, jax.core.Tracer) for x in (targets.labels, positive)):
+        bad = np.asarray(bad_label)
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"targets.labels holds {np.asarray(targets.labels)[at].item()!r} at positive anchor {at}, "
+                f"outside [0, {c}) (C = cls_logits.shape[-1]): {int(bad.sum())} such anchor(s)"
+            )
     num_pos = jnp.maximum(jnp.sum(positive), 1).astype(jnp.float32)
     onehot = jax.nn.one_hot(targets.labels, c) * positive[..., None]
     cls = focal_loss(cls_logits, onehot, positive | targets.negative, alpha, gamma) / num_pos
+    cls = cls + jnp.where(jnp.any(bad_label), jnp.nan, 0.0)
     box_deltas = box_deltas.astype(jnp.float32)
     if box_loss == "smooth_l1":
         per = jnp.sum(smooth_l1(box_deltas, targets.box_targets, beta), axis=-1)

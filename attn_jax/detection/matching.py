@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from attn_jax.detection.boxes import DEFAULT_VARIANCES, encode_boxes, pairwise_iou
 
@@ -38,6 +39,23 @@ def _check_thresholds(positive_threshold: float, negative_threshold: float) -> N
             "need 0 <= negative_threshold <= positive_threshold <= 1; got "
             f"negative_threshold={negative_threshold}, positive_threshold={positive_threshold}"
         )
+
+
+def _check_gt_values(boxes: np.ndarray, labels: np.ndarray, valid: np.ndarray, num_classes: int | None):
+    """Host-side check of the valid gt rows: labels in [0, num_classes) (>= 0 without it), finite boxes."""
+    upper = np.inf if num_classes is None else num_classes
+    bad = valid & ~((labels >= 0) & (labels < upper))
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        want = ">= 0" if num_classes is None else f"in [0, {num_classes})"
+        raise ValueError(
+            f"gt_labels holds {labels[at].item()!r} at valid gt {at}, want {want}: mark padded rows with "
+            "gt_valid=False instead of a label value"
+        )
+    bad = valid & ~np.all(np.isfinite(boxes), axis=-1)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"gt_boxes holds {boxes[at].tolist()} at valid gt {at}: not finite")
 
 
 def match_anchors(
@@ -87,16 +105,38 @@ def assign_targets(
     negative_threshold: float = 0.4,
     force_best: bool = True,
     variances: Sequence[float] = DEFAULT_VARIANCES,
+    num_classes: int | None = None,
 ) -> DetectionTargets:
     """Targets for anchors (n, 4) from gt_boxes (..., m, 4), gt_labels (..., m), gt_valid (..., m).
 
     Leading batch dims are vmapped; the data pipeline's batch['boxes'|'box_labels'|'box_valid'] fit as is.
+    Padded gt rows (gt_valid False) may hold anything (the pipeline pads with zeros, -1 works as well).
+
+    Args:
+      anchors: (n, 4).
+      gt_boxes: (..., m, 4) normalised (ymin, xmin, ymax, xmax).
+      gt_labels: int (..., m), in [0, num_classes) where gt_valid.
+      gt_valid: bool (..., m); False marks padding.
+      positive_threshold, negative_threshold, force_best: as match_anchors.
+      variances: box coding variances.
+      num_classes: optional C, to check the labels' upper bound too (detection_loss checks it anyway).
+
+    Returns:
+      DetectionTargets with leading dims (..., n).
+
+    Raises:
+      ValueError: for shapes that disagree or bad thresholds; with concrete (untraced) inputs, also for a
+        valid gt whose label is negative (or >= num_classes) or whose box holds NaN or Inf, naming it.
+        Under jit these cannot be checked: an out-of-range label reaches detection_loss, which then
+        returns NaN, and a non-finite box matches no anchor.
     """
     if gt_boxes.shape[:-1] != gt_labels.shape or gt_labels.shape != gt_valid.shape:
         raise ValueError(
             "gt_boxes (..., m, 4), gt_labels (..., m) and gt_valid (..., m) disagree: "
             f"{gt_boxes.shape}, {gt_labels.shape}, {gt_valid.shape}"
         )
+    if not any(isinstance(x, jax.core.Tracer) for x in (gt_boxes, gt_labels, gt_valid)):
+        _check_gt_values(np.asarray(gt_boxes), np.asarray(gt_labels), np.asarray(gt_valid, bool), num_classes)
     if gt_boxes.ndim > 2:
         fn = lambda b, lab, v: assign_targets(
             anchors, b, lab, v, positive_threshold, negative_threshold, force_best, variances

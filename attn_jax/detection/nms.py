@@ -32,12 +32,37 @@ def nms_keep(
 
     In descending score order (ties: lower index first), a box is kept unless a kept box of the same
     class (all one class when classes is None) overlaps it with IoU > iou_threshold. Invalid boxes are
-    never kept and never suppress.
+    never kept and never suppress; a box with a NaN or infinite coordinate, or a NaN score, counts as
+    invalid (so NaN never becomes a detection, under jit too).
+
+    Args:
+      boxes: (k, 4) (ymin, xmin, ymax, xmax); k may be 0.
+      scores: (k,).
+      iou_threshold: suppress at IoU strictly above this.
+      valid: optional (k,) bool; False rows are never kept and never suppress.
+      classes: optional (k,) int; boxes only suppress boxes of their own class.
+
+    Returns:
+      keep (k,) bool (an empty array for k = 0).
+
+    Raises:
+      ValueError: if the shapes disagree.
+
+    Examples:
+      >>> boxes = jnp.array([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.9], [0.0, 0.0, 0.1, 0.1]])
+      >>> nms_keep(boxes, jnp.array([0.9, 0.8, 0.7])).tolist()
+      [True, False, True]
     """
-    k = boxes.shape[0]
+    k = boxes.shape[0] if boxes.ndim else 0
     if boxes.shape != (k, 4) or scores.shape != (k,):
         raise ValueError(f"nms_keep wants boxes (k, 4) and scores (k,); got {boxes.shape}, {scores.shape}")
+    for name, x in (("valid", valid), ("classes", classes)):
+        if x is not None and x.shape != (k,):
+            raise ValueError(f"nms_keep wants {name} of shape ({k},); got {x.shape}")
+    if k == 0:
+        return jnp.zeros(0, bool)
     valid = jnp.ones(k, bool) if valid is None else valid.astype(bool)
+    valid = valid & ~jnp.isnan(scores) & jnp.all(jnp.isfinite(boxes), axis=-1)
     order = jnp.argsort(-scores, stable=True)
     sboxes, svalid = boxes[order], valid[order]
     overlap = pairwise_iou(sboxes, sboxes) > iou_threshold
@@ -83,6 +108,14 @@ def postprocess(
     (clipped to [0, 1] if clip), suppressed per class, and the max_detections best kept. Leading batch dims
     are vmapped. Returns Detections with leading dims (..., max_detections). anchors may be the NumPy array
     generate_anchors returns (converted here, so batched and jitted calls work).
+
+    Non-finite model outputs never become detections, under jit too: a NaN logit is never a candidate (it
+    takes no pre_nms_top_k slot), and a candidate whose box deltas or decoded box hold NaN or Inf is
+    invalid (before clipping, which would otherwise turn an infinite coordinate into 0 or 1). A batch whose
+    outputs are all NaN therefore has no valid detection.
+
+    Raises:
+      ValueError: for shapes that disagree, or max_detections above the number of candidates.
     """
     anchors = jnp.asarray(anchors)
     if cls_logits.ndim > 2:
@@ -99,10 +132,13 @@ def postprocess(
     k = min(pre_nms_top_k, n * c)
     if max_detections > k:
         raise ValueError(f"max_detections={max_detections} exceeds the {k} candidates (pre_nms_top_k, n*C)")
-    scores, flat = jax.lax.top_k(jax.nn.sigmoid(cls_logits.astype(jnp.float32)).reshape(-1), k)
+    probs = jax.nn.sigmoid(cls_logits.astype(jnp.float32)).reshape(-1)
+    scores, flat = jax.lax.top_k(jnp.where(jnp.isnan(probs), -jnp.inf, probs), k)  # NaN: never a candidate
     anchor_idx, classes = flat // c, (flat % c).astype(jnp.int32)
-    boxes = decode_boxes(box_deltas[anchor_idx].astype(jnp.float32), anchors[anchor_idx], variances)
+    deltas = box_deltas[anchor_idx].astype(jnp.float32)
+    boxes = decode_boxes(deltas, anchors[anchor_idx], variances)
+    finite = jnp.all(jnp.isfinite(deltas), axis=-1) & jnp.all(jnp.isfinite(boxes), axis=-1)
     if clip:
         boxes = jnp.clip(boxes, 0.0, 1.0)
-    keep = nms_keep(boxes, scores, iou_threshold, scores > score_threshold, classes)
+    keep = nms_keep(boxes, scores, iou_threshold, (scores > score_threshold) & finite, classes)
     return _select(boxes, scores, classes, keep, max_detections)
