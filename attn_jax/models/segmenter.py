@@ -15,13 +15,37 @@ Dtype = Any
 
 
 class AttentionSegmenter(nn.Module):
-    """encoder -> attention gate -> decoder -> 1x1 conv per-pixel classifier.
+    """Segmenter: encoder, then an attention gate, a decoder and a 1x1 conv per-pixel classifier.
 
-    ``model.apply(variables, images, train=bool)``: images (B, H, W, C_in) -> logits (B, H, W,
-    num_classes) float32. The decoder should upsample by the encoder's stride (e.g.
-    ``Decoder(features)`` with log2(stride) entries); if its output grid differs from (H, W) the logits
-    are resized bilinearly to the input resolution (an addition: the PyTorch reference returns the
-    decoder's grid).
+    The decoder should upsample by the encoder's stride (e.g. `attn_jax.nn.Decoder` with log2(stride)
+    entries). If its output grid differs from the input's, the logits are resized bilinearly to the
+    input resolution (an addition: the PyTorch reference returns the decoder's grid).
+
+    Args:
+      encoder: a backbone module of `attn_jax.nn`.
+      decoder: a decoder module, called ``decoder(features, train=...)``.
+      num_classes: number of classes, background included (>= 1).
+      attention: a registry name (`attn_jax.nn.available_attention`); the child "attention".
+      attention_kwargs: attributes of that attention module.
+      dtype: computation dtype of the attention and the classifier (None: the input's).
+      param_dtype: dtype of their parameters.
+
+    Returns:
+      Called as ``model.apply(variables, images, train=False)`` on images (B, H, W, C_in): float32
+      logits (B, H, W, num_classes).
+
+    Raises:
+      ValueError: an unknown ``attention`` or ``num_classes`` < 1 (at construction), images that are not
+        4-D (when called).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.models import AttentionSegmenter
+      >>> from attn_jax.nn import Decoder, SmallCNN
+      >>> model = AttentionSegmenter(SmallCNN(features=(8, 16), stride=4), Decoder((8, 8)), num_classes=11)
+      >>> images = jnp.zeros((2, 32, 32, 1))
+      >>> model.apply(model.init(jax.random.key(0), images), images).shape
+      (2, 32, 32, 11)
     """
 
     encoder: nn.Module
