@@ -1,7 +1,7 @@
 """The command line of `attn-jax train|eval` and experiments/run.py, run as a user does (subprocesses): --help
 lists the flags and the config's fields; bad config files, arguments, fields and values are one line on
 stderr with exit status 2; eval under another model's config says so; a SIGTERM-stopped training exits
-with the resumable status."""
+with the resumable status and prints the command that resumes it (the same one, printed at the start too)."""
 
 import json
 import os
@@ -193,4 +193,9 @@ def test_sigterm_stop_exits_with_the_resumable_status(data_dir, tmp_path):
     with open(os.path.join(workdir, "summary.json")) as f:
         summary = json.load(f)
     assert summary["stop_reason"] == "sigterm" and summary["step"] < 1000, summary
-    assert "run the same command to resume" in out
+    command = " ".join(["python", os.path.join("experiments", "run.py"), *args])
+    started = (
+        f"workdir {workdir}\nto resume after a stop, run the same command again from {ROOT}: {command}\n"
+    )
+    assert started in out, out[-3000:]
+    assert f"run the same command to resume: {command} (exit status 75)" in out, out[-3000:]

@@ -9,6 +9,7 @@ Known names: "cluttered_digits" (= "cluttered_digits/default"), "cluttered_digit
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 from collections.abc import Callable
 
@@ -17,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from attn_jax.data import cluttered_digits as cd
 from attn_jax.data._paths import default_data_dir
-from attn_jax.data.memory_source import MemorySource
+from attn_jax.data.memory_source import DamagedCacheError, MemorySource
 from attn_jax.data.transforms import resize_example
 
 TASKS = ("classification", "detection", "segmentation")
@@ -150,12 +151,17 @@ def prepare_instructions(adapter: Adapter, data_dir: str) -> str:
     )
 
 
-def load_source(adapter: Adapter, split: str, data_dir: str | None = None):
-    """Random-access source (len, __getitem__) of raw records of `split`; builds cluttered_digits if new."""
-    data_dir = data_dir or default_data_dir()
-    if split.split("[")[0] not in adapter.splits:
-        raise ValueError(f"unknown split {split!r} for {adapter.name!r}; known: {list(adapter.splits)}")
-    if adapter.config is not None:
+# Errors of the machine, not of the files: reported as they are, never as a damaged dataset.
+_RESOURCE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOMEM)
+
+
+def _digits_source(adapter: Adapter, split: str, data_dir: str) -> MemorySource:
+    """cluttered_digits `split`, built on first use and held as memory-mapped columns. Files of an earlier
+    build that fail to read (a truncated array_record, a garbage dataset_info.json, a damaged column cache)
+    raise DamagedCacheError naming the directory and saying to delete it."""
+    where = os.path.join(data_dir, *adapter.tfds_name.split("/"), str(cd.ClutteredDigits.VERSION))
+    built = os.path.exists(os.path.join(where, "dataset_info.json"))
+    try:
         builder = cd.prepare(adapter.config, data_dir)
         if adapter.config in cd.BUILDER_CONFIGS:
             source = tfds.data_source(adapter.tfds_name, split=split, data_dir=data_dir, download=False)
@@ -164,6 +170,27 @@ def load_source(adapter: Adapter, split: str, data_dir: str | None = None):
         # small enough to hold in memory: decoded once into .npy columns beside the dataset files
         safe_split = "".join(c if c.isalnum() else "_" for c in split)
         return MemorySource(source, os.path.join(builder.data_dir, f"memory-{safe_split}"))
+    except DamagedCacheError:
+        raise
+    except Exception as err:
+        resource = isinstance(err, MemoryError) or getattr(err, "errno", None) in _RESOURCE_ERRNOS
+        if not built or resource:
+            raise
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        problem = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+        raise DamagedCacheError(
+            f"dataset files in {where} are damaged or incomplete ({problem}). Delete the directory "
+            f"(rm -r {where}); it is rebuilt on next use"
+        ) from err
+
+
+def load_source(adapter: Adapter, split: str, data_dir: str | None = None):
+    """Random-access source (len, __getitem__) of raw records of `split`; builds cluttered_digits if new."""
+    data_dir = data_dir or default_data_dir()
+    if split.split("[")[0] not in adapter.splits:
+        raise ValueError(f"unknown split {split!r} for {adapter.name!r}; known: {list(adapter.splits)}")
+    if adapter.config is not None:
+        return _digits_source(adapter, split, data_dir)
     try:
         return tfds.data_source(adapter.tfds_name, split=split, data_dir=data_dir, download=False)
     except (NotImplementedError, AssertionError, FileNotFoundError, tfds.core.DatasetNotFoundError) as err:

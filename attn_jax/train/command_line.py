@@ -7,10 +7,14 @@ line naming it (exit EXIT_USAGE) instead of ml_collections' chained tracebacks.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib.machinery
 import importlib.util
+import math
+import numbers
 import os
 import re
+import shlex
 
 from attn_jax.train.preemption import EXIT_PREEMPTED
 
@@ -142,6 +146,147 @@ def check_model(config, spec: str) -> None:
         raise UsageFailure(message) from None
 
 
+def _int_at_least(low: int):
+    return lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+
+def _number(low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False):
+    def ok(v):
+        if not isinstance(v, numbers.Real) or isinstance(v, bool) or not math.isfinite(v):
+            return False
+        return (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+
+    return ok
+
+
+# field: (check, what the field must be). Fields a config does not have are skipped.
+VALUE_RULES = {
+    "batch_size": (_int_at_least(1), "an integer >= 1 (the global batch, over all devices and processes)"),
+    "eval_batch_size": (_int_at_least(1), "an integer >= 1"),
+    "num_train_steps": (_int_at_least(1), "an integer >= 1"),
+    "lr": (_number(0.0, open_low=True), "a finite number > 0"),
+    "weight_decay": (_number(0.0), "a finite number >= 0"),
+    "momentum": (_number(0.0), "a finite number >= 0"),
+    "warmup_steps": (_int_at_least(0), "an integer >= 0"),
+    "end_lr_factor": (_number(0.0), "a finite number >= 0"),
+    "clip_norm": (_number(0.0), "a finite number >= 0 (0: no clipping)"),
+    "skip_nonfinite": (_int_at_least(0), "an integer >= 0 (0: off)"),
+    "label_smoothing": (_number(0.0, 1.0, open_high=True), "a number in [0, 1)"),
+    "log_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end)"),
+    "eval_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end)"),
+    "checkpoint_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end and on SIGTERM)"),
+    "keep_latest": (_int_at_least(1), "an integer >= 1 (the resume point is the latest step)"),
+    "keep_best": (_int_at_least(0), "an integer >= 0 (0: keep no best step)"),
+    "eval_examples": (_int_at_least(0), "an integer >= 0 (0: the whole test split)"),
+    "cpu_devices": (_int_at_least(0), "an integer >= 0 (0: JAX's default)"),
+    "num_devices": (_int_at_least(0), "an integer >= 0 (0: all devices)"),
+    "preemption_check_every_steps": (_int_at_least(1), "an integer >= 1"),
+    "png_examples": (_int_at_least(0), "an integer >= 0"),
+    "max_boxes": (_int_at_least(1), "an integer >= 1"),
+}
+
+
+def _choices() -> dict:
+    """field: allowed values, for the fields that name one of a few things."""
+    from attn_jax.train.optim import OPTIMIZERS
+    from attn_jax.train.runner import PARALLEL_MODES
+
+    return {"optimizer": OPTIMIZERS, "parallel": PARALLEL_MODES}
+
+
+def check_values(config, spec: str) -> None:
+    """UsageFailure naming the first field of `config` whose value is out of range (VALUE_RULES), not one
+    of its choices (optimizer, parallel) or an unknown augmentation: one line `--config.<field>=<value>
+    must be ...`, before anything is compiled."""
+    for field, (ok, what) in VALUE_RULES.items():
+        if field in config and not ok(config[field]):
+            raise UsageFailure(f"--config.{field}={config[field]!r} must be {what} (--config {spec})")
+    for field, known in _choices().items():
+        if field in config and config[field] not in known:
+            raise UsageFailure(
+                f"--config.{field}={config[field]!r} must be one of {list(known)} (--config {spec})"
+            )
+    if config.get("augment") is not None:
+        from attn_jax.data.pipeline import AUGMENTATIONS
+
+        augment = config.augment
+        names = (augment,) if isinstance(augment, str) else tuple(augment)
+        unknown = [a for a in names if a not in AUGMENTATIONS]
+        if unknown:
+            raise UsageFailure(
+                f"--config.augment={augment!r}: unknown augmentation {unknown[0]!r}; known: "
+                f"{list(AUGMENTATIONS)} (--config {spec})"
+            )
+
+
+def resolve_warmup(config, argv: list[str], spec: str) -> str | None:
+    """Make config.warmup_steps < config.num_train_steps (the cosine decay needs a step).
+
+    A warmup the config FILE sets at or past the run's length (a short run of a long recipe, e.g.
+    `--config.num_train_steps=200` of a config warming up over 200) becomes num_train_steps // 2; the
+    returned note says so (None when nothing changed). A warmup given on the command line is the user's
+    choice: UsageFailure naming both values."""
+    warmup, steps = config.get("warmup_steps"), config.get("num_train_steps")
+    if warmup is None or steps is None or warmup < steps:
+        return None
+    if "warmup_steps" in override_paths(argv):
+        raise UsageFailure(
+            f"--config.warmup_steps={warmup} must be below num_train_steps={steps} (the cosine decay needs "
+            f"at least one step) (--config {spec})"
+        )
+    config.warmup_steps = steps // 2
+    return (
+        f"note: the config's warmup_steps={warmup} is not below num_train_steps={steps}: warming up over "
+        f"{config.warmup_steps} steps instead (half the run); set --config.warmup_steps to choose"
+    )
+
+
+# Fields that only change what is shown or where data is read: left out of the default workdir's name.
+NOT_IN_WORKDIR_NAME = ("name", "progress", "tensorboard", "png_examples", "data_dir", "async_checkpoints")
+
+
+def _value_text(value) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(_value_text(v) for v in value)
+    return str(value)
+
+
+def default_workdir(config, spec: str, argv: list[str]) -> str:
+    """The workdir of a command without --workdir: runs/<config name>[-<field>=<value>...], the same
+    every time the same command runs, so running it again resumes the run.
+
+    <config name> is config.name (prefixed by the config file's name when it does not start with it);
+    each --config.<field> given adds `<field>=<value>` (its final value; fields in NOT_IN_WORKDIR_NAME
+    aside); over 80 characters of them become a 10-digit hash of the same text.
+
+    Examples:
+      attn-jax train --config experiments/configs/detection.py --config.num_train_steps=200
+      -> runs/detection-spatial-num_train_steps=200
+    """
+    stem = os.path.splitext(os.path.basename(spec.split(":", 1)[0]))[0]
+    name = str(config.get("name") or stem).replace(",", "-")
+    if not name.startswith(stem):
+        name = f"{stem}-{name}"
+    known = field_paths(config)
+    parts = [
+        f"{path}={_value_text(known[path])}"
+        for path in dict.fromkeys(override_paths(argv))
+        if path in known and path not in NOT_IN_WORKDIR_NAME
+    ]
+    suffix = re.sub(r"[^A-Za-z0-9._,=+-]", "", "-".join(parts))
+    if len(suffix) > 80:
+        suffix = "overrides-" + hashlib.sha256("-".join(parts).encode()).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9._,=+-]", "_", name)
+    return os.path.join("runs", f"{name}-{suffix}" if suffix else name)
+
+
+def shown_command(argv: list[str]) -> str:
+    """argv (argv[0]: "attn-jax train" or a script path) as a shell command line to copy."""
+    program, args = argv[0], argv[1:]
+    head = f"python {shlex.quote(program)}" if program.endswith(".py") else program
+    return " ".join([head, *map(shlex.quote, args)])
+
+
 def validate(argv: list[str], required: bool = True) -> None:
     """Run the checks above on argv (before absl parses it)."""
     spec = config_spec(argv)
@@ -186,7 +331,8 @@ def help_text(command: str, program: str, argv: list[str]) -> str:
         "eval": "Evaluate the latest readable checkpoint in --workdir: the config's model, its test split.",
     }[command]
     workdir = (
-        "output directory; an existing one with checkpoints/ is resumed (default: runs/<config name>-<time>)"
+        "output directory; an existing one with checkpoints/ is resumed. Default: runs/<config name>"
+        "[-<field>=<value> for each --config.<field> given], the same for the same command"
         if command == "train"
         else "directory of a run (the --workdir it was trained with, holding checkpoints/)"
     )
@@ -208,8 +354,11 @@ def help_text(command: str, program: str, argv: list[str]) -> str:
     if command == "train":
         text += [
             "",
-            f"exit status: 0 finished; {EXIT_USAGE} bad command line; {EXIT_PREEMPTED} stopped by SIGTERM "
-            "with a checkpoint saved (run the same command again to resume)",
+            "Running the same command again (from the same directory) resumes the run from its latest",
+            "checkpoint; the run directory and that command are printed at the start.",
+            f"exit status: 0 finished; {EXIT_USAGE} bad command line or config value; {EXIT_PREEMPTED}",
+            "stopped by SIGTERM with a checkpoint saved (run the same command again to resume); 130",
+            "interrupted (Ctrl-C: the same command resumes from the last saved checkpoint)",
         ]
     spec = config_spec(argv)
     fields = fields_text(spec) if spec is not None else f"Every config field: {program} --config FILE --help"

@@ -5,16 +5,20 @@ attn-jax train --config experiments/configs/detection.py:spatial --workdir runs/
 attn-jax eval  --config experiments/configs/segmentation.py --workdir runs/seg   # latest checkpoint
 attn-jax train --config experiments/configs/classification.py --help            # every --config. field
 
-Exit status: 0 done; EXIT_USAGE (2) bad command line, in one line on stderr; EXIT_PREEMPTED (75) stopped by
-SIGTERM after saving a checkpoint (run the same command again to resume).
+Exit status: 0 done; EXIT_USAGE (2) a bad command line or config value, a workdir that is a file or in use,
+a damaged data cache: one line on stderr, before anything is compiled; EXIT_PREEMPTED (75) stopped by SIGTERM
+after saving a checkpoint; EXIT_INTERRUPTED (130) Ctrl-C. Without --workdir the run goes to
+`command_line.default_workdir` (runs/<config name>[-<field>=<value>...]), the same for the same command, so
+running the command again resumes it; the run directory and that command are printed at the start and on a
+stop.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -23,18 +27,21 @@ from attn_jax.train import command_line as cl
 from attn_jax.train.preemption import EXIT_PREEMPTED
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])")
-_WORKDIR = flags.DEFINE_string("workdir", None, "output directory (default: runs/<config name>-<time>)")
-
-
-def _workdir(config) -> str:
-    if _WORKDIR.value:
-        return _WORKDIR.value
-    name = config.get("name", "run").replace(",", "-")
-    return os.path.join("runs", f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "output directory (default: runs/<config name>[-<field>=<value>...], same per command)"
+)
+EXIT_INTERRUPTED = 130  # Ctrl-C, the shell's 128 + SIGINT
 
 _VERBOSE = False
 _CALLBACKS: tuple = ()
+_ARGV: list[str] = []  # the command line as given (argv[0]: "attn-jax train" or the script), for messages
+
+
+def _workdir(config) -> str:
+    """--workdir, or the command's deterministic default (command_line.default_workdir)."""
+    if _WORKDIR.value:
+        return _WORKDIR.value
+    return cl.default_workdir(config, cl.config_spec(_ARGV[1:]) or "", _ARGV[1:])
 
 
 def _quiet() -> None:
@@ -43,13 +50,109 @@ def _quiet() -> None:
         logging.set_verbosity(logging.WARNING)
 
 
+def _check_workdir_path(workdir: str) -> None:
+    """UsageFailure when `workdir`, or the first of its parents that exists, is not a writable directory."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise cl.UsageFailure(f"--workdir {workdir} is a file, not a directory")
+    parent = os.path.abspath(workdir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise cl.UsageFailure(f"--workdir {workdir}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise cl.UsageFailure(f"--workdir {workdir}: {parent} is not writable")
+
+
+def _check_devices(config) -> None:
+    """Start the devices as training will (CPU device count, multi-host) and check the batch sizes divide
+    over them: UsageFailure naming the field. Starts the backend; compiles nothing."""
+    import jax
+
+    from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
+
+    configure_cpu_devices(config.get("cpu_devices", 0))
+    try:
+        maybe_initialize(config.get("coordinator") or None)
+    except ValueError as err:
+        raise cl.UsageFailure(str(err)) from None
+    available, processes = jax.device_count(), jax.process_count()
+    devices = config.get("num_devices") or available
+    if devices > available:
+        raise cl.UsageFailure(f"--config.num_devices={devices} but {available} device(s) available")
+    for field in ("batch_size", "eval_batch_size"):
+        size = config.get(field)
+        if size is not None and (size % devices or size % processes):
+            raise cl.UsageFailure(
+                f"--config.{field}={size} must divide by the {devices} devices"
+                + (f" and {processes} processes" if processes > 1 else "")
+                + f" (a multiple of {devices * processes // math.gcd(devices, processes)})"
+            )
+
+
+def _check_data(config) -> None:
+    """Open the train and test splits as training will (cluttered_digits is built on first use), so a
+    damaged or missing dataset is reported now rather than after compiling or at the first evaluation."""
+    from attn_jax.data.memory_source import DamagedCacheError
+    from attn_jax.data.sources import get_adapter, load_source
+    from attn_jax.train.tasks import task_name
+
+    adapter = get_adapter(config.dataset, task_name(config))
+    for split in ("train", "test"):
+        try:
+            load_source(adapter, split, config.get("data_dir"))
+        except (DamagedCacheError, FileNotFoundError) as err:
+            raise cl.UsageFailure(str(err)) from None
+
+
+def _check_lock(workdir: str) -> None:
+    """UsageFailure when another live process holds the workdir (taken and released at once: the loop
+    takes it for the run; a stale lock of a dead process is removed)."""
+    from attn_jax.train.workdir_lock import WorkdirInUseError, acquire, release
+
+    try:
+        release(acquire(workdir))
+    except WorkdirInUseError as err:
+        raise cl.UsageFailure(str(err)) from None
+
+
+def preflight(config, workdir: str) -> None:
+    """Every check of a training command that needs more than the config: the workdir path, the devices
+    and batch sizes, the data, the workdir lock. UsageFailure on the first problem; compiles nothing."""
+    _check_workdir_path(workdir)
+    _check_devices(config)
+    _check_data(config)
+    _check_lock(workdir)
+
+
 def train_main(argv) -> None:
     _quiet()
-    from attn_jax.train.loop import train_and_evaluate
-
+    program, command = _ARGV[0], cl.shown_command(_ARGV)
     config = _CONFIG.value
     workdir = _workdir(config)
-    summary = train_and_evaluate(config, workdir, callbacks=_CALLBACKS)
+    try:
+        preflight(config, workdir)
+    except cl.UsageFailure as err:
+        _exit_with_error(program, str(err))
+    default = "" if _WORKDIR.value else " (the default for this command)"
+    print(f"workdir {os.path.abspath(workdir)}{default}", flush=True)
+    print(f"to resume after a stop, run the same command again from {os.getcwd()}: {command}", flush=True)
+
+    from attn_jax.data.memory_source import DamagedCacheError
+    from attn_jax.train.loop import CheckpointMismatchError, train_and_evaluate
+    from attn_jax.train.workdir_lock import WorkdirInUseError
+
+    try:
+        summary = train_and_evaluate(config, workdir, callbacks=_CALLBACKS)
+    except (WorkdirInUseError, DamagedCacheError, CheckpointMismatchError) as err:
+        _exit_with_error(program, str(err))
+    except KeyboardInterrupt:
+        print(
+            f"{program}: interrupted; the checkpoints saved so far are in {os.path.abspath(workdir)}; "
+            f"resume with: {command}",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(EXIT_INTERRUPTED) from None
     print(json.dumps(summary, indent=2))
     if summary["stop_reason"] == "done":
         from attn_jax.train.tasks import get_task
@@ -64,7 +167,8 @@ def train_main(argv) -> None:
     else:
         print(
             f"stopped by SIGTERM at step {summary['step']}; checkpoint saved in {summary['workdir']}; "
-            f"run the same command to resume (exit status {EXIT_PREEMPTED})"
+            f"run the same command to resume: {command} (exit status {EXIT_PREEMPTED})",
+            flush=True,
         )
         raise SystemExit(EXIT_PREEMPTED)
 
@@ -94,6 +198,14 @@ def _print_help(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+def _reset_flags() -> None:
+    """Back to the state before any parse, so that a second run in one process (tests, notebooks) parses
+    its own command line: flag values to their defaults, the --config.<field> flags of the last one gone."""
+    for name in [n for n in flags.FLAGS if n.startswith(f"{_CONFIG.name}.")]:
+        delattr(flags.FLAGS, name)
+    flags.FLAGS.unparse_flags()
+
+
 def _flags_parser(command: str):
     """absl's flags_parser for `command`: --help (exit 0), then one-line usage errors (exit EXIT_USAGE)."""
 
@@ -104,6 +216,7 @@ def _flags_parser(command: str):
                 _print_help(cl.help_text(command, program, [a for a in rest if a not in cl.HELP_FLAGS]))
                 raise SystemExit(0)
             cl.validate(rest)
+            _reset_flags()
             try:
                 remaining = flags.FLAGS(argv)
             except flags.Error as err:  # e.g. --config.lr=abc, an unknown flag
@@ -111,12 +224,16 @@ def _flags_parser(command: str):
             if len(remaining) > 1:
                 raise cl.UsageFailure(f"unexpected arguments {remaining[1:]} (flags are --name=value)")
             spec = cl.config_spec(rest)
+            cl.check_values(_CONFIG.value, spec)
+            note = cl.resolve_warmup(_CONFIG.value, rest, spec)
             cl.check_attention(_CONFIG.value, spec)
             cl.check_model(_CONFIG.value, spec)
             if command == "eval" and not _WORKDIR.value:
                 raise cl.UsageFailure("eval needs --workdir (the directory of a run, with checkpoints/)")
         except cl.UsageFailure as err:
             _exit_with_error(program, str(err))
+        if note:
+            print(f"{program}: {note}", file=sys.stderr, flush=True)
         return remaining
 
     return parse
@@ -126,8 +243,12 @@ def run(command: str, argv: list[str], callbacks=()) -> None:
     """Parse flags from argv (argv[0] = program name) and run "train" or "eval"; `callbacks` go to
     train_and_evaluate (e.g. attn_jax.viz.hooks.attention_png). `--help` exits 0; a bad command line
     exits cl.EXIT_USAGE with one line on stderr; a SIGTERM-stopped training exits EXIT_PREEMPTED."""
-    global _VERBOSE, _CALLBACKS
-    _CALLBACKS = tuple(callbacks)
+    global _VERBOSE, _CALLBACKS, _ARGV
+    _CALLBACKS, _ARGV = tuple(callbacks), list(argv)
     _VERBOSE = any(a.startswith(("-v", "--v")) for a in argv[1:])
     main = {"train": train_main, "eval": eval_main}[command]
-    app.run(main, argv=argv, flags_parser=_flags_parser(command))
+    saved, sys.argv = sys.argv, list(argv)  # ml_collections reads --config.<field> overrides from sys.argv
+    try:
+        app.run(main, argv=list(argv), flags_parser=_flags_parser(command))
+    finally:
+        sys.argv = saved
