@@ -64,12 +64,20 @@ def test_normalised_by_positives_and_differentiable():
     )
     assert all(np.all(np.isfinite(g)) for g in grads)
     assert np.all(grads[1][0, 1:] == 0)  # only the positive anchor gets a box gradient
+    # focal gradients at logit 0 (p = 1/2, dp/dx = 1/4), over 1 positive: the positive entry
+    # d/dx[-0.25 (1-p)^2 log p] = -(1 + 2 log 2) / 32, a negative entry d/dx[-0.75 p^2 log(1-p)] =
+    # 3 (1 + 2 log 2) / 32; anchor 1 is ignored (IoU 0.43): no gradient
+    pos, neg = -(1 + 2 * np.log(2.0)) / 32, 3 * (1 + 2 * np.log(2.0)) / 32
+    expected = [[[neg, pos], [0.0, 0.0], [neg, neg], [neg, neg]]]
+    np.testing.assert_allclose(grads[0], expected, rtol=1e-5, atol=1e-7)
 
 
 def test_no_positives_is_finite():
     t = assign_targets(ANCHORS, GT, LABELS, jnp.zeros_like(VALID))
     loss, aux = detection_loss(jnp.zeros((1, 4, 2)), jnp.zeros((1, 4, 4)), ANCHORS, t)
-    assert np.isfinite(loss) and aux["box_loss"] == 0
+    # every anchor negative: 4 x 2 focal terms at p = 1/2, each 0.75 (1/2)^2 log 2, over max(0, 1) = 1
+    np.testing.assert_allclose(loss, 8 * 0.1875 * np.log(2.0), rtol=1e-6)
+    assert aux["box_loss"] == 0 and int(aux["num_positives"]) == 0
 
 
 def test_bad_arguments():
