@@ -24,7 +24,7 @@ import numpy as np
 
 from attn_jax.data import make_pipeline
 from attn_jax.train import checkpoint as ckpt
-from attn_jax.train.checkpoint import CheckpointMismatchError
+from attn_jax.train.checkpoint import CheckpointMismatchError, DiskFullError
 from attn_jax.train.config import COMPUTE_FIELDS, model_differences
 from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
 from attn_jax.train.preemption import SigtermFlag
@@ -304,13 +304,13 @@ def _close_quietly(*closers) -> None:
                 close()
 
 
-def _disk_full(err: BaseException, workdir: str) -> ckpt.DiskFullError:
+def _disk_full(err: BaseException, workdir: str) -> DiskFullError:
     """One line: what filled up, which verified checkpoints are kept, what to do."""
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     steps = ckpt.checksummed_steps(directory)
     kept = f"verified checkpoint steps {steps} in {directory} are kept" if steps else "no checkpoint yet"
     first = ckpt.disk_full_error(err, f"writing the run in {workdir}")
-    return ckpt.DiskFullError(
+    return DiskFullError(
         f"{first}; {kept}; free space (or pass another --workdir), then run the same command to resume",
         first.errno,
     )
@@ -483,8 +483,9 @@ def evaluate_checkpoint(config, workdir: str, *, model=None, split: str = "test"
     directory = os.path.join(workdir, "checkpoints")
     if step == 0 and steps:
         raise CheckpointMismatchError(
-            f"none of the checkpoint steps {sorted(steps)} in {directory} restores into this config's model "
-            "and optimizer state: written by a different model/config, or damaged (see the messages above)"
+            f"none of the checkpoint steps {sorted(steps)} in {directory} restores verified into this "
+            "config's model and optimizer state: written by a different model/config, damaged, or without "
+            "checksum (see the messages above)"
         )
     if step == 0:
         raise FileNotFoundError(f"no checkpoint in {directory}")
