@@ -1,5 +1,7 @@
 """Trace-time argument checks shared by `functional` and `kernels` (below both, so neither imports the other
-for them): bad input raises ValueError naming the argument and its shape."""
+for them): bad input raises ValueError naming the argument and its shape. Also the one piece of input
+preparation every attention path shares: `zero_masked_positions`, which keeps whatever masked-out
+positions hold out of the arithmetic."""
 
 from __future__ import annotations
 
@@ -135,3 +137,58 @@ def validate_additive(query, keys, w_q, w_k, w_a, bias, values=None, mask=None) 
         m, n = np.shape(query)[-2], np.shape(keys)[-2]
         check_mask(np.shape(mask), batch + (m, n))
     return batch
+
+
+def check_float32_kernel(name: str, *arrays) -> None:
+    """Raise when `arrays` (query, keys, values) would be computed in float64: the fused kernels compute
+    in float32, and a float64 result of float32 accuracy would pass for what it is not."""
+    dtype = jnp.result_type(*arrays)
+    if jnp.promote_types(dtype, jnp.float32) == jnp.float64:
+        got = ", ".join(str(x.dtype) for x in arrays)
+        raise ValueError(
+            f"{name} computes in float32; got float64 inputs (query, keys, values: {got}): use "
+            "implementation='xla' (or 'auto'), which computes in float64, or cast the inputs to float32"
+        )
+
+
+def _positions_used(valid, batch: tuple[int, ...], shape: tuple[int, ...]):
+    """valid: bool batch + (p,), whether each (example, position) is used. Returns bool shape[:-1] for an
+    array of `shape` (..., p, d) whose batch dims broadcast to `batch`: a position is used when any
+    example sharing it uses it."""
+    lead = len(batch) - (len(shape) - 2)
+    shared = [lead + i for i, s in enumerate(shape[:-2]) if s == 1 and batch[lead + i] != 1]
+    axes = tuple(range(lead)) + tuple(shared)
+    if axes:
+        valid = jnp.any(valid, axis=axes, keepdims=True)
+    return valid.reshape(tuple(shape[:-1]))
+
+
+def zero_masked_positions(query, keys, values, mask, batch: tuple[int, ...], fully_masked: str):
+    """(query, keys, values) with every position that no output uses replaced by exact zeros.
+
+    A key (and its value) that the mask hides from every query of every example sharing it, and a query
+    row that may attend to no key, cannot change an output; but left as they are, a NaN or Inf there
+    (padding often holds garbage) still reaches the outputs through 0 * NaN in the weighted sum, and the
+    gradients through the backward of the discarded scores (0 * NaN again, however the scores are masked
+    afterwards). Replacing them before any arithmetic makes them contribute exactly nothing, to outputs
+    and to gradients (theirs is exactly 0). Under fully_masked="uniform" a row without a valid key
+    averages every value, so values are then kept wherever such a row exists.
+
+    Arguments are assumed validated: query (..., m, d_q), keys (..., n, d_k), values (..., n, d_v) and a
+    bool mask broadcastable to batch + (m, n). mask=None returns the inputs unchanged.
+    """
+    if mask is None:
+        return query, keys, values
+    m, n = np.shape(query)[-2], np.shape(keys)[-2]
+    mask = jnp.broadcast_to(jnp.asarray(mask), tuple(batch) + (m, n))
+    row_valid = jnp.any(mask, axis=-1)  # batch + (m,)
+    key_valid = jnp.any(mask, axis=-2)  # batch + (n,)
+    value_valid = key_valid
+    if fully_masked == "uniform":
+        value_valid = jnp.any(mask | ~row_valid[..., None], axis=-2)
+
+    def zero_unused(x, valid):
+        used = _positions_used(valid, tuple(batch), tuple(np.shape(x)))
+        return jnp.where(used[..., None], x, jnp.zeros((), x.dtype))
+
+    return zero_unused(query, row_valid), zero_unused(keys, key_valid), zero_unused(values, value_valid)

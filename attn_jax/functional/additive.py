@@ -97,6 +97,7 @@ def additive_scores(query, keys, w_q, w_k, w_a, *, bias=None):
 def _xla_attention(query, keys, values, w_q, w_k, w_a, bias, mask, *, chunk_size, fully_masked,
                    return_weights, batch):  # fmt: skip
     """The XLA paths (unchunked, or chunked when `chunk_size`) on validated arguments."""
+    query, keys, values = _checks.zero_masked_positions(query, keys, values, mask, batch, fully_masked)
     if chunk_size is not None:
         from attn_jax.functional.chunked import chunked_additive_attention
 
@@ -182,22 +183,63 @@ def additive_attention(
 ):
     """Additive attention (Bahdanau et al. 2015): scores, masked softmax, context.
 
-    query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default: keys); w_q (d_q, a);
-    w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n), True = may attend.
-    Returns (context (..., m, d_v), weights (..., m, n) or None). Softmax and reductions run in
-    float32 (float64 for float64 inputs); outputs are in the inputs' dtype. `chunk_size=k` bounds
-    memory by processing keys k at a time (see `attn_jax.functional.chunked`); None never chunks; "auto"
-    (default) chooses from the static shapes (`attn_jax.functional._auto.auto_chunk_size`). `implementation`:
-    "xla" (default), "pallas" (fused kernel of attn_jax.kernels; it tiles keys itself, so
-    `chunk_size` is ignored) or "auto". Both choose when the program is lowered: the Triton kernel on
-    GPU, the Mosaic kernel on TPU; elsewhere "pallas" interprets the Triton kernel and "auto" runs XLA.
+    Args:
+      query: (..., m, d_q).
+      keys: (..., n, d_k), n >= 1.
+      values: (..., n, d_v); None: the keys.
+      w_q: (d_q, a).
+      w_k: (d_k, a).
+      w_a: (a,).
+      bias: (a,) or None.
+      mask: bool, broadcastable to (..., m, n); True = may attend. A key that no query of its example may
+        attend (padding), its value, and the query of a row with no valid key contribute exactly nothing,
+        to the outputs and to every gradient, whatever they hold (NaN, Inf, huge values): they are
+        replaced by zeros before any arithmetic, and their own gradients are exactly 0. A key that some
+        query attends must be finite: a NaN there also reaches the rows that mask it (0 * NaN).
+      chunk_size: k bounds memory by processing keys k at a time (see `attn_jax.functional.chunked`);
+        None never chunks; "auto" (default) chooses from the static shapes
+        (`attn_jax.functional._auto.auto_chunk_size`).
+      fully_masked: rows with no valid key: "zero" (weights and context 0, gradients 0), "uniform"
+        (weights 1/n and the mean of every value, masked or not) or "nan".
+      return_weights: False returns None for the weights.
+      implementation: "xla" (default), "pallas" (the fused kernels of attn_jax.kernels; they tile keys
+        themselves, so `chunk_size` is ignored) or "auto". Both choose when the program is lowered: the
+        Triton kernel on GPU, the Mosaic kernel on TPU; elsewhere "pallas" interprets the Triton kernel and
+        "auto" runs XLA. The kernels compute in float32: "auto" runs XLA for float64 inputs.
+
+    Returns:
+      (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype; softmax and reductions
+      run in float32 (float64 for float64 inputs). A dimension of size 0 other than n works on every
+      path: no example or no query gives empty outputs (and zero gradients), d_q = d_k = 0 or a = 0 gives
+      equal scores (weights uniform over the valid keys), d_v = 0 an empty context.
+
+    Raises:
+      ValueError: a bad shape, dtype, mask, `chunk_size`, `fully_masked` or `implementation`, no key
+        (n = 0), or float64 inputs with implementation="pallas" (the kernels would give float32 accuracy).
+      PallasUnavailableError: implementation="pallas" when attn_jax.kernels cannot be imported.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> q, h = jnp.ones((1, 2, 4)), jnp.ones((1, 3, 4)).at[0, 2].set(jnp.nan)  # key 2: padding
+      >>> w = dict(w_q=jnp.ones((4, 8)), w_k=jnp.ones((4, 8)), w_a=jnp.ones(8))
+      >>> context, weights = additive_attention(q, h, mask=jnp.array([True, True, False]), **w)
+      >>> weights
+      Array([[[0.5, 0.5, 0. ],
+              [0.5, 0.5, 0. ]]], dtype=float32)
+      >>> context
+      Array([[[1., 1., 1., 1.],
+              [1., 1., 1., 1.]]], dtype=float32)
     """
     _checks.check_fully_masked(fully_masked)
     _checks.check_chunk_size(chunk_size)
     backend = _resolve_implementation(implementation)
     values = keys if values is None else values
     batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
-    if query.shape[-2] == 0:  # no query: empty outputs, the same for every backend (kernels tile m)
+    if backend != "xla" and accumulation_dtype(query, keys, values) == jnp.float64:
+        if backend == "pallas":  # the kernels compute in float32: refuse rather than pass for float64
+            _checks.check_float32_kernel("implementation='pallas'", query, keys, values)
+        backend = "xla"  # "auto": float64 stays float64
+    if query.shape[-2] == 0 or math.prod(batch) == 0:  # no output element: empty outputs, alike everywhere
         backend, chunk_size = "xla", None
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     dims = (query.shape[-2], keys.shape[-2], w_a.shape[0], accumulation_dtype(query, keys, values))

@@ -55,6 +55,13 @@ def _exp2(x):
     return jnp.exp(2.0 * jnp.clip(x, -EXP_FORM_LIMIT, EXP_FORM_LIMIT))
 
 
+def _bound(q_proj, k_proj):
+    """The largest |projection|, which picks the exp form or tanh; 0 when there is none (a = 0)."""
+    if q_proj.size == 0 or k_proj.size == 0:
+        return jnp.zeros((), q_proj.dtype)
+    return jnp.maximum(jnp.max(jnp.abs(q_proj)), jnp.max(jnp.abs(k_proj)))
+
+
 def _scores(q_proj, k_proj, w_a, chunk_size: int):
     """Scores (B, m, n) of a flat batch, keys chunk_size at a time: (B, m, a), (B, n, a), (a,).
 
@@ -79,7 +86,7 @@ def _scores(q_proj, k_proj, w_a, chunk_size: int):
 
     if q_proj.shape[1] == 1:  # one query: each e^{2y} would serve one element, no cheaper than tanh
         return _unchunk(tanh_form(q_proj, k_chunks), 2)[:, :, :n]
-    bound = jnp.maximum(jnp.max(jnp.abs(q_proj)), jnp.max(jnp.abs(k_proj)))
+    bound = _bound(q_proj, k_proj)
     chunks = lax.cond(bound <= EXP_FORM_LIMIT, exp_form, tanh_form, q_proj, k_chunks)  # (num, B, m, k)
     return _unchunk(chunks, 2)[:, :, :n]
 
@@ -229,7 +236,7 @@ def _core_bwd(chunk_size, return_weights, residuals, cotangents):
             q_proj, k_proj, values, w_a, weights, d_context, d_weights
         )
 
-    bound = jnp.maximum(jnp.max(jnp.abs(q_proj)), jnp.max(jnp.abs(k_proj)))
+    bound = _bound(q_proj, k_proj)
     exp_branch, tanh_branch = functools.partial(vmapped, True), functools.partial(vmapped, False)
     d_q, d_k, d_v, d_wa = lax.cond(bound <= EXP_FORM_LIMIT, exp_branch, tanh_branch, q_proj, k_proj)
     return d_q, d_k, d_v, jnp.sum(d_wa, axis=0), None

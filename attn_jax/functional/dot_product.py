@@ -43,6 +43,11 @@ def _validate(query, keys, values=None, mask=None, w=None) -> tuple[int, ...]:
     return batch
 
 
+def _default_scale(d: int) -> float:
+    """1 / sqrt(d); 1 for d = 0, whose scores are empty sums (0) whatever the scale."""
+    return 1.0 / math.sqrt(d) if d else 1.0
+
+
 def _scores(query, keys, w, scale, dtype):
     if w is not None:
         query = jnp.matmul(query, w, preferred_element_type=dtype)
@@ -56,7 +61,7 @@ def dot_product_scores(query, keys, *, scale=None):
     scale=None uses 1/sqrt(d). Accumulated in float32 (float64 for float64), returned in input dtype.
     """
     _validate(query, keys)
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
+    scale = _default_scale(query.shape[-1]) if scale is None else scale
     out = _scores(query, keys, None, scale, accumulation_dtype(query, keys))
     return out.astype(jnp.result_type(query, keys))
 
@@ -73,17 +78,40 @@ def dot_product_attention(
 ):
     """Dot-product attention: scores, masked softmax, context; same contract as additive_attention.
 
-    query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default: keys). w=None: scaled
-    dot product (d_q == d_k, scale default 1/sqrt(d)); w (d_q, d_k): bilinear q W k^T (scale default
-    1). mask bool broadcastable to (..., m, n). Returns (context (..., m, d_v), weights or None).
+    Args:
+      query: (..., m, d_q).
+      keys: (..., n, d_k), n >= 1.
+      values: (..., n, d_v); None: the keys.
+      w: None for the scaled dot product (d_q == d_k), or (d_q, d_k) for the bilinear q W k^T.
+      scale: multiplies the scores; None: 1/sqrt(d) for the scaled dot product (1 for d = 0, whose
+        scores are 0), 1 with `w`.
+      mask: bool, broadcastable to (..., m, n); True = may attend. As in `additive_attention`, a key that
+        no query may attend, its value, and the query of a row without a valid key contribute exactly
+        nothing to outputs and gradients, whatever they hold (NaN, Inf, huge values).
+      fully_masked: rows with no valid key: "zero", "uniform" or "nan" (see `masked_softmax`).
+      return_weights: False returns None for the weights.
+
+    Returns:
+      (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype, computed in float32
+      (float64 for float64 inputs). No example, no query, d = 0 or d_v = 0 work (empty sums are 0).
+
+    Raises:
+      ValueError: a bad shape, dtype, mask or `fully_masked`, or no key (n = 0).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> q, h = jnp.ones((1, 4)), jnp.ones((3, 4)).at[2].set(jnp.inf)  # key 2: padding
+      >>> dot_product_attention(q, h, mask=jnp.array([True, True, False]))[1]
+      Array([[0.5, 0.5, 0. ]], dtype=float32)
     """
     _checks.check_fully_masked(fully_masked)
     values = keys if values is None else values
-    _validate(query, keys, values, mask, w)
+    batch = _validate(query, keys, values, mask, w)
     if scale is None:
-        scale = 1.0 if w is not None else 1.0 / math.sqrt(query.shape[-1])
+        scale = 1.0 if w is not None else _default_scale(query.shape[-1])
     arrays = (query, keys, values) if w is None else (query, keys, values, w)
     dtype = accumulation_dtype(*arrays)
+    query, keys, values = _checks.zero_masked_positions(query, keys, values, mask, batch, fully_masked)
     scores = _scores(query, keys, w, scale, dtype)
     context, weights = softmax_context(scores, mask, values.astype(dtype), fully_masked)
     out_dtype = jnp.result_type(*arrays)

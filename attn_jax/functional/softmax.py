@@ -15,7 +15,9 @@ def masked_softmax(scores: jax.Array, mask: jax.Array | None = None, *, fully_ma
 
     scores: (..., m, n) any float dtype; mask: bool broadcastable to scores (True = may attend).
     Computed in float32 (float64 for float64 scores; row max subtracted, so any finite scores are
-    safe) and returned in the scores' dtype. Masked positions get exactly 0.
+    safe) and returned in the scores' dtype. Masked positions get exactly 0, and their scores, whatever
+    they hold (NaN, +-Inf), take no part: the other weights and every gradient are as without them
+    (theirs is exactly 0).
     Rows with no valid position follow `fully_masked`: "zero" (all zeros, finite gradients),
     "uniform" (1/n each) or "nan". A NaN or +-Inf score at a valid position makes its row NaN under
     every policy (it is never mistaken for a fully-masked row). Float/int masks are a ValueError.

@@ -140,7 +140,12 @@ def run_kernel(fused, make_cfg, interpret, query, keys, values, w_q, w_k, w_a, b
     """
     batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
     m, n, a, d_v = query.shape[-2], keys.shape[-2], w_a.shape[0], values.shape[-1]
-    cfg = make_cfg(m, n, a, d_v, mask is not None, interpret, math.prod(batch))
+    if m == 0 or math.prod(batch) == 0:  # no output element: nothing for a kernel to tile
+        weights = jnp.zeros(batch + (m, n), jnp.float32) if return_weights else None
+        return jnp.zeros(batch + (m, d_v), jnp.float32), weights
+    query, keys, values = _checks.zero_masked_positions(query, keys, values, mask, batch, fully_masked)
+    # a = 0 or d_v = 0: one zero column (w_a 0, values 0) changes nothing and gives the tiles a size
+    cfg = make_cfg(m, n, max(a, 1), max(d_v, 1), mask is not None, interpret, math.prod(batch))
     q_proj = project(query, w_q)
     if bias is not None:
         q_proj = q_proj + bias.astype(jnp.float32)
@@ -163,14 +168,16 @@ def run_kernel(fused, make_cfg, interpret, query, keys, values, w_q, w_k, w_a, b
 
 
 def fused_attention(run, platforms, query, keys, values, *, w_q, w_k, w_a, bias, mask, fully_masked,
-                    return_weights, interpret, forced_interpret=True):  # fmt: skip
-    """The public entry of a fused kernel (contract of `attn_jax.additive_attention`): check the
-    arguments, call run(interpret, query, keys, values, w_q, w_k, w_a, bias, mask, fully_masked=...,
+                    return_weights, interpret, forced_interpret=True, name):  # fmt: skip
+    """The public entry of a fused kernel (contract of `attn_jax.additive_attention`), `name` its public
+    name (for errors): check the arguments (float64 inputs are a ValueError: the kernels compute in
+    float32), call run(interpret, query, keys, values, w_q, w_k, w_a, bias, mask, fully_masked=...,
     return_weights=...) with the kernel chosen per lowering platform (see on_platform; a true
     `interpret` passes `forced_interpret`), and cast the results to the inputs' dtype."""
     _checks.check_fully_masked(fully_masked)
     values = keys if values is None else values
     _checks.validate_additive(query, keys, w_q, w_k, w_a, bias, values=values, mask=mask)
+    _checks.check_float32_kernel(name, query, keys, values)
     out_dtype = jnp.result_type(query.dtype, keys.dtype, values.dtype)
     run = functools.partial(run, fully_masked=fully_masked, return_weights=return_weights)
     args = (query, keys, values, w_q, w_k, w_a, bias, mask)

@@ -230,6 +230,8 @@ def pallas_additive_attention(
 
     query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default keys); w_q (d_q, a);
     w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n).
+    Masked positions contribute nothing whatever they hold, as in `attn_jax.additive_attention`;
+    float64 inputs are a ValueError (the kernels compute in float32: use `additive_attention`).
     Returns (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype; all kernel
     arithmetic is float32. `interpret=None`: Triton when the program is lowered for a GPU (cuda, rocm),
     the Pallas interpreter on any other platform (chosen at lowering, so an export for cuda from a CPU
@@ -244,7 +246,7 @@ def pallas_additive_attention(
     return C.fused_attention(
         functools.partial(_run, options=options), ("cuda", "rocm"), query, keys, values, w_q=w_q, w_k=w_k,
         w_a=w_a, bias=bias, mask=mask, fully_masked=fully_masked, return_weights=return_weights,
-        interpret=interpret,
+        interpret=interpret, name="pallas_additive_attention",
     )  # fmt: skip
 
 

@@ -182,6 +182,8 @@ def tpu_additive_attention(
 
     query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default keys); w_q (d_q, a);
     w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n).
+    Masked positions contribute nothing whatever they hold, as in `attn_jax.additive_attention`;
+    float64 inputs are a ValueError (the kernels compute in float32: use `additive_attention`).
     Returns (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype. tanh and softmax
     in float32; the matmuls take bfloat16 inputs when the values are bfloat16, accumulating in float32.
     `interpret=None`: Mosaic when the program is lowered for TPU, the generic Pallas interpreter for any
@@ -194,7 +196,7 @@ def tpu_additive_attention(
     return C.fused_attention(
         functools.partial(_run, blocks=blocks), ("tpu",), query, keys, values, w_q=w_q, w_k=w_k, w_a=w_a,
         bias=bias, mask=mask, fully_masked=fully_masked, return_weights=return_weights, interpret=interpret,
-        forced_interpret="tpu",
+        forced_interpret="tpu", name="tpu_additive_attention",
     )  # fmt: skip
 
 
