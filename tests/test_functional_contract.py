@@ -126,3 +126,112 @@ def test_no_keys_is_rejected_identically_by_both_paths(path, masked):
 
 def test_masked_softmax_over_no_position_is_empty():
     assert masked_softmax(jnp.zeros((M, 0)), jnp.zeros((M, 0), bool)).shape == (M, 0)
+
+
+def _attend(path, q, h, v, w, **kw):
+    """PATHS with the weights as an argument (and the TPU kernel in the Pallas TPU interpreter)."""
+    if path == "dot_product":
+        return dot_product_attention(q, h, v, **kw)
+    if path == "tpu":
+        from attn_jax.kernels.additive_tpu import tpu_additive_attention
+
+        return tpu_additive_attention(q, h, v, **w, interpret=True, **kw)
+    options = {"additive": {}, "chunked": dict(chunk_size=2), "pallas": dict(implementation="pallas")}[path]
+    return additive_attention(q, h, v, **w, **options, **kw)
+
+
+def _degenerate(case):
+    """(query, keys, values, weights dict) of the small problem with one dimension 0."""
+    q, h, v, w = Q, H, V, dict(W)
+    if case == "B = 0":
+        q, h, v = Q[:0], H[:0], V[:0]
+    elif case == "d = 0":  # d_q = d_k = 0: every projection is 0, every score w_a . tanh(0)
+        q, h, w["w_q"], w["w_k"] = Q[..., :0], H[..., :0], W["w_q"][:0], W["w_k"][:0]
+    elif case == "a = 0":  # every score is an empty sum
+        w = {k: x[..., :0] for k, x in W.items()}
+    elif case == "d_v = 0":
+        v = V[..., :0]
+    elif case == "d = a = d_v = 0":  # the three at once (each alone is a separate case on the XLA paths)
+        q, h, v = Q[..., :0], H[..., :0], V[..., :0]
+        w = dict(w_q=W["w_q"][:0, :0], w_k=W["w_k"][:0, :0], w_a=W["w_a"][:0])
+    return q, h, v, w
+
+
+ONE_ZERO = ("B = 0", "d = 0", "a = 0", "d_v = 0")
+DEGENERATE = [(path, case) for path in ("additive", "chunked") for case in ONE_ZERO]
+DEGENERATE += [("dot_product", case) for case in ("B = 0", "d = 0", "d_v = 0")]
+DEGENERATE += [(path, case) for path in ("pallas", "tpu") for case in ("B = 0", "d = a = d_v = 0")]
+
+
+def _reference_numpy(q, h, v, w, mask, dot):
+    """Float64 NumPy (context, weights) under "zero"; dot: scaled dot-product scores, else additive."""
+    q, h, v = (np.asarray(x, np.float64) for x in (q, h, v))
+    if dot:
+        scores = q @ np.swapaxes(h, -1, -2) / (np.sqrt(q.shape[-1]) if q.shape[-1] else 1.0)
+    else:
+        w = {k: np.asarray(x, np.float64) for k, x in w.items()}
+        pre = (q @ w["w_q"])[..., :, None, :] + (h @ w["w_k"])[..., None, :, :]
+        scores = np.tanh(pre) @ w["w_a"]
+    mask = np.broadcast_to(mask, scores.shape)
+    ex = np.where(mask, np.exp(scores - scores.max(initial=0.0)), 0.0)  # small scores: no overflow
+    weights = ex / np.maximum(ex.sum(-1, keepdims=True), 1e-300)  # a row without a valid key: 0
+    return weights @ v, weights
+
+
+@pytest.mark.parametrize("path, case", DEGENERATE)
+def test_degenerate_shapes_give_the_formula_and_its_gradients(path, case):
+    """A dimension 0 (no example; no query/key feature; no attention unit; no value feature) works on
+    every path, forward and backward: an empty sum is 0 (d = 0: equal scores, weights uniform over the
+    valid keys), and no output element means empty outputs and zero gradients."""
+    q, h, v, w = _degenerate(case)
+    mask = VALID[: q.shape[0]]
+
+    def run(q, h, v, w):
+        ctx, weights = _attend(path, q, h, v, w, mask=mask)
+        return jnp.sum(jnp.sin(ctx)) + jnp.sum(weights * weights), (ctx, weights)
+
+    grads, (ctx, weights) = jax.jit(jax.grad(run, argnums=(0, 1, 2, 3), has_aux=True))(q, h, v, w)
+    want_ctx, want_w = _reference_numpy(q, h, v, w, mask, path == "dot_product")
+    assert ctx.shape == want_ctx.shape and weights.shape == want_w.shape
+    np.testing.assert_allclose(ctx, want_ctx, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(weights, want_w, rtol=1e-5, atol=1e-6)
+    for g, x in zip(jax.tree.leaves(grads), jax.tree.leaves((q, h, v, w))):
+        assert g.shape == x.shape and np.isfinite(g).all()
+
+
+def _problem(dtype):
+    return [jnp.asarray(x, dtype) for x in (Q, H, V)], {k: jnp.asarray(x, dtype) for k, x in W.items()}
+
+
+def test_float64_is_refused_by_the_float32_kernels():
+    """The kernels compute in float32: float64 inputs are a ValueError naming the choice, not a float64
+    result of float32 accuracy; implementation="xla" computes in float64."""
+    from attn_jax.kernels.additive_pallas import pallas_additive_attention
+    from attn_jax.kernels.additive_tpu import tpu_additive_attention
+
+    with jax.enable_x64(True):
+        (q, h, v), w = _problem(jnp.float64)
+        with pytest.raises(ValueError, match=r"^implementation='pallas' computes in float32; got float64 "):
+            additive_attention(q, h, v, **w, implementation="pallas")
+        for kernel in (pallas_additive_attention, tpu_additive_attention):
+            with pytest.raises(ValueError, match=rf"^{kernel.__name__} computes in float32; got float64"):
+                kernel(q, h, v, **w)
+        ctx, _ = additive_attention(q, h, v, **w, implementation="xla")
+        want, _ = _reference_numpy(q, h, v, w, True, dot=False)
+        assert ctx.dtype == jnp.float64
+        np.testing.assert_allclose(ctx, want, rtol=1e-12, atol=1e-12)
+
+
+def test_auto_keeps_float64_on_xla_where_it_would_pick_a_kernel():
+    """implementation="auto" lowered for cuda picks the Triton kernel for float32 but XLA for float64."""
+    from jax import export
+
+    def lowered_for_cuda(dtype):
+        (q, h, v), w = _problem(dtype)
+        fn = jax.jit(lambda q, h, v: additive_attention(q, h, v, **w, implementation="auto")[0])
+        triton = export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")
+        return export.export(fn, platforms=["cuda"], disabled_checks=[triton])(q, h, v).mlir_module()
+
+    assert "xla.gpu.triton" in lowered_for_cuda(jnp.float32)
+    with jax.enable_x64(True):
+        assert "xla.gpu.triton" not in lowered_for_cuda(jnp.float64)
