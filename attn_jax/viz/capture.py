@@ -24,12 +24,15 @@ SOW_NAME = "attention_map"
 
 @dataclasses.dataclass(frozen=True)
 class AttentionMap:
-    """One captured attention map.
+    """One captured attention map, as `capture_attention` returns it.
 
-    path: module path ("backbone/block_1/attention"; a "#k" suffix when the module sowed k+1 times).
-    kind: "spatial", "query" or "channel". raw: the array as sown.
-    grid: (h, w) of the map before upsampling, None for channel maps.
-    image: (B, H, W) float32 at the input's resolution, None for channel maps (no spatial extent).
+    Args:
+      path: the module path ("backbone/block_1/attention"; a "#k" suffix when the module sowed k+1
+        times).
+      kind: ``"spatial"``, ``"query"`` or ``"channel"``.
+      raw: the array as sown.
+      grid: (h, w) of the map before upsampling, None for channel maps.
+      image: (B, H, W) float32 at the input's resolution, None for channel maps (no spatial extent).
     """
 
     path: str
@@ -55,10 +58,32 @@ def _looks_spatial(a: int, b: int, image_hw: tuple[int, int]) -> bool:
 
 
 def infer_kind(raw: jax.Array, image_hw: tuple[int, int]) -> str:
-    """The kind of a sown map from its shape (rank 2: channel; (B, h, w, 1): spatial; rank 4: query with
-    heads). Rank 3 is spatial when (h, w) has the image's aspect ratio and fits in it, else query when its
-    n tokens form such a grid. Square maps that fit both (a (B, 16, 16) non-local map on a 4x4 grid) are
-    query when every row sums to 1 (a softmax over keys), else spatial; pass kinds= to override."""
+    """The kind of a sown attention map, read from its shape.
+
+    Rank 2 is a channel map; (B, h, w, 1) spatial; other rank-4 maps are query maps with heads. Rank 3
+    is spatial when (h, w) has the image's aspect ratio and fits in it, else query when its n tokens
+    form such a grid. A map that fits both (a (B, 16, 16) non-local map on a 4x4 grid) is a query map
+    when every row sums to 1 (a softmax over keys), else spatial; `capture_attention`'s ``kinds=``
+    overrides.
+
+    Args:
+      raw: the sown array, batch first.
+      image_hw: (H, W) of the input images.
+
+    Returns:
+      ``"spatial"``, ``"query"`` or ``"channel"``.
+
+    Raises:
+      ValueError: a rank other than 2, 3 or 4, or a rank-3 map that fits no grid of the image.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from attn_jax.viz import infer_kind
+      >>> infer_kind(jnp.zeros((2, 8, 8)), (64, 64)), infer_kind(jnp.zeros((2, 16)), (64, 64))
+      ('spatial', 'channel')
+      >>> infer_kind(jnp.full((2, 1, 64), 1 / 64), (64, 64))  # one query over an 8x8 grid
+      'query'
+    """
     shape = raw.shape
     if raw.ndim == 2:
         return "channel"
@@ -82,7 +107,19 @@ def infer_kind(raw: jax.Array, image_hw: tuple[int, int]) -> str:
 
 
 def to_grid(raw: jax.Array, kind: str, image_hw: tuple[int, int]) -> jax.Array | None:
-    """(B, h, w) float32 map of a sown `raw` array of `kind` (None for channel maps)."""
+    """The (B, h, w) float32 grid of a sown ``raw`` array of ``kind`` (None for channel maps).
+
+    Args:
+      raw: the sown array.
+      kind: ``"spatial"``, ``"query"`` or ``"channel"``.
+      image_hw: (H, W) of the input images, which fixes the grid of a query map's keys.
+
+    Returns:
+      (B, h, w) float32, or None for a channel map.
+
+    Raises:
+      ValueError: an unknown kind, or a query map whose keys form no grid of the image.
+    """
     raw = jnp.asarray(raw, jnp.float32)
     if kind == "channel":
         return None
@@ -98,7 +135,24 @@ def to_grid(raw: jax.Array, kind: str, image_hw: tuple[int, int]) -> jax.Array |
 
 
 def upsample(maps: jax.Array, image_hw: tuple[int, int]) -> jax.Array:
-    """Bilinear (half-pixel centres) resize of (B, h, w) maps to (B, H, W)."""
+    """Bilinear (half-pixel centres) resize of attention maps to the image's resolution.
+
+    Args:
+      maps: (B, h, w) maps.
+      image_hw: the target (H, W).
+
+    Returns:
+      (B, H, W) float32.
+
+    Raises:
+      ValueError: ``maps`` is not 3-D.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from attn_jax.viz import upsample
+      >>> upsample(jnp.ones((2, 4, 4)), (32, 32)).shape
+      (2, 32, 32)
+    """
     if maps.ndim != 3:
         raise ValueError(f"maps must be (B, h, w), got shape {maps.shape}")
     return jax.image.resize(maps.astype(jnp.float32), (maps.shape[0], *image_hw), "linear")
@@ -148,12 +202,38 @@ def capture_attention(
     with_output: bool = False,
     **apply_kwargs,
 ) -> dict[str, AttentionMap] | tuple[dict[str, AttentionMap], object]:
-    """Every attention map `model` sows on `images` (B, H, W, C), by module path, in call order.
+    """Every attention map ``model`` sows on ``images``, by module path, in call order.
 
-    variables: the model's variables (an "intermediates" entry is dropped first); apply_kwargs go to
-    `model.apply` (e.g. train=False) and must be hashable. kinds: path -> kind overrides for maps whose
-    kind the shape leaves open (see `infer_kind`). with_output=True also returns the model's output
-    (maps, output) from the same call. Raises ValueError for a map that fits no kind.
+    Runs ``model.apply`` once under ``jax.jit`` with the "intermediates" collection mutable. Spatial
+    maps are upsampled bilinearly to the images' resolution; query maps (B, m, n) are averaged over
+    queries (and heads) and their n tokens put back on the grid first; channel maps keep only ``raw``.
+
+    Args:
+      model: any Flax model whose attention modules sow "attention_map".
+      variables: the model's variables (an "intermediates" entry is dropped first).
+      images: (B, H, W, C) input images.
+      kinds: path -> kind overrides for maps whose kind the shape leaves open (see `infer_kind`).
+      with_output: also return the model's output from the same call.
+      **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``); must be hashable.
+
+    Returns:
+      {path: `AttentionMap`}, or ``(maps, output)`` with ``with_output=True``.
+
+    Raises:
+      ValueError: ``images`` not 4-D, a ``kinds`` path that sowed nothing, or a map that fits no kind.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.models import AttentionClassifier
+      >>> from attn_jax.nn import SmallCNN
+      >>> from attn_jax.viz import capture_attention
+      >>> model = AttentionClassifier(SmallCNN(features=(8, 16), stride=4), 10, attention="additive")
+      >>> images = jnp.zeros((2, 32, 32, 1))
+      >>> variables = model.init(jax.random.key(0), images)
+      >>> maps = capture_attention(model, variables, images, train=False)
+      >>> m = maps["attention"]
+      >>> m.kind, m.raw.shape, m.grid, m.image.shape
+      ('query', (2, 1, 64), (8, 8), (2, 32, 32))
     """
     if images.ndim != 4:
         raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")

@@ -26,7 +26,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def image_rgb(image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1] from an (H, W), (H, W, 1) or (H, W, 3) image in any range."""
+    """An image as (H, W, 3) float32 RGB in [0, 1] (min-max scaled; grey images repeated).
+
+    Args:
+      image: (H, W), (H, W, 1) or (H, W, 3), in any range.
+
+    Returns:
+      (H, W, 3) float32 in [0, 1].
+
+    Raises:
+      ValueError: any other shape.
+    """
     image = np.asarray(image, np.float32)
     if image.ndim == 3 and image.shape[-1] == 1:
         image = image[..., 0]
@@ -61,8 +71,30 @@ def overlay_rgb(
     cmap: str = "jet",
     box_color: Sequence[float] = (0.0, 1.0, 0.0),
 ) -> np.ndarray:
-    """(H, W, 3) float32 in [0, 1]: the image with `attn_map` (H, W) (min-max scaled, coloured by `cmap`)
-    blended in at `alpha`, and boxes (k, 4) normalised (ymin, xmin, ymax, xmax) outlined."""
+    """An image with an attention map blended in and boxes outlined, as an RGB array.
+
+    Args:
+      image: (H, W), (H, W, 1) or (H, W, 3) in any range (min-max scaled).
+      attn_map: (H, W) map at the image's resolution (min-max scaled, coloured by ``cmap``), or None.
+      boxes: (k, 4) normalised (ymin, xmin, ymax, xmax) boxes to outline; zero rows are skipped.
+      alpha: weight of the coloured map, in [0, 1].
+      cmap: a matplotlib colormap name.
+      box_color: RGB of the outlines, in [0, 1].
+
+    Returns:
+      (H, W, 3) float32 in [0, 1].
+
+    Raises:
+      ValueError: an image of another shape, ``alpha`` outside [0, 1], or a map of another (H, W).
+
+    Examples:
+      >>> import numpy as np
+      >>> from attn_jax.viz import overlay_rgb
+      >>> box = np.array([[0.25, 0.25, 0.75, 0.75]])
+      >>> rgb = overlay_rgb(np.zeros((32, 32, 1)), np.ones((32, 32)), boxes=box)
+      >>> rgb.shape, rgb.dtype, bool(rgb[8, 8, 1] == 1.0)  # the box's corner is green
+      ((32, 32, 3), dtype('float32'), True)
+    """
     rgb = image_rgb(image)
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -81,7 +113,29 @@ def overlay_rgb(
 def save_overlay(
     path: str, image: np.ndarray, attn_map: np.ndarray | None, *, scale: int = 1, **kwargs
 ) -> str:
-    """Writes `overlay_rgb(image, attn_map, **kwargs)` as a PNG of (H * scale, W * scale) pixels."""
+    """Write `overlay_rgb` of an image and its attention map as a PNG.
+
+    Args:
+      path: the PNG file to write (its directory is created).
+      image: (H, W), (H, W, 1) or (H, W, 3).
+      attn_map: (H, W) map at the image's resolution, or None.
+      scale: each pixel becomes scale x scale pixels.
+      **kwargs: ``boxes``, ``alpha``, ``cmap``, ``box_color`` of `overlay_rgb`.
+
+    Returns:
+      ``path``; the PNG has (H · scale, W · scale) pixels.
+
+    Raises:
+      ValueError: ``scale`` below 1, or an argument `overlay_rgb` refuses.
+
+    Examples:
+      >>> import os, tempfile
+      >>> import numpy as np
+      >>> from attn_jax.viz import save_overlay
+      >>> path = save_overlay(os.path.join(tempfile.mkdtemp(), "a.png"), np.zeros((16, 16)), None, scale=2)
+      >>> os.path.getsize(path) > 0
+      True
+    """
     if scale < 1:
         raise ValueError(f"scale must be >= 1, got {scale}")
     rgb = overlay_rgb(image, attn_map, **kwargs)
@@ -101,9 +155,27 @@ def attention_grid(
     alpha: float = 0.5,
     cmap: str = "jet",
 ) -> str:
-    """Saves a PNG grid: one row per image (N, H, W, C), first column the image (boxes (N, k, 4) drawn),
-    then one column per entry of `columns` (name -> maps (N, H, W), or None for a family with no spatial
-    map, shown as a note). Returns path."""
+    """Save a PNG grid of images x attention maps, for reports.
+
+    One row per image; the first column is the image (with its boxes), then one column per entry of
+    ``columns``.
+
+    Args:
+      path: the PNG file to write (its directory is created).
+      images: (N, H, W, C) images.
+      columns: column title -> maps (N, H, W) at the images' resolution, or None for a family with no
+        spatial map (drawn as a note).
+      boxes: (N, k, 4) normalised (ymin, xmin, ymax, xmax) boxes to outline, or None.
+      title: a title over the grid.
+      alpha: weight of the maps over the images.
+      cmap: a matplotlib colormap name.
+
+    Returns:
+      ``path``.
+
+    Raises:
+      ValueError: maps of another shape than (N, H, W).
+    """
     images = np.asarray(images)
     n = images.shape[0]
     for name, maps in columns.items():

@@ -28,7 +28,17 @@ def _path(module: nn.Module) -> str:
 
 
 def called_modules(model: nn.Module, variables: Mapping, images: jax.Array, **apply_kwargs) -> dict:
-    """Path -> module of every submodule the model calls, in call order (tracing only)."""
+    """Every submodule the model calls, in call order (found by tracing only).
+
+    Args:
+      model: the Flax model.
+      variables: its variables.
+      images: input images (only their shape and dtype matter).
+      **apply_kwargs: passed to ``model.apply``.
+
+    Returns:
+      {module path: bound module}, the model itself left out.
+    """
     found = {}
 
     def interceptor(next_fun, args, kwargs, context):
@@ -46,13 +56,47 @@ def called_modules(model: nn.Module, variables: Mapping, images: jax.Array, **ap
 
 
 def conv_layers(model: nn.Module, variables: Mapping, images: jax.Array, **apply_kwargs) -> list[str]:
-    """Paths of the model's `nn.Conv` modules in call order."""
+    """Paths of the model's ``flax.linen.Conv`` modules, in call order (found by tracing only).
+
+    Args:
+      model: the Flax model.
+      variables: its variables.
+      images: (B, H, W, C) input images (only their shape and dtype matter).
+      **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``).
+
+    Returns:
+      Module paths such as ``"backbone/conv1_0"``, usable as `grad_cam`'s ``layer``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.models import AttentionClassifier
+      >>> from attn_jax.nn import SmallCNN
+      >>> from attn_jax.viz import conv_layers
+      >>> model = AttentionClassifier(SmallCNN(features=(8, 16), stride=4), 10)
+      >>> images = jnp.zeros((2, 32, 32, 1))
+      >>> conv_layers(model, model.init(jax.random.key(0), images), images)
+      ['backbone/conv0_0', 'backbone/conv1_0', 'attention/conv']
+    """
     called = called_modules(model, variables, images, **apply_kwargs)
     return [p for p, m in called.items() if isinstance(m, nn.Conv)]
 
 
 def last_conv(model: nn.Module, variables: Mapping, images: jax.Array, under: str = "backbone", **kw) -> str:
-    """Path of the last `nn.Conv` called under module path `under` (Grad-CAM's usual layer)."""
+    """Path of the last conv layer called under the module path ``under``: Grad-CAM's usual layer.
+
+    Args:
+      model: the Flax model.
+      variables: its variables.
+      images: (B, H, W, C) input images (only their shape and dtype matter).
+      under: a module path prefix; ``"backbone"`` in the task models.
+      **kw: passed to ``model.apply``.
+
+    Returns:
+      The module path, e.g. ``"backbone/conv1_0"``.
+
+    Raises:
+      ValueError: no conv layer under ``under`` (the message lists the model's conv layers).
+    """
     convs = conv_layers(model, variables, images, **kw)
     found = [p for p in convs if p == under or p.startswith(under + "/")]
     if not found:
@@ -113,11 +157,41 @@ def grad_cam(
     variant: str = "gradcam",
     **apply_kwargs,
 ) -> tuple[jax.Array, jax.Array]:
-    """Grad-CAM maps (B, H, W) in [0, 1] (each scaled by its max) and the explained classes (B,).
+    """Grad-CAM (Selvaraju et al. 2017) of any layer, jitted, without changing the model.
 
-    layer: path of a module whose output is (B, h, w, C), e.g. one from `conv_layers`; the model must
-    return logits (B, K). class_index: None explains the predicted class, an int or (B,) ints a given one.
-    variant: "gradcam" or "hirescam". apply_kwargs (hashable) go to `model.apply`, e.g. train=False.
+    The layer's output is reached with ``flax.linen.intercept_methods``. ``"gradcam"`` weights the
+    layer's channels by their spatially averaged gradient; ``"hirescam"`` multiplies gradient and
+    activation position by position (zero where the logit does not read the layer). The ReLU of the
+    result is upsampled to the images' resolution and scaled by its maximum.
+
+    Args:
+      model: a model returning logits (B, K).
+      variables: its variables.
+      images: (B, H, W, C) input images.
+      layer: path of a module whose output is (B, h, w, C), e.g. from `conv_layers` or `last_conv`.
+      class_index: None explains the predicted class; an int or (B,) ints a given one.
+      variant: ``"gradcam"`` or ``"hirescam"``.
+      **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``); must be hashable.
+
+    Returns:
+      ``(cams, classes)``: maps (B, H, W) in [0, 1] and the explained classes (B,).
+
+    Raises:
+      ValueError: an unknown variant, images not 4-D, a layer the model does not call, or outputs of
+        other ranks than logits (B, K) and a layer output (B, h, w, C).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.models import AttentionClassifier
+      >>> from attn_jax.nn import SmallCNN
+      >>> from attn_jax.viz import grad_cam, last_conv
+      >>> model = AttentionClassifier(SmallCNN(features=(8, 16), stride=4), 10)
+      >>> images = jax.random.uniform(jax.random.key(1), (2, 32, 32, 1))
+      >>> variables = model.init(jax.random.key(0), images)
+      >>> layer = last_conv(model, variables, images)
+      >>> cams, classes = grad_cam(model, variables, images, layer, class_index=3, train=False)
+      >>> cams.shape, classes.tolist(), bool(cams.max() <= 1.0)
+      ((2, 32, 32), [3, 3], True)
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -137,9 +211,32 @@ def grad_cam(
 
 @functools.partial(jax.jit, static_argnames=("residual",))
 def attention_rollout(maps: Sequence[jax.Array], residual: float = 0.5) -> jax.Array:
-    """(B, m, n) rollout of query attention maps given in forward order, each (B, m_l, n_l) or
-    (B, heads, m_l, n_l) (heads averaged). Square layers (m_l == n_l) get the residual mix and
-    re-normalised rows; a non-square readout may only come last. Rows of the result sum to 1."""
+    """Attention rollout (Abnar and Zuidema 2020) of stacked query attention, jitted.
+
+    Each square layer (m_l == n_l, self-attention) is mixed with the identity,
+    (1 - residual) · A + residual · I, its rows re-normalised, and the layers multiplied in order; a
+    non-square readout (e.g. additive attention's learned queries) may come last.
+
+    Args:
+      maps: the layers' maps in forward order, each (B, m_l, n_l) or (B, heads, m_l, n_l) (heads
+        averaged).
+      residual: the weight of the identity (the residual connection).
+
+    Returns:
+      (B, m, n) float32, with rows summing to 1.
+
+    Raises:
+      ValueError: no maps, a map of another rank, token counts that do not chain, or a non-square map
+        before the last.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from attn_jax.viz import attention_rollout
+      >>> self_attn = jnp.full((2, 4, 4), 0.25)
+      >>> readout = jnp.array([[[1.0, 0.0, 0.0, 0.0]]] * 2)  # one query reading token 0
+      >>> attention_rollout([self_attn, readout]).tolist()[0]
+      [[0.625, 0.125, 0.125, 0.125]]
+    """
     if not maps:
         raise ValueError("attention_rollout needs at least one map")
     out = None
@@ -161,7 +258,19 @@ def attention_rollout(maps: Sequence[jax.Array], residual: float = 0.5) -> jax.A
 
 
 def rollout_map(captured: Mapping[str, AttentionMap], image_hw: tuple[int, int], **kwargs) -> jax.Array:
-    """(B, H, W) rollout of every captured query map (in call order), averaged over output queries."""
+    """The rollout of every captured query map, on the image grid.
+
+    Args:
+      captured: the result of `capture_attention`; its query maps are rolled out in call order.
+      image_hw: (H, W) of the images.
+      **kwargs: passed to `attention_rollout` (``residual``).
+
+    Returns:
+      (B, H, W) float32: the rollout averaged over the output queries, upsampled to the images.
+
+    Raises:
+      ValueError: no query map among ``captured``, or one `attention_rollout` refuses.
+    """
     query = [m.raw for m in captured.values() if m.kind == "query"]
     if not query:
         raise ValueError(
