@@ -47,7 +47,7 @@ class AttentionDetector(nn.Module):
       >>> from attn_jax.nn import SmallCNN
       >>> model = AttentionDetector(SmallCNN(features=(8, 16), stride=4), num_classes=10, num_anchors=3)
       >>> images = jnp.zeros((2, 32, 32, 1))
-      >>> cls_logits, box_deltas = model.apply(model.init(jax.random.key(0), images), images)
+      >>> (cls_logits, box_deltas), _ = jax.eval_shape(model.init_with_output, jax.random.key(0), images)
       >>> cls_logits.shape, box_deltas.shape
       ((2, 8, 8, 3, 10), (2, 8, 8, 3, 4))
     """

@@ -44,7 +44,8 @@ class AttentionSegmenter(nn.Module):
       >>> from attn_jax.nn import Decoder, SmallCNN
       >>> model = AttentionSegmenter(SmallCNN(features=(8, 16), stride=4), Decoder((8, 8)), num_classes=11)
       >>> images = jnp.zeros((2, 32, 32, 1))
-      >>> model.apply(model.init(jax.random.key(0), images), images).shape
+      >>> logits, variables = jax.eval_shape(model.init_with_output, jax.random.key(0), images)
+      >>> logits.shape
       (2, 32, 32, 11)
     """
 

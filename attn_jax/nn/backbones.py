@@ -111,9 +111,9 @@ class SmallCNN(nn.Module):
       >>> from attn_jax.nn import SmallCNN
       >>> cnn = SmallCNN(features=(8, 16), stride=4)
       >>> images = jnp.zeros((2, 32, 32, 1))
-      >>> variables = cnn.init(jax.random.key(0), images)
-      >>> cnn.apply(variables, images).shape, cnn.out_channels
-      ((2, 8, 8, 16), 16)
+      >>> features, variables = jax.eval_shape(cnn.init_with_output, jax.random.key(0), images)  # shapes only
+      >>> features.shape, cnn.out_channels, sorted(variables)
+      ((2, 8, 8, 16), 16, ['batch_stats', 'params'])
     """
 
     features: Sequence[int] = (32, 64, 128)
@@ -137,7 +137,7 @@ class SmallCNN(nn.Module):
 
     @property
     def out_channels(self) -> int:
-        """Channels of the output features: ``features[-1]``."""
+        """The number of output channels, ``features[-1]``."""
         return self.features[-1]
 
     @nn.compact
@@ -316,7 +316,8 @@ class Decoder(nn.Module):
       >>> from attn_jax.nn import Decoder
       >>> decoder = Decoder((16, 8))
       >>> x = jnp.zeros((2, 8, 8, 32))
-      >>> decoder.apply(decoder.init(jax.random.key(0), x), x).shape, decoder.upsampling
+      >>> out, _ = jax.eval_shape(decoder.init_with_output, jax.random.key(0), x)  # shapes only
+      >>> out.shape, decoder.upsampling
       ((2, 32, 32, 8), 4)
     """
 
@@ -334,7 +335,7 @@ class Decoder(nn.Module):
 
     @property
     def out_channels(self) -> int:
-        """Channels of the output: ``features[-1]``."""
+        """The number of output channels, ``features[-1]``."""
         return self.features[-1]
 
     @property

@@ -263,9 +263,9 @@ class AttentionGate(nn.Module):
       >>> from attn_jax.nn import AttentionGate
       >>> x, g = jnp.ones((2, 8, 8, 16)), jnp.ones((2, 4, 4, 32))  # g: a coarser decoder signal
       >>> gate = AttentionGate(inter_channels=8)
-      >>> variables = gate.init(jax.random.key(0), x, guide=g)
-      >>> gate.apply(variables, x, guide=g).shape
-      (2, 8, 8, 16)
+      >>> y, variables = jax.eval_shape(gate.init_with_output, jax.random.key(0), x, guide=g)
+      >>> y.shape, variables["params"]["phi"]["kernel"].shape
+      ((2, 8, 8, 16), (1, 1, 32, 8))
     """
 
     inter_channels: int | None = None
