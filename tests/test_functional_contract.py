@@ -129,13 +129,13 @@ def test_masked_softmax_over_no_position_is_empty():
 
 
 def _attend(path, q, h, v, w, **kw):
-    """PATHS with the weights as an argument (and the TPU kernel in the Pallas TPU interpreter)."""
+    """PATHS with the weights as an argument, and the TPU kernel."""
     if path == "dot_product":
         return dot_product_attention(q, h, v, **kw)
     if path == "tpu":
         from attn_jax.kernels.additive_tpu import tpu_additive_attention
 
-        return tpu_additive_attention(q, h, v, **w, interpret=True, **kw)
+        return tpu_additive_attention(q, h, v, **w, **kw)  # on CPU: the generic Pallas interpreter
     options = {"additive": {}, "chunked": dict(chunk_size=2), "pallas": dict(implementation="pallas")}[path]
     return additive_attention(q, h, v, **w, **options, **kw)
 

@@ -1,7 +1,7 @@
 """Masked positions contribute exactly nothing, whatever they hold (NaN, +-Inf, 3e38), on every path.
 
 Padding often holds garbage. Every path (XLA, chunked custom VJP, the Triton kernel in the Pallas
-interpreter, the TPU kernel in the Pallas TPU interpreter, dot-product attention, masked_softmax) must
+interpreter, the TPU kernel in the generic one, dot-product attention, masked_softmax) must
 give the context, the weights and the gradients of every input that the same problem gives with the
 masked positions sliced off, and a gradient of exactly 0 at those positions. The reference is a float64
 NumPy transcription of the formula and of its backward pass, written out below.
@@ -91,7 +91,7 @@ ADDITIVE_PATHS = {
     "xla": lambda *a, **k: additive_attention(*a, chunk_size=None, **k),
     "chunked": lambda *a, **k: additive_attention(*a, chunk_size=2, **k),
     "pallas": lambda *a, **k: additive_attention(*a, implementation="pallas", **k),  # interpreted on CPU
-    "tpu": lambda *a, **k: tpu_additive_attention(*a, interpret=True, **k),
+    "tpu": lambda *a, **k: tpu_additive_attention(*a, **k),  # on CPU: the generic Pallas interpreter
 }
 
 
