@@ -275,3 +275,33 @@ def test_a_stop_prints_the_command_that_resumes(capsys, tiny_data, tmp_path, mon
     else:
         assert code == 130 and len(err) == 1, (out, err)
         assert err[0].endswith(f"checkpoints saved so far are in {tmp_path}; resume with: {command}"), err
+
+
+def test_another_config_in_the_workdir_is_one_line_and_restart_starts_over(
+    capsys, entered, tiny_data, tmp_path
+):
+    other = load_experiment_config("classification", "cbam,tiny")
+    (tmp_path / "config.json").write_text(other.to_json_best_effort())
+    args = ["--config", TINY, f"--config.data_dir={tiny_data}", f"--workdir={tmp_path}"]
+    _one_line_error(capsys, entered, args, f"workdir {tmp_path} holds a run of another config", "'cbam'")
+    code, out, err = _train(capsys, *args, "--restart")
+    assert code is None and entered[0][1] == str(tmp_path), (out, err)
+    command = "attn-jax train " + " ".join(args)  # the resume command: without --restart
+    assert f"run this command again without --restart from {os.getcwd()}: {command}\n" in out, out
+
+
+@pytest.mark.parametrize("error", ["disk full", "non-finite"])
+def test_a_failed_run_is_one_line_with_status_1(capsys, tiny_data, tmp_path, monkeypatch, error):
+    from attn_jax.train.checkpoint import DiskFullError
+
+    message = f"{error}: what happened\nand what to do"
+
+    def failing(config, workdir, **kwargs):
+        raise DiskFullError(message) if error == "disk full" else loop.NonFiniteLossError(message)
+
+    monkeypatch.setattr(loop, "train_and_evaluate", failing)
+    code, out, err = _train(
+        capsys, "--config", TINY, f"--config.data_dir={tiny_data}", f"--workdir={tmp_path}"
+    )
+    assert code == 1 and len(err) == 1, (code, out, err)
+    assert err[0].startswith(f"attn-jax train: error: {error}: what happened and what to do"), err

@@ -330,23 +330,34 @@ def help_text(command: str, program: str, argv: list[str]) -> str:
         "train": "Train (or resume) the config's task model; outputs, checkpoints, metrics in --workdir.",
         "eval": "Evaluate the latest readable checkpoint in --workdir: the config's model, its test split.",
     }[command]
-    workdir = (
-        "output directory; an existing one with checkpoints/ is resumed. Default: runs/<config name>"
-        "[-<field>=<value> for each --config.<field> given], the same for the same command"
-        if command == "train"
-        else "directory of a run (the --workdir it was trained with, holding checkpoints/)"
-    )
+    pad = " " * 24
+    if command == "train":
+        usage = "--config FILE[:ARG] [--config.<field>=VALUE ...] [--workdir DIR] [--restart] [-v N]"
+        workdir = [
+            "  --workdir DIR         output directory; one holding a run of this config is resumed. Default:",
+            f"{pad}runs/<config name>[-<field>=<value> for each --config.<field> given],",
+            f"{pad}the same for the same command (printed at the start)",
+            "  --restart             start over in a --workdir that holds a run (of this config or",
+            f"{pad}another: another config is refused without it); its files move to",
+            f"{pad}<workdir>/previous/<n>/",
+        ]
+    else:
+        usage = "--config FILE[:ARG] [--config.<field>=VALUE ...] --workdir DIR [-v N]"
+        workdir = [
+            "  --workdir DIR         directory of a run (the --workdir it was trained with, holding",
+            f"{pad}checkpoints/)",
+        ]
     text = [
-        f"usage: {program} --config FILE[:ARG] [--config.<field>=VALUE ...] --workdir DIR [-v N]",
+        f"usage: {program} {usage}",
         "",
         what,
         "",
         "flags:",
         "  --config FILE[:ARG]   experiment config file, e.g. experiments/configs/classification.py:cbam",
-        "                        ARG: '<attention>[,tiny]', <attention> in attn_jax.nn.available_attention()",
+        f"{pad}ARG: '<attention>[,tiny]', <attention> in attn_jax.nn.available_attention()",
         "  --config.<field>=V    override one config field, e.g. --config.lr=3e-3",
-        "                        or --config.model.features='(8, 16)'",
-        f"  --workdir DIR         {workdir}",
+        f"{pad}or --config.model.features='(8, 16)'",
+        *workdir,
         "  -v N, --verbosity N   also log orbax / tfds INFO messages (default: warnings only)",
         "  -h, --help            this help; with --config FILE, also every --config.<field> and its default",
         "  --helpfull            every absl flag",
@@ -354,11 +365,13 @@ def help_text(command: str, program: str, argv: list[str]) -> str:
     if command == "train":
         text += [
             "",
-            "Running the same command again (from the same directory) resumes the run from its latest",
-            "checkpoint; the run directory and that command are printed at the start.",
-            f"exit status: 0 finished; {EXIT_USAGE} bad command line or config value; {EXIT_PREEMPTED}",
-            "stopped by SIGTERM with a checkpoint saved (run the same command again to resume); 130",
-            "interrupted (Ctrl-C: the same command resumes from the last saved checkpoint)",
+            "Running the same command again, from the same directory, resumes the run from its latest",
+            "checkpoint: the run directory and that command are printed at the start and on a stop.",
+            "",
+            "exit status: 0 finished; 1 failed (disk full, non-finite loss: one line saying what to do);",
+            f"  {EXIT_USAGE} bad command line, config value, workdir or data (one line, before compiling);",
+            f"  {EXIT_PREEMPTED} stopped by SIGTERM with a checkpoint saved (the same command resumes);",
+            "  130 interrupted by Ctrl-C (the same command resumes from the last saved checkpoint)",
         ]
     spec = config_spec(argv)
     fields = fields_text(spec) if spec is not None else f"Every config field: {program} --config FILE --help"

@@ -7,7 +7,9 @@ attn-jax train --config experiments/configs/classification.py --help            
 
 Exit status: 0 done; EXIT_USAGE (2) a bad command line or config value, a workdir that is a file or in use,
 a damaged data cache: one line on stderr, before anything is compiled; EXIT_PREEMPTED (75) stopped by SIGTERM
-after saving a checkpoint; EXIT_INTERRUPTED (130) Ctrl-C. Without --workdir the run goes to
+after saving a checkpoint; EXIT_INTERRUPTED (130) Ctrl-C; EXIT_FAILED (1) a full disk or a non-finite
+loss, in one line. --restart starts over in a workdir that holds a run (of this config or another: another
+config is refused without it). Without --workdir the run goes to
 `command_line.default_workdir` (runs/<config name>[-<field>=<value>...]), the same for the same command, so
 running the command again resumes it; the run directory and that command are printed at the start and on a
 stop.
@@ -30,7 +32,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config fil
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "output directory (default: runs/<config name>[-<field>=<value>...], same per command)"
 )
+_RESTART = flags.DEFINE_bool(
+    "restart", False, "train: start over in a --workdir that holds a run (its files move to previous/<n>/)"
+)
 EXIT_INTERRUPTED = 130  # Ctrl-C, the shell's 128 + SIGINT
+EXIT_FAILED = 1  # the run failed (disk full, non-finite loss): one line on stderr
 
 _VERBOSE = False
 _CALLBACKS: tuple = ()
@@ -63,7 +69,17 @@ def _check_workdir_path(workdir: str) -> None:
         raise cl.UsageFailure(f"--workdir {workdir}: {parent} is not writable")
 
 
-def _check_devices(config) -> None:
+def _check_run_config(config, workdir: str) -> None:
+    """UsageFailure when `workdir` holds a run of another config (loop.check_workdir_config)."""
+    from attn_jax.train.loop import CheckpointMismatchError, check_workdir_config
+
+    try:
+        check_workdir_config(config, workdir)
+    except CheckpointMismatchError as err:
+        raise cl.UsageFailure(str(err)) from None
+
+
+def _check_devices(config, fields=("batch_size", "eval_batch_size")) -> None:
     """Start the devices as training will (CPU device count, multi-host) and check the batch sizes divide
     over them: UsageFailure naming the field. Starts the backend; compiles nothing."""
     import jax
@@ -79,7 +95,7 @@ def _check_devices(config) -> None:
     devices = config.get("num_devices") or available
     if devices > available:
         raise cl.UsageFailure(f"--config.num_devices={devices} but {available} device(s) available")
-    for field in ("batch_size", "eval_batch_size"):
+    for field in fields:
         size = config.get(field)
         if size is not None and (size % devices or size % processes):
             raise cl.UsageFailure(
@@ -89,7 +105,7 @@ def _check_devices(config) -> None:
             )
 
 
-def _check_data(config) -> None:
+def _check_data(config, splits=("train", "test")) -> None:
     """Open the train and test splits as training will (cluttered_digits is built on first use), so a
     damaged or missing dataset is reported now rather than after compiling or at the first evaluation."""
     from attn_jax.data.memory_source import DamagedCacheError
@@ -97,7 +113,7 @@ def _check_data(config) -> None:
     from attn_jax.train.tasks import task_name
 
     adapter = get_adapter(config.dataset, task_name(config))
-    for split in ("train", "test"):
+    for split in splits:
         try:
             load_source(adapter, split, config.get("data_dir"))
         except (DamagedCacheError, FileNotFoundError) as err:
@@ -115,10 +131,13 @@ def _check_lock(workdir: str) -> None:
         raise cl.UsageFailure(str(err)) from None
 
 
-def preflight(config, workdir: str) -> None:
-    """Every check of a training command that needs more than the config: the workdir path, the devices
-    and batch sizes, the data, the workdir lock. UsageFailure on the first problem; compiles nothing."""
+def preflight(config, workdir: str, restart: bool = False) -> None:
+    """Every check of a training command that needs more than the config: the workdir path, a run of
+    another config in it (unless `restart`), the devices and batch sizes, the data, the workdir lock.
+    UsageFailure on the first problem; compiles nothing."""
     _check_workdir_path(workdir)
+    if not restart:
+        _check_run_config(config, workdir)
     _check_devices(config)
     _check_data(config)
     _check_lock(workdir)
@@ -126,25 +145,31 @@ def preflight(config, workdir: str) -> None:
 
 def train_main(argv) -> None:
     _quiet()
-    program, command = _ARGV[0], cl.shown_command(_ARGV)
+    program, restart = _ARGV[0], _RESTART.value
+    # the command that resumes: this one (without --restart, which would start over again)
+    command = cl.shown_command([a for a in _ARGV if not a.startswith(("--restart", "--norestart"))])
     config = _CONFIG.value
     workdir = _workdir(config)
     try:
-        preflight(config, workdir)
+        preflight(config, workdir, restart)
     except cl.UsageFailure as err:
         _exit_with_error(program, str(err))
     default = "" if _WORKDIR.value else " (the default for this command)"
+    again = "this command again without --restart" if restart else "the same command again"
     print(f"workdir {os.path.abspath(workdir)}{default}", flush=True)
-    print(f"to resume after a stop, run the same command again from {os.getcwd()}: {command}", flush=True)
+    print(f"to resume after a stop, run {again} from {os.getcwd()}: {command}", flush=True)
 
     from attn_jax.data.memory_source import DamagedCacheError
-    from attn_jax.train.loop import CheckpointMismatchError, train_and_evaluate
+    from attn_jax.train.checkpoint import DiskFullError
+    from attn_jax.train.loop import CheckpointMismatchError, NonFiniteLossError, train_and_evaluate
     from attn_jax.train.workdir_lock import WorkdirInUseError
 
     try:
-        summary = train_and_evaluate(config, workdir, callbacks=_CALLBACKS)
+        summary = train_and_evaluate(config, workdir, callbacks=_CALLBACKS, restart=restart)
     except (WorkdirInUseError, DamagedCacheError, CheckpointMismatchError) as err:
         _exit_with_error(program, str(err))
+    except (DiskFullError, NonFiniteLossError) as err:
+        _exit_with_error(program, " ".join(str(err).split()), EXIT_FAILED)
     except KeyboardInterrupt:
         print(
             f"{program}: interrupted; the checkpoints saved so far are in {os.path.abspath(workdir)}; "
@@ -177,6 +202,11 @@ def eval_main(argv) -> None:
     _quiet()
     from attn_jax.train.loop import CheckpointMismatchError, evaluate_checkpoint
 
+    try:
+        _check_devices(_CONFIG.value, fields=("eval_batch_size",))
+        _check_data(_CONFIG.value, splits=("test",))
+    except cl.UsageFailure as err:
+        _exit_with_error(argv[0], str(err))
     try:
         result = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     except (CheckpointMismatchError, FileNotFoundError) as err:
