@@ -118,3 +118,59 @@ def test_watchdog_is_quiet_while_beats_keep_coming(capsys):
 def test_watchdog_rejects_a_negative_timeout(bad):
     with pytest.raises(ValueError, match=f"stall_timeout_s must be >= 0.*got {bad}"):
         StallWatchdog(bad)
+
+
+# the tiny classification run, whose 5th training step never returns (as a device stuck before its
+# all-reduce would): the loop's watchdog must end it with one line and EXIT_STALLED
+_STALLED_RUN = textwrap.dedent(
+    """
+    import importlib.util, sys, time
+    from attn_jax.train import loop, runner
+
+    spec = importlib.util.spec_from_file_location("cfg", sys.argv[1])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config("spatial,tiny")
+    config.update(dict(
+        data_dir=sys.argv[2], num_train_steps=8, checkpoint_every_steps=2, log_every_steps=1,
+        eval_every_steps=0, png_examples=0, progress=False, async_checkpoints=False, stall_timeout_s=20,
+    ))
+    init = runner.Runner.__init__
+
+    def stalling_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        train, calls = self.train, []
+
+        def train_or_hang(state, batch):
+            calls.append(1)
+            if len(calls) == 5:
+                time.sleep(600)
+            return train(state, batch)
+
+        self.train = train_or_hang
+
+    runner.Runner.__init__ = stalling_init
+    loop.train_and_evaluate(config, sys.argv[3])
+    print("finished", flush=True)
+    """
+)
+
+
+def test_a_step_that_never_finishes_ends_the_run_with_status_75_and_its_checkpoints(data_dir, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    config = os.path.join(root, "experiments", "configs", "classification.py")
+    workdir = str(tmp_path / "run")
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", _STALLED_RUN, config, data_dir, workdir],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert time.monotonic() - start < 300  # not the 600 s the stuck step would take
+    assert proc.returncode == EXIT_STALLED, proc.stderr[-3000:]
+    assert "finished" not in proc.stdout
+    stalled = [line for line in proc.stderr.splitlines() if line.startswith("attn-jax: stalled:")]
+    assert len(stalled) == 1, proc.stderr[-3000:]
+    assert "(stall_timeout_s=20;" in stalled[0]
+    assert f"checkpoint steps [2, 4] in {workdir}/checkpoints are kept" in stalled[0]
+    assert stalled[0].endswith("; run the same command again to resume")
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]

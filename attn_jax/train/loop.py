@@ -30,6 +30,7 @@ from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
 from attn_jax.train.preemption import SigtermFlag
 from attn_jax.train.runner import Runner, build_steps
 from attn_jax.train.tasks.base import jsonable
+from attn_jax.train.watchdog import StallWatchdog
 from attn_jax.train.workdir_lock import LOCK_PREFIX, workdir_lock
 from attn_jax.train.writers import MetricWriter, progress_bar
 
@@ -128,34 +129,52 @@ def _train(config, runner, state, start, iterator, manager, writer, sigterm, tra
     # tiny all-gather; every step with one process), then all save the same step and stop together.
     check_every = 1 if jax.process_count() == 1 else config.get("preemption_check_every_steps", 10)
     stop = False
-    for step in range(start + 1, total + 1):
-        state, metrics = runner.train(state, runner.batch(next(iterator)))
-        pending.append(metrics)
-        bar.update(1)
-        manager.checksum_finished_saves()  # a finished background save gets its checksum now
-        if step % check_every == 0 or step == total:
-            stop = any_process(sigterm.requested)
-        save_now = every(config.checkpoint_every_steps, step) or stop
-        is_eval = every(config.eval_every_steps, step)
-        if every(config.log_every_steps, step) or save_now or is_eval:
-            train_metrics = _summarize(task, pending)
-            pending = []
-            _check_finite(train_metrics, step, manager)
-            writer.write(step, "train", train_metrics)
-            bar.set_postfix({k: f"{v:.4f}" for k, v in train_metrics.items() if k in ("loss", "accuracy")})
-        if is_eval:
-            last_eval = evaluate(runner, state, config)
-            writer.write(step, "test", last_eval)
-            shown = ", ".join(f"{k} {last_eval[k]:.4f}" for k in task.headline if k in last_eval)
-            bar.write(f"step {step}: test {shown}")
-        if save_now:
-            metrics = last_eval if is_eval else None
-            ckpt.save(manager, step, state, iterator, metrics=metrics, train_time_s=round(train_time(), 3))
-        if stop:
-            bar.close()
-            return state, last_eval, "sigterm"
+    # a step that never finishes (a CPU device stuck before an all-reduce) ends the run cleanly with
+    # EXIT_STALLED and the checkpoints intact; armed once the first step has compiled
+    watchdog = StallWatchdog(config.get("stall_timeout_s", 600), lambda: _stall_note(manager))
+    try:
+        for step in range(start + 1, total + 1):
+            state, metrics = runner.train(state, runner.batch(next(iterator)))
+            watchdog.start()  # the first call arms it, later ones only record progress
+            pending.append(metrics)
+            bar.update(1)
+            manager.checksum_finished_saves()  # a finished background save gets its checksum now
+            if step % check_every == 0 or step == total:
+                stop = any_process(sigterm.requested)
+            save_now = every(config.checkpoint_every_steps, step) or stop
+            is_eval = every(config.eval_every_steps, step)
+            if every(config.log_every_steps, step) or save_now or is_eval:
+                train_metrics = _summarize(task, pending)
+                pending = []
+                _check_finite(train_metrics, step, manager)
+                writer.write(step, "train", train_metrics)
+                bar.set_postfix(
+                    {k: f"{v:.4f}" for k, v in train_metrics.items() if k in ("loss", "accuracy")}
+                )
+            if is_eval:
+                last_eval = evaluate(runner, state, config)
+                writer.write(step, "test", last_eval)
+                shown = ", ".join(f"{k} {last_eval[k]:.4f}" for k in task.headline if k in last_eval)
+                bar.write(f"step {step}: test {shown}")
+            if save_now:
+                metrics = last_eval if is_eval else None
+                ckpt.save(
+                    manager, step, state, iterator, metrics=metrics, train_time_s=round(train_time(), 3)
+                )
+            if stop:
+                bar.close()
+                return state, last_eval, "sigterm"
+    finally:
+        watchdog.stop()
     bar.close()
     return state, last_eval, "done"
+
+
+def _stall_note(manager) -> str:
+    """Where a stalled run stands: its checkpoints and how to resume."""
+    steps = sorted(manager.all_steps())
+    kept = f"checkpoint steps {steps} in {manager.directory} are kept" if steps else "no checkpoint yet"
+    return f"{kept}; run the same command again to resume"
 
 
 def setup(config, model=None) -> Runner:
@@ -208,6 +227,7 @@ RESUMABLE_FIELDS = (
     "parallel",
     "coordinator",
     "preemption_check_every_steps",
+    "stall_timeout_s",
     "progress",
     "tensorboard",
     "png_examples",

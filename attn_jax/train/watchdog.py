@@ -72,8 +72,9 @@ class StallWatchdog:
         self._last = time.monotonic()
 
     def start(self) -> StallWatchdog:
+        """Record progress, and start watching on the first call (later calls only record progress)."""
+        self.beat()
         if self.enabled and self._thread is None:
-            self.beat()
             self._thread = threading.Thread(target=self._watch, name="attn_jax-stall-watchdog", daemon=True)
             self._thread.start()
         return self
