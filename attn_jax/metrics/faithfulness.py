@@ -38,6 +38,7 @@ arguments are the parameters (see the example of `deletion_curve`).
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
@@ -212,8 +213,7 @@ def _pixel_ranks(maps: jax.Array) -> jax.Array:
     """(B, H*W) position of each pixel in the descending saliency order (ties: lower flat index first)."""
     b, h, w = maps.shape
     flat = maps.reshape(b, h * w).astype(jnp.float32)
-    flat = jnp.where(flat == 0, 0.0, flat)  # -0.0 and 0.0 tie
-    order = jnp.argsort(-flat, axis=1, stable=True)
+    order = jnp.argsort(-flat, axis=1, stable=True)  # XLA's sort ties -0.0 with 0.0, as NumPy's
     positions = jnp.broadcast_to(jnp.arange(h * w, dtype=jnp.int32), (b, h * w))
     return jnp.zeros((b, h * w), jnp.int32).at[jnp.arange(b)[:, None], order].set(positions)
 
@@ -561,18 +561,22 @@ def _replace(tree, path, value):
     return new if isinstance(tree, dict) else type(tree)(new)
 
 
-def _randomize(subtree, key):
-    """Every floating leaf -> zero-mean normal values with the leaf's root-mean-square (same shape, dtype)."""
-    leaves, treedef = jax.tree_util.tree_flatten(subtree)
-    keys = jax.random.split(key, max(len(leaves), 1))
+@jax.jit
+def _randomize(layers: tuple, key: jax.Array) -> tuple:
+    """Layer i's floating leaves -> zero-mean normal values with each leaf's shape, dtype and
+    root-mean-square (keys split from fold_in(key, i)); other leaves are kept. One compiled call."""
     out = []
-    for leaf, k in zip(leaves, keys):
-        leaf = jnp.asarray(leaf)
-        if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size:
-            rms = jnp.sqrt(jnp.mean(jnp.square(leaf.astype(jnp.float32))))
-            leaf = (jax.random.normal(k, leaf.shape, jnp.float32) * rms).astype(leaf.dtype)
-        out.append(leaf)
-    return jax.tree_util.tree_unflatten(treedef, out)
+    for i, subtree in enumerate(layers):
+        leaves, treedef = jax.tree_util.tree_flatten(subtree)
+        keys = jax.random.split(jax.random.fold_in(key, i), max(len(leaves), 1))
+        new = []
+        for leaf, k in zip(leaves, keys):
+            if jnp.issubdtype(leaf.dtype, jnp.floating) and leaf.size:
+                rms = jnp.sqrt(jnp.mean(jnp.square(leaf.astype(jnp.float32))))
+                leaf = (jax.random.normal(k, leaf.shape, jnp.float32) * rms).astype(leaf.dtype)
+            new.append(leaf)
+        out.append(jax.tree_util.tree_unflatten(treedef, new))
+    return tuple(out)
 
 
 def randomization_check(
@@ -601,7 +605,7 @@ def randomization_check(
       labels: (B,) integer.
       layer_order: non-empty sequence of layers to randomize, output layer first; each a top-level key of
         params or a tuple of keys into nested mappings (e.g. ("params", "Dense_0")).
-      key: a JAX PRNG key; stage i uses fold_in(key, i).
+      key: a JAX PRNG key; layer_order[i] is drawn from fold_in(key, i).
 
     Returns:
       (len(layer_order), B) float32 Spearman correlations; row i is the stage after randomizing
@@ -651,13 +655,14 @@ def randomization_check(
 
     def flat_maps(p):
         m = jnp.asarray(explain(p, images, labels))
-        if m.ndim < 2 or m.shape[0] != b or m[0].size < 2:
+        if m.ndim < 2 or m.shape[0] != b or math.prod(m.shape[1:]) < 2:
             raise ValueError(f"explain must return maps (B, ...) with B = {b} and >= 2 values; got {m.shape}")
         return m.reshape(b, -1)
 
     reference = flat_maps(params)
+    randomized = _randomize(tuple(_get(params, path) for path in paths), key)
     rows, current = [], params
-    for i, path in enumerate(paths):
-        current = _replace(current, path, _randomize(_get(current, path), jax.random.fold_in(key, i)))
+    for path, layer in zip(paths, randomized):
+        current = _replace(current, path, layer)
         rows.append(spearman(reference, flat_maps(current)))
     return jnp.stack(rows)
