@@ -5,6 +5,10 @@ backbone -> attention -> pool -> linear.
     attn-jax train --config experiments/configs/classification.py:none            # no attention
     attn-jax train --config experiments/configs/classification.py:cbam,tiny --config.lr=1e-2
 
+Expected (the main job, spatial attention, 3,200 steps of batch 128 on 4 CPU devices): test accuracy
+about 97.2% (one seed); 5.5 minutes on a 2-core AVX-512 CPU, 6 to 14 minutes on slower 2-core ones.
+The tiny config trains in seconds. Measured runs: experiments/results/classification_cpu.json.
+
 Argument: "<attention>[,tiny]" with <attention> a registry name (attn_jax.nn.available_attention());
 "tiny" is the 32x32 tiny dataset and a small model, for tests (seconds). Common fields and their
 meaning: attn_jax.train.config.base_config.
