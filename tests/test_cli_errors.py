@@ -227,7 +227,12 @@ def test_default_workdir_is_named_by_the_config_and_the_fields_given():
     config = load_experiment_config("classification", "cbam,tiny")
     assert cl.default_workdir(config, f"{CONFIG}:cbam,tiny", []) == "runs/classification-cbam-tiny"
     config.lr, config.model.features, config.progress = 0.01, (8, 32), False
-    argv = ["--config.lr=0.01", "--config.model.features=(8, 32)", "--noconfig.progress"]
+    argv = [
+        "--config.lr=0.01",
+        "--config.model.features=(8, 32)",
+        "--noconfig.progress",
+        "--config.cpu_devices=1",
+    ]
     want = "runs/classification-cbam-tiny-lr=0.01-model.features=8,32"
     assert cl.default_workdir(config, f"{CONFIG}:cbam,tiny", argv) == want
     mine = load_experiment_config("classification", "spatial")

@@ -241,8 +241,12 @@ def resolve_warmup(config, argv: list[str], spec: str) -> str | None:
     )
 
 
-# Fields that only change what is shown or where data is read: left out of the default workdir's name.
-NOT_IN_WORKDIR_NAME = ("name", "progress", "tensorboard", "png_examples", "data_dir", "async_checkpoints")
+# Fields left out of the default workdir's name: where the data is read, how the run is shown and on which
+# devices it runs (a run resumes under any of them: checkpoints restore onto any device count).
+NOT_IN_WORKDIR_NAME = (
+    "name", "data_dir", "progress", "tensorboard", "png_examples", "async_checkpoints", "cpu_devices",
+    "num_devices", "parallel", "coordinator", "preemption_check_every_steps", "stall_timeout_s",
+)  # fmt: skip
 
 
 def _value_text(value) -> str:

@@ -186,7 +186,8 @@ def train_main(argv) -> None:
         shown = ", ".join(f"{k} {summary[f'test_{k}']:.4f}" for k in keys)
         print(
             f"{summary['task']} test {shown} after {summary['step']} steps "
-            f"(train {summary['train_time_s']:.0f} s, total {summary['wall_time_s']:.0f} s); "
+            f"(training {summary['train_time_s']:.0f} s over all resumes, this command "
+            f"{summary['wall_time_s']:.0f} s); "
             f"outputs in {summary['workdir']}"
         )
     else:
