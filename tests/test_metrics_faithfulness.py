@@ -2,6 +2,7 @@
 rounding, chunking, baselines), a known-answer region model, Average Drop / Increase in Confidence,
 Spearman against scipy, the cascading randomization check, and the argument errors."""
 
+import json
 import math
 
 import jax
@@ -373,3 +374,15 @@ def test_other_functions_reject_bad_arguments():
         randomization_check(
             lambda p, x, y: x[0, ..., 0], params, images, labels, layer_order=["out"], key=key
         )
+
+
+def test_benchmark_quick_run_checks_the_loop_and_writes_json(tmp_path):
+    from benchmarks import faithfulness as bench
+
+    out = tmp_path / "faithfulness.json"
+    rows = bench.main(["--quick", "--out", str(out)])  # asserts every variant equals the per-image loop
+    payload = json.loads(out.read_text())
+    assert [r["variant"] for r in payload["results"]] == [r["variant"] for r in rows]
+    assert {"platform", "cpu_model", "cores"} <= set(payload["machine"])
+    assert len(payload["loadavg_before"]) == 3 and payload["environment"]["loadavg"] is not None
+    assert all(r["max_abs_diff"] <= 1e-5 and r["images_per_s"] > 0 for r in rows)
