@@ -95,6 +95,7 @@ def _one_line_error(capsys, entered, args, *wanted):
         ("eval_every_steps=-1", None),
         ("cpu_devices=-1", None),
         ("num_devices=-2", None),
+        ("stall_timeout_s=-1", "stall_timeout_s=-1.0"),
         ("clip_norm=-1", "clip_norm=-1.0"),
         ("weight_decay=-1e-4", "weight_decay=-0.0001"),
     ],

@@ -181,6 +181,7 @@ VALUE_RULES = {
     "cpu_devices": (_int_at_least(0), "an integer >= 0 (0: JAX's default)"),
     "num_devices": (_int_at_least(0), "an integer >= 0 (0: all devices)"),
     "preemption_check_every_steps": (_int_at_least(1), "an integer >= 1"),
+    "stall_timeout_s": (_number(0.0), "a finite number of seconds >= 0 (0: no stall watchdog)"),
     "png_examples": (_int_at_least(0), "an integer >= 0"),
     "max_boxes": (_int_at_least(1), "an integer >= 1"),
 }

@@ -29,7 +29,7 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     optimizer, lr, weight_decay, momentum, warmup_steps, end_lr_factor, clip_norm, skip_nonfinite, augment;
     batch_size (global), eval_batch_size, eval_examples, num_train_steps, log_every_steps, eval_every_steps,
     checkpoint_every_steps, keep_latest, keep_best; cpu_devices, num_devices, parallel, coordinator,
-    preemption_check_every_steps; progress, tensorboard, png_examples.
+    preemption_check_every_steps, stall_timeout_s; progress, tensorboard, png_examples.
     """
     attention, tiny = parse_arg(arg)
     c = ml_collections.ConfigDict()
@@ -83,6 +83,8 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.num_devices = 0  # 0: all devices
     c.parallel = "shard_map"  # or "pmap"
     c.preemption_check_every_steps = 10  # multi-process: how often processes agree on a SIGTERM
+    # seconds without a finished training step before the run stops with status 75 (resumable); 0: off
+    c.stall_timeout_s = 600.0
     c.coordinator = ""  # host:port for multi-host (or ATTN_JAX_COORDINATOR and friends)
     c.progress = True
     c.tensorboard = True
