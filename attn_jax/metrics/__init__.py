@@ -1,5 +1,6 @@
 """Evaluation metrics: COCO / VOC detection AP (NumPy), segmentation IoU (confusion matrix) and attention
-localisation (pointing game, energy inside the object)."""
+localisation (pointing game, energy inside the object), and the faithfulness of saliency maps (deletion /
+insertion curves, Average Drop / Increase in Confidence, randomization checks)."""
 
 from attn_jax.metrics.detection import (
     DetectionEvaluator,
@@ -7,6 +8,17 @@ from attn_jax.metrics.detection import (
     coco_evaluate,
     voc_ap,
     voc_evaluate,
+)
+from attn_jax.metrics.faithfulness import (
+    average_drop,
+    curve_auc,
+    deletion_auc,
+    deletion_curve,
+    increase_in_confidence,
+    insertion_auc,
+    insertion_curve,
+    randomization_check,
+    spearman,
 )
 from attn_jax.metrics.localization import (
     LocalizationStats,
@@ -22,12 +34,21 @@ __all__ = [
     "ImageRecord",
     "LocalizationStats",
     "SegmentationEvaluator",
+    "average_drop",
     "boxes_to_mask",
     "coco_evaluate",
     "confusion_matrix",
+    "curve_auc",
+    "deletion_auc",
+    "deletion_curve",
     "energy_inside",
+    "increase_in_confidence",
+    "insertion_auc",
+    "insertion_curve",
     "iou_from_confusion",
     "pointing_game",
+    "randomization_check",
+    "spearman",
     "uniform_chance",
     "voc_ap",
     "voc_evaluate",
