@@ -99,11 +99,12 @@ MODEL_FIELDS = ("task", "dataset")  # and every model.* field but COMPUTE_FIELDS
 COMPUTE_FIELDS = ("model.dtype", "model.matmul_grad", "model.attention_kwargs.implementation")
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat_fields(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a nested config dict as dotted field names."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_fields(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -114,8 +115,8 @@ def model_differences(saved: dict, config) -> list[str]:
     the run's saved config (the dict of <workdir>/config.json) and `config` differ; [] when they agree."""
     import json
 
-    given = _flat(json.loads(config.to_json_best_effort()))
-    saved = _flat(saved)
+    given = flat_fields(json.loads(config.to_json_best_effort()))
+    saved = flat_fields(saved)
     defines_model = lambda k: k in MODEL_FIELDS or (k.startswith("model.") and k not in COMPUTE_FIELDS)  # noqa: E731
     keys = sorted(filter(defines_model, set(saved) | set(given)))
     missing = "<absent>"

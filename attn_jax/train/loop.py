@@ -25,7 +25,7 @@ import numpy as np
 from attn_jax.data import make_pipeline
 from attn_jax.train import checkpoint as ckpt
 from attn_jax.train.checkpoint import CheckpointMismatchError, DiskFullError
-from attn_jax.train.config import COMPUTE_FIELDS, model_differences
+from attn_jax.train.config import COMPUTE_FIELDS, flat_fields, model_differences
 from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
 from attn_jax.train.preemption import SigtermFlag
 from attn_jax.train.runner import Runner, build_steps
@@ -236,22 +236,12 @@ RESUMABLE_FIELDS = (
 PREVIOUS_RUNS = "previous"  # restart=True moves a workdir's old files to <workdir>/previous/<n>/
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def run_config_differences(saved: dict, config) -> list[str]:
     """'field: saved value (run) != given value (given)' for each field that defines the experiment
     (all but RESUMABLE_FIELDS) where a run's saved config (the dict of <workdir>/config.json) and `config`
     differ. Model fields as in attn_jax.train.config.model_differences; other fields only when both sides
     have them (a field added or removed by another attn_jax version is not a difference)."""
-    given, saved_flat = _flatten(json.loads(config.to_json_best_effort())), _flatten(saved)
+    given, saved_flat = flat_fields(json.loads(config.to_json_best_effort())), flat_fields(saved)
     diffs = model_differences(saved, config)
     named = {d.split(":", 1)[0] for d in diffs}
     for key in sorted(set(saved_flat) & set(given)):
@@ -281,11 +271,7 @@ def check_workdir_config(config, workdir: str) -> None:
       >>> check_workdir_config(config, "runs/cls")   # before attn-jax train compiles anything
     """
     path = os.path.join(workdir, "config.json")
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
-        return
+    saved = _saved_config(path)
     if not isinstance(saved, dict):
         return
     diffs = run_config_differences(saved, config)
@@ -468,14 +454,21 @@ def _finish(config, workdir, runner, state, last_eval, summary, callbacks, sigte
     return summary
 
 
+def _saved_config(path: str):
+    """The JSON in a run's config.json, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def check_run_config(config, workdir: str) -> None:
     """CheckpointMismatchError naming the model-defining fields where <workdir>/config.json (written by
     train_and_evaluate) and `config` differ; nothing when they agree or the run saved no config."""
     path = os.path.join(workdir, "config.json")
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError):
+    saved = _saved_config(path)
+    if saved is None:
         return
     diffs = model_differences(saved, config)
     if diffs:
