@@ -1,9 +1,13 @@
 """The documentation site (docs/) builds with warnings as errors and documents the whole public API; the
-Examples in the docstrings of attn_jax, attn_jax.nn, attn_jax.models and attn_jax.viz run as doctests."""
+Examples in the docstrings of attn_jax, attn_jax.nn, attn_jax.models and attn_jax.viz run as doctests; every
+results JSON says what produced it, when and on what machine."""
 
 import doctest
+import glob
 import importlib
+import json
 import os
+import re
 import pkgutil
 import posixpath
 import subprocess
@@ -102,6 +106,82 @@ def test_docstring_examples_run():
     assert results.failed == 0, f"{results.failed} docstring example(s) failed (output above)"
     # each module keeps its Examples: removing them would make this test pass vacuously
     assert len(ran) >= 20, ran
+
+
+# Every measurement under these directories says what produced it, when and on what machine.
+RESULTS_DIRS = ("experiments/results", "benchmarks/results")
+
+
+def _entry(data: dict, *paths: str):
+    """The first of the dotted `paths` present in `data` (e.g. "meta.command", "environment.command")."""
+    for path in paths:
+        node = data
+        for key in path.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None
+
+
+def _filled(value) -> bool:
+    """A non-empty string, a positive count (cpu_count), or a non-empty list / dict of non-empty strings or
+    counts (one command per run; the parts of a machine)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value > 0
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, dict):
+        return bool(value) and all(_filled(v) for v in value.values())
+    if isinstance(value, list):
+        return bool(value) and all(_filled(v) for v in value)
+    return False
+
+
+def missing_provenance(data) -> list[str]:
+    """Which of "command", "date" and "machine" a results JSON lacks. Accepted spellings: a top-level "meta"
+    object (experiments/results), the benchmarks' "environment" (command, date_utc, cpu_count) and a
+    top-level "machine" (a description string or a dict such as {"cpu_model": ..., "cores": ...})."""
+    if not isinstance(data, dict):
+        return ["command", "date", "machine"]
+    missing = []
+    if not _filled(_entry(data, "meta.command", "environment.command", "command")):
+        missing.append("command")
+    date = _entry(data, "meta.date", "environment.date_utc", "date")
+    if not (isinstance(date, str) and re.match(r"\d{4}-\d{2}-\d{2}", date)):
+        missing.append("date")
+    if not _filled(_entry(data, "meta.machine", "machine", "environment.cpu_count")):
+        missing.append("machine")
+    return missing
+
+
+def results_files() -> list[str]:
+    files = []
+    for folder in RESULTS_DIRS:
+        files += sorted(glob.glob(os.path.join(ROOT, folder, "**", "*.json"), recursive=True))
+    return files
+
+
+def test_every_results_json_names_its_command_date_and_machine():
+    files = results_files()
+    assert len(files) >= 20, files  # both directories are searched, subfolders (results/cpu/) included
+    bad = {}
+    for path in files:
+        with open(path) as f:
+            missing = missing_provenance(json.load(f))
+        if missing:
+            bad[os.path.relpath(path, ROOT)] = missing
+    assert not bad, f"results JSON without a command, date or machine (add a top-level \"meta\"): {bad}"
+
+
+def test_provenance_check_names_what_is_missing():
+    meta = {"command": "attn-jax train --config experiments/configs/classification.py", "date": "2026-12-02"}
+    assert missing_provenance({"meta": {**meta, "machine": "2-core CPU"}}) == []
+    assert missing_provenance({"meta": meta}) == ["machine"]
+    assert missing_provenance({"meta": {**meta, "date": "yesterday", "machine": "x"}}) == ["date"]
+    assert missing_provenance({"meta": {**meta, "command": {"run": ""}, "machine": "x"}}) == ["command"]
+    bench = {"environment": {"command": "attention.py", "date_utc": "2026-12-06T14:52:40+00:00", "cpu_count": 2}}
+    assert missing_provenance(bench) == []
+    assert missing_provenance({"runs": {}}) == ["command", "date", "machine"]
 
 
 if __name__ == "__main__":
