@@ -7,9 +7,9 @@ import glob
 import importlib
 import json
 import os
-import re
 import pkgutil
 import posixpath
+import re
 import subprocess
 import sys
 
@@ -170,7 +170,7 @@ def test_every_results_json_names_its_command_date_and_machine():
             missing = missing_provenance(json.load(f))
         if missing:
             bad[os.path.relpath(path, ROOT)] = missing
-    assert not bad, f"results JSON without a command, date or machine (add a top-level \"meta\"): {bad}"
+    assert not bad, f'results JSON without a command, date or machine (add a top-level "meta"): {bad}'
 
 
 def test_provenance_check_names_what_is_missing():
@@ -179,7 +179,8 @@ def test_provenance_check_names_what_is_missing():
     assert missing_provenance({"meta": meta}) == ["machine"]
     assert missing_provenance({"meta": {**meta, "date": "yesterday", "machine": "x"}}) == ["date"]
     assert missing_provenance({"meta": {**meta, "command": {"run": ""}, "machine": "x"}}) == ["command"]
-    bench = {"environment": {"command": "attention.py", "date_utc": "2026-12-06T14:52:40+00:00", "cpu_count": 2}}
+    environment = {"command": "attention.py", "date_utc": "2026-12-06T14:52:40+00:00", "cpu_count": 2}
+    bench = {"environment": environment}
     assert missing_provenance(bench) == []
     assert missing_provenance({"runs": {}}) == ["command", "date", "machine"]
 
