@@ -33,7 +33,13 @@ PUBLIC_PACKAGES = (
     "attn_jax.viz",
 )
 # The packages whose docstrings' Examples run here (the others get their Examples in a later pass).
-DOCTESTED_PACKAGES = ("attn_jax.nn", "attn_jax.models", "attn_jax.viz")
+DOCTESTED_PACKAGES = (
+    "attn_jax.nn",
+    "attn_jax.models",
+    "attn_jax.viz",
+    "attn_jax.functional",
+    "attn_jax.kernels",
+)
 
 
 def documented_names(objects_inv: str) -> set[str]:

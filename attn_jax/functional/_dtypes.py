@@ -16,8 +16,9 @@ def project(x, w, dtype):
     """x (..., p, d) @ w (d, a) -> (..., p, a), accumulated and returned in `dtype`.
 
     One 2-D product over all rows: the gradient of w is then rows^T @ d_rows. Left batched, its transpose
-    contracts the batch and row axes together, and XLA:CPU first copied d_rows transposed, (a, rows): 13
-    of the 95 ms of a (4, 4096, 256) one-query forward+backward."""
+    contracts the batch and row axes together, and XLA:CPU first copied d_rows transposed, (a, rows), a
+    noticeable share of a (4, 4096, 256) one-query forward+backward (docs/cpu.md, "The chunked attention
+    path")."""
     rows = x.reshape(math.prod(x.shape[:-1]), x.shape[-1])  # not (-1, d): d may be 0
     rows = jnp.matmul(rows, w, preferred_element_type=dtype).astype(dtype)
     return rows.reshape(*x.shape[:-1], w.shape[-1])

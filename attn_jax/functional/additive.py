@@ -83,10 +83,31 @@ def _scores_acc(query, keys, w_q, w_k, w_a, bias, batch_shape, dtype):
 
 
 def additive_scores(query, keys, w_q, w_k, w_a, *, bias=None):
-    """Additive attention scores e = w_a . tanh(q W_q + h W_k + b).
+    """Additive attention scores e_ij = w_a . tanh(q_i W_q + h_j W_k + b) (Bahdanau et al. 2015).
 
-    query (..., m, d_q); keys (..., n, d_k); w_q (d_q, a); w_k (d_k, a); w_a (a,); bias (a,) or None.
-    Returns (..., m, n) in the inputs' result dtype (accumulated in float32, float64 for float64).
+    The projections are computed once per query and once per key, then combined for every pair.
+
+    Args:
+      query: (..., m, d_q) queries, floating.
+      keys: (..., n, d_k) keys, floating, n >= 1; leading dims broadcast with ``query``'s.
+      w_q: (d_q, a) query projection.
+      w_k: (d_k, a) key projection.
+      w_a: (a,) the vector that reduces tanh's output to a score.
+      bias: (a,) or None, added to the query projection.
+
+    Returns:
+      (..., m, n) scores in the result dtype of ``query`` and ``keys``, accumulated in float32 (float64
+      for float64 inputs).
+
+    Raises:
+      ValueError: an input is not a floating array, a weight's shape does not match d_q, d_k or a, the
+        leading dims do not broadcast, or there is no key (n = 0).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> q, h = jnp.zeros((1, 3)), jnp.array([[0.0, 0.0], [1.0, 1.0]])  # (m, d_q), (n, d_k)
+      >>> additive_scores(q, h, jnp.ones((3, 4)), jnp.ones((2, 4)), jnp.full(4, 0.25)).round(4)
+      Array([[0.   , 0.964]], dtype=float32)
     """
     batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias)
     out_dtype = jnp.result_type(query.dtype, keys.dtype)
@@ -114,7 +135,13 @@ IMPLEMENTATIONS = ("xla", "pallas", "auto")
 
 
 class PallasUnavailableError(ImportError):
-    """implementation="pallas" was asked for but the kernels of attn_jax.kernels cannot be imported."""
+    """``implementation="pallas"`` was asked for but the kernels of `attn_jax.kernels` cannot be imported.
+
+    Raised by `additive_attention` (and the modules that pass ``implementation`` on) when the Pallas
+    kernels fail to import, e.g. on a JAX without ``jax.experimental.pallas``; its message names the
+    import error. ``implementation="auto"`` never raises it: it falls back to XLA. A subclass of
+    `ImportError`.
+    """
 
 
 def _pallas_kernels():
@@ -184,21 +211,22 @@ def additive_attention(
     """Additive attention (Bahdanau et al. 2015): scores, masked softmax, context.
 
     Args:
-      query: (..., m, d_q).
-      keys: (..., n, d_k), n >= 1.
-      values: (..., n, d_v); None: the keys.
-      w_q: (d_q, a).
-      w_k: (d_k, a).
-      w_a: (a,).
-      bias: (a,) or None.
+      query: (..., m, d_q) queries, floating.
+      keys: (..., n, d_k) keys, n >= 1; leading dims broadcast with the other inputs'.
+      values: (..., n, d_v) values; None: the keys.
+      w_q: (d_q, a) query projection.
+      w_k: (d_k, a) key projection.
+      w_a: (a,) the vector that reduces tanh's output to a score.
+      bias: (a,) or None, added to the query projection.
       mask: bool, broadcastable to (..., m, n); True = may attend. A key that no query of its example may
         attend (padding), its value, and the query of a row with no valid key contribute exactly nothing,
         to the outputs and to every gradient, whatever they hold (NaN, Inf, huge values): they are
         replaced by zeros before any arithmetic, and their own gradients are exactly 0. A key that some
         query attends must be finite: a NaN there also reaches the rows that mask it (0 * NaN).
-      chunk_size: k bounds memory by processing keys k at a time (see `attn_jax.functional.chunked`);
-        None never chunks; "auto" (default) chooses from the static shapes
-        (`attn_jax.functional._auto.auto_chunk_size`).
+      chunk_size: an int k bounds memory by processing keys k at a time (two-pass softmax, custom VJP:
+        neither pass keeps the (..., m, n, a) tanh tensor); None never chunks; ``"auto"`` (default)
+        chooses from the static shapes: unchunked while the (..., m, n, a) tensor fits in 4 MiB, else
+        chunks of about that size.
       fully_masked: rows with no valid key: "zero" (weights and context 0, gradients 0), "uniform"
         (weights 1/n and the mean of every value, masked or not) or "nan".
       return_weights: False returns None for the weights.

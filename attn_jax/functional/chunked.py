@@ -44,7 +44,7 @@ EXP_FORM_LIMIT = 40.0  # |projections| up to which tanh(x + y) is evaluated from
 
 def _hidden_exp(eq, ek):
     """tanh(x + y) = 1 - 2 / (e^{2x} e^{2y} + 1) from e^{2x}, e^{2y}: one product and one division
-    per element instead of a tanh (about 1.6x faster on CPU). With |x|, |y| <= 40 nothing overflows
+    per element instead of a tanh (faster on CPU: docs/cpu.md). With |x|, |y| <= 40 nothing overflows
     (a product above float32's range gives inf and exactly 1) and the absolute error is a few ulps of 1,
     as for tanh of the rounded sum x + y."""
     return 1.0 - 2.0 / (eq * ek + 1.0)
@@ -119,7 +119,7 @@ def _one_query_scores(q_proj, k_proj, w_a, group: int):
 
 def _example_blocks(x, group: int):
     """(B, ...) -> (B / group, group, ...), or x itself for group 1: a unit block axis would make XLA
-    lay the key projection out around it and copy all of it (W3's forward: 31 ms against 17)."""
+    lay the key projection out around it and copy all of it (measured at W3: docs/cpu.md)."""
     return x if group == 1 else x.reshape((x.shape[0] // group, group) + x.shape[1:])
 
 
@@ -168,8 +168,8 @@ def _pair_sums(x, y, axis: int):
     """Sums of x and y over `axis` as one two-output reduction, in groups of <= REDUCE_GROUP terms.
 
     XLA's CPU backend emits a two-output reduction over a short axis as one vectorised loop with the
-    producer (here tanh) fused in; a one-output or long reduction takes a path about 5x slower
-    (`python benchmarks/xla_reductions.py`).
+    producer (here tanh) fused in; a one-output or long reduction takes a much slower path
+    (`python benchmarks/xla_reductions.py`, benchmarks/results/xla_reductions.json).
     """
     n = x.shape[axis]
     group = largest_divisor_at_most(n, REDUCE_GROUP)
@@ -221,7 +221,7 @@ def _chunk_grads(grad_terms, q_proj, w_a, carry, xs):
 def _core_bwd(chunk_size, return_weights, residuals, cotangents):
     """Backward of a flat batch: `_example_bwd` vmapped over it, d w_a summed over examples last (one
     query per example: `_one_query_bwd`, blocks of whole examples as in the forward). The same bound as
-    the forward picks the exp form (W2 forward+backward 59-66 ms against 91-100 with tanh) or tanh."""
+    the forward picks the exp form (faster than tanh on CPU: docs/cpu.md) or tanh."""
     q_proj, k_proj, values, w_a, weights = residuals
     d_context, d_weights = cotangents
     if not return_weights:

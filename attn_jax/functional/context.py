@@ -30,10 +30,28 @@ def blocked_weighted_sum(weights, values, dtype):
 
 
 def attention_context(weights: jax.Array, values: jax.Array) -> jax.Array:
-    """c = sum_i alpha_i v_i for every query row.
+    """Context vectors c = sum_i alpha_i v_i, one per query row.
 
-    weights: (..., m, n); values: (..., n, d_v), leading dims broadcastable. Returns (..., m, d_v)
-    in the result dtype of the inputs, accumulated in float32 (float64 for float64 inputs).
+    Accumulated in float32 (float64 for float64 inputs), over at most 256 keys at a time and then over
+    those blocks, so that long rows of cancelling values keep float32 accuracy.
+
+    Args:
+      weights: (..., m, n) attention weights alpha (e.g. from `masked_softmax`), floating.
+      values: (..., n, d_v) values v, floating; leading dims broadcast with ``weights``'.
+
+    Returns:
+      (..., m, d_v) context in the result dtype of ``weights`` and ``values``.
+
+    Raises:
+      ValueError: an input is not a floating array of rank >= 2, the two disagree on n, or their leading
+        dims do not broadcast.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> weights = jnp.array([[0.25, 0.75]])  # (m, n) = (1, 2)
+      >>> values = jnp.array([[4.0, 0.0], [0.0, 4.0]])  # (n, d_v) = (2, 2)
+      >>> attention_context(weights, values)
+      Array([[1., 3.]], dtype=float32)
     """
     _checks.check_float("weights", weights)
     _checks.check_float("values", values)

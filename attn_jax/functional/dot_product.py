@@ -56,9 +56,26 @@ def _scores(query, keys, w, scale, dtype):
 
 
 def dot_product_scores(query, keys, *, scale=None):
-    """Scaled dot-product scores q k^T * scale; query (..., m, d), keys (..., n, d) -> (..., m, n).
+    """Scaled dot-product scores e = q k^T * scale (Vaswani et al. 2017).
 
-    scale=None uses 1/sqrt(d). Accumulated in float32 (float64 for float64), returned in input dtype.
+    Args:
+      query: (..., m, d) queries, floating.
+      keys: (..., n, d) keys, floating; leading dims broadcast with ``query``'s.
+      scale: multiplies the scores; None: 1/sqrt(d) (1 for d = 0, whose scores are 0).
+
+    Returns:
+      (..., m, n) scores in the inputs' result dtype, accumulated in float32 (float64 for float64 inputs).
+
+    Raises:
+      ValueError: an input is not a floating array of rank >= 2, ``query`` and ``keys`` disagree on d,
+        or their leading dims do not broadcast.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> q = jnp.array([[1.0, 0.0, 0.0, 0.0]])  # (m, d) = (1, 4)
+      >>> h = jnp.array([[2.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0]])  # (n, d) = (2, 4)
+      >>> dot_product_scores(q, h)  # scale 1/sqrt(4)
+      Array([[1., 0.]], dtype=float32)
     """
     _validate(query, keys)
     scale = _default_scale(query.shape[-1]) if scale is None else scale
@@ -67,7 +84,26 @@ def dot_product_scores(query, keys, *, scale=None):
 
 
 def general_scores(query, keys, w):
-    """Bilinear ("general") scores q W k^T; query (..., m, d_q), keys (..., n, d_k), w (d_q, d_k)."""
+    """Bilinear ("general", Luong et al. 2015) scores e = q W k^T.
+
+    Args:
+      query: (..., m, d_q) queries, floating.
+      keys: (..., n, d_k) keys, floating; leading dims broadcast with ``query``'s.
+      w: (d_q, d_k) the bilinear form W.
+
+    Returns:
+      (..., m, n) scores in the inputs' result dtype, accumulated in float32 (float64 for float64 inputs).
+
+    Raises:
+      ValueError: an input is not a floating array, ``w`` is not (d_q, d_k), or the leading dims do not
+        broadcast.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> q, h = jnp.ones((1, 2)), jnp.ones((3, 4))  # (m, d_q) = (1, 2), (n, d_k) = (3, 4)
+      >>> general_scores(q, h, jnp.full((2, 4), 0.5))
+      Array([[4., 4., 4.]], dtype=float32)
+    """
     _validate(query, keys, w=w)
     out = _scores(query, keys, w, 1.0, accumulation_dtype(query, keys, w))
     return out.astype(jnp.result_type(query, keys, w))
@@ -76,12 +112,15 @@ def general_scores(query, keys, w):
 def dot_product_attention(
     query, keys, values=None, *, w=None, scale=None, mask=None, fully_masked="zero", return_weights=True
 ):
-    """Dot-product attention: scores, masked softmax, context; same contract as additive_attention.
+    """Dot-product attention: scores, masked softmax, context; same contract as `additive_attention`.
+
+    Scores are the scaled dot product q k^T / sqrt(d) (Vaswani et al. 2017) or, with ``w``, the bilinear
+    q W k^T (Luong et al. 2015).
 
     Args:
-      query: (..., m, d_q).
-      keys: (..., n, d_k), n >= 1.
-      values: (..., n, d_v); None: the keys.
+      query: (..., m, d_q) queries, floating.
+      keys: (..., n, d_k) keys, n >= 1; leading dims broadcast with the other inputs'.
+      values: (..., n, d_v) values; None: the keys.
       w: None for the scaled dot product (d_q == d_k), or (d_q, d_k) for the bilinear q W k^T.
       scale: multiplies the scores; None: 1/sqrt(d) for the scaled dot product (1 for d = 0, whose
         scores are 0), 1 with `w`.
@@ -96,7 +135,9 @@ def dot_product_attention(
       (float64 for float64 inputs). No example, no query, d = 0 or d_v = 0 work (empty sums are 0).
 
     Raises:
-      ValueError: a bad shape, dtype, mask or `fully_masked`, or no key (n = 0).
+      ValueError: an input is not a floating array or has a wrong shape (d_q != d_k without ``w``, ``w``
+        not (d_q, d_k), leading dims that do not broadcast), ``mask`` is not a bool array broadcastable
+        to (..., m, n), ``fully_masked`` is not a policy, or there is no key (n = 0).
 
     Examples:
       >>> import jax.numpy as jnp

@@ -11,16 +11,38 @@ from attn_jax.functional.context import attention_context
 
 
 def masked_softmax(scores: jax.Array, mask: jax.Array | None = None, *, fully_masked: str = "zero"):
-    """Softmax over the last axis, restricted to positions where `mask` is True.
+    """Softmax over the last axis, restricted to positions where ``mask`` is True.
 
-    scores: (..., m, n) any float dtype; mask: bool broadcastable to scores (True = may attend).
-    Computed in float32 (float64 for float64 scores; row max subtracted, so any finite scores are
-    safe) and returned in the scores' dtype. Masked positions get exactly 0, and their scores, whatever
-    they hold (NaN, +-Inf), take no part: the other weights and every gradient are as without them
-    (theirs is exactly 0).
-    Rows with no valid position follow `fully_masked`: "zero" (all zeros, finite gradients),
-    "uniform" (1/n each) or "nan". A NaN or +-Inf score at a valid position makes its row NaN under
-    every policy (it is never mistaken for a fully-masked row). Float/int masks are a ValueError.
+    Computed in float32 (float64 for float64 scores; the row maximum is subtracted, so any finite scores
+    are safe) and returned in the scores' dtype. Masked positions get exactly 0, and their scores,
+    whatever they hold (NaN, +-Inf), take no part: the other weights and every gradient are as without
+    them (theirs is exactly 0). A NaN or +-Inf score at a valid position makes its row NaN under every
+    policy (it is never mistaken for a fully-masked row).
+
+    Args:
+      scores: (..., n) scores of any floating dtype, usually (..., m, n): one row per query.
+      mask: None (every position valid) or a bool array broadcastable to ``scores``' shape; True = may
+        attend.
+      fully_masked: what a row with no valid position gets: ``"zero"`` (all zeros, finite gradients),
+        ``"uniform"`` (1/n each) or ``"nan"``.
+
+    Returns:
+      The weights, of ``scores``' shape and dtype; each row with a valid position sums to 1.
+
+    Raises:
+      ValueError: ``scores`` is not a floating array of rank >= 1, ``mask`` is not a bool array (a 0/1 or
+        additive float mask is ambiguous) or does not broadcast to ``scores``, or ``fully_masked`` is
+        not one of the three policies.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> scores = jnp.array([[0.0, 0.0, 9.0], [1.0, 2.0, 3.0]])
+      >>> mask = jnp.array([[True, True, False], [False, False, False]])
+      >>> masked_softmax(scores, mask)
+      Array([[0.5, 0.5, 0. ],
+             [0. , 0. , 0. ]], dtype=float32)
+      >>> masked_softmax(scores, mask, fully_masked="uniform")[1]
+      Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
     """
     _checks.check_fully_masked(fully_masked)
     _checks.check_float("scores", scores)

@@ -228,18 +228,48 @@ def pallas_additive_attention(
 ):
     """Fused-kernel additive attention; arguments and results as `attn_jax.additive_attention`.
 
-    query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default keys); w_q (d_q, a);
-    w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n).
-    Masked positions contribute nothing whatever they hold, as in `attn_jax.additive_attention`;
-    float64 inputs are a ValueError (the kernels compute in float32: use `additive_attention`).
-    Returns (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype; all kernel
-    arithmetic is float32. `interpret=None`: Triton when the program is lowered for a GPU (cuda, rocm),
-    the Pallas interpreter on any other platform (chosen at lowering, so an export for cuda from a CPU
-    host carries the kernel); True / False force one;
-    block_q / block_k / block_a override the tile sizes (query rows, keys, attention-dim chunk) and
-    key_splits the number of programs sharing one query block's keys (default: 1 in interpret mode,
-    enough to fill the GPU otherwise). `fast_tanh=True` uses the GPU's tanh.approx.f32 (faster, about
-    2^-11 relative error; no effect in interpret mode).
+    The projections q W_q + b and h W_k run once as XLA matmuls; the kernels then compute tanh, the w_a
+    reduction, an online softmax and the context per tile, never holding the (m, n, a) tensor, and a
+    custom VJP recomputes tanh in two backward kernels. All kernel arithmetic is float32. Masked
+    positions contribute nothing whatever they hold, as in `attn_jax.additive_attention`.
+
+    Args:
+      query: (..., m, d_q) queries, float16, bfloat16 or float32.
+      keys: (..., n, d_k) keys, n >= 1; leading dims broadcast with the other inputs'.
+      values: (..., n, d_v) values; None: the keys.
+      w_q: (d_q, a) query projection.
+      w_k: (d_k, a) key projection.
+      w_a: (a,) the vector that reduces tanh's output to a score.
+      bias: (a,) or None, added to the query projection.
+      mask: None or bool, broadcastable to (..., m, n); True = may attend.
+      fully_masked: rows with no valid key: ``"zero"``, ``"uniform"`` or ``"nan"`` (see
+        `attn_jax.masked_softmax`).
+      return_weights: False returns None for the weights.
+      interpret: None: Triton when the program is lowered for a GPU (cuda, rocm), the Pallas interpreter
+        on any other platform (chosen at lowering, so an export for cuda from a CPU host carries the
+        kernel); True / False force the interpreter / Triton.
+      block_q: tile of query rows (None: chosen from the shapes).
+      block_k: tile of keys (None: chosen from the shapes).
+      block_a: chunk of the attention dim a (None: chosen from the shapes).
+      key_splits: number of programs sharing one query block's keys (None: 1 in interpret mode, enough
+        to fill the GPU otherwise).
+      fast_tanh: use the GPU's ``tanh.approx.f32`` (about 2^-11 relative error; no effect in interpret
+        mode).
+
+    Returns:
+      (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype.
+
+    Raises:
+      ValueError: as `attn_jax.additive_attention` (bad shapes, dtypes, mask, ``fully_masked``, no key),
+        or float64 inputs (the kernels compute in float32: use `attn_jax.additive_attention`).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> q, h = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4))
+      >>> w = dict(w_q=jnp.ones((4, 8)), w_k=jnp.ones((4, 8)), w_a=jnp.ones(8))
+      >>> context, weights = jax.eval_shape(lambda q, h: pallas_additive_attention(q, h, **w), q, h)
+      >>> context.shape, weights.shape
+      ((2, 3, 4), (2, 3, 5))
     """
     options = dict(block_q=block_q, block_k=block_k, block_a=block_a, key_splits=key_splits)
     options["fast_tanh"] = fast_tanh

@@ -180,16 +180,46 @@ def tpu_additive_attention(
 ):
     """Fused TPU-kernel additive attention; arguments and results as `attn_jax.additive_attention`.
 
-    query (..., m, d_q); keys (..., n, d_k); values (..., n, d_v) (default keys); w_q (d_q, a);
-    w_k (d_k, a); w_a (a,); bias (a,); mask bool broadcastable to (..., m, n).
-    Masked positions contribute nothing whatever they hold, as in `attn_jax.additive_attention`;
-    float64 inputs are a ValueError (the kernels compute in float32: use `additive_attention`).
-    Returns (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype. tanh and softmax
-    in float32; the matmuls take bfloat16 inputs when the values are bfloat16, accumulating in float32.
-    `interpret=None`: Mosaic when the program is lowered for TPU, the generic Pallas interpreter for any
-    other platform (chosen at lowering: an export for tpu from a CPU host carries the kernel);
-    True: the Pallas TPU interpreter (CPU only; simulates TPU memory); False: Mosaic.
-    block_q / block_k / block_a: tile overrides (query rows, keys, attention-dim chunk).
+    As in `pallas_additive_attention`, the projections run once as XLA matmuls and the kernels compute
+    tanh, the w_a reduction, an online softmax and the context per tile in the TPU's (8, 128) vector
+    layout; a custom VJP recomputes tanh in two backward kernels. tanh and the softmax run in float32;
+    the matmuls take bfloat16 operands when the values are bfloat16, accumulating in float32. Masked
+    positions contribute nothing whatever they hold, as in `attn_jax.additive_attention`.
+
+    Args:
+      query: (..., m, d_q) queries, float16, bfloat16 or float32.
+      keys: (..., n, d_k) keys, n >= 1; leading dims broadcast with the other inputs'.
+      values: (..., n, d_v) values; None: the keys.
+      w_q: (d_q, a) query projection.
+      w_k: (d_k, a) key projection.
+      w_a: (a,) the vector that reduces tanh's output to a score.
+      bias: (a,) or None, added to the query projection.
+      mask: None or bool, broadcastable to (..., m, n); True = may attend.
+      fully_masked: rows with no valid key: ``"zero"``, ``"uniform"`` or ``"nan"`` (see
+        `attn_jax.masked_softmax`).
+      return_weights: False returns None for the weights.
+      interpret: None: Mosaic when the program is lowered for TPU, the generic Pallas interpreter on any
+        other platform (chosen at lowering: an export for tpu from a CPU host carries the kernel); True:
+        the Pallas TPU interpreter (CPU only; it simulates TPU memory); False: Mosaic.
+      block_q: tile of query rows, a multiple of 8 for Mosaic (None: up to 128).
+      block_k: tile of keys, a multiple of 128 for Mosaic (None: up to 256).
+      block_a: chunk of the attention dim a, 128 or all of a for Mosaic (None: up to 128).
+
+    Returns:
+      (context (..., m, d_v), weights (..., m, n) or None) in the inputs' dtype.
+
+    Raises:
+      ValueError: as `attn_jax.additive_attention` (bad shapes, dtypes, mask, ``fully_masked``, no key),
+        float64 inputs (the kernels compute in float32: use `attn_jax.additive_attention`), or, for
+        Mosaic, tiles off the (8, 128) grid.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> q, h = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4))
+      >>> w = dict(w_q=jnp.ones((4, 8)), w_k=jnp.ones((4, 8)), w_a=jnp.ones(8))
+      >>> context, weights = jax.eval_shape(lambda q, h: tpu_additive_attention(q, h, **w), q, h)
+      >>> context.shape, weights.shape
+      ((2, 3, 4), (2, 3, 5))
     """
     blocks = dict(block_q=block_q, block_k=block_k, block_a=block_a)
     # interpret=True: the TPU interpreter (simulates VMEM / SMEM; catches out-of-bounds reads)
