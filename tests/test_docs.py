@@ -39,6 +39,7 @@ DOCTESTED_PACKAGES = (
     "attn_jax.viz",
     "attn_jax.functional",
     "attn_jax.kernels",
+    "attn_jax.detection",
 )
 
 

@@ -15,9 +15,23 @@ def _pair(value, name: str) -> tuple[int, int]:
 
 
 def anchor_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> np.ndarray:
-    """(A, 2) anchor (height, width) in pixels, A = len(sizes) * len(aspect_ratios), sizes outermost.
+    """(height, width) in pixels of the anchors of one feature cell.
 
     A ratio r = height / width keeps the area size**2: height = size * sqrt(r), width = size / sqrt(r).
+
+    Args:
+      sizes: S anchor sizes in pixels (the side of the square of equal area), positive.
+      aspect_ratios: R ratios height / width, positive.
+
+    Returns:
+      (A, 2) float64 NumPy array of (height, width), A = S * R, sizes outermost.
+
+    Raises:
+      ValueError: ``sizes`` or ``aspect_ratios`` is empty or holds a value <= 0.
+
+    Examples:
+      >>> anchor_shapes(sizes=(16,), aspect_ratios=(1.0, 4.0)).tolist()
+      [[16.0, 16.0], [32.0, 8.0]]
     """
     sizes = np.asarray(sizes, np.float64).reshape(-1)
     ratios = np.asarray(aspect_ratios, np.float64).reshape(-1)
@@ -35,13 +49,32 @@ def generate_anchors(
     image_size=None,
     normalize: bool = True,
 ) -> np.ndarray:
-    """Anchors (h * w * A, 4) as (ymin, xmin, ymax, xmax), centred on each feature cell.
+    """Anchor boxes centred on every cell of a feature grid, as (ymin, xmin, ymax, xmax).
 
-    feature_shape: (h, w) of the grid; stride: pixels per cell (int or pair); sizes in pixels.
-    Cell (i, j) has centre ((i + 0.5) * stride_y, (j + 0.5) * stride_x). Order: row, column, anchor
-    (sizes outermost, then ratios), matching `head_output.reshape(b, h * w * A, k)`. With normalize=True
-    (default) coordinates are divided by image_size (default feature_shape * stride), the data's format.
-    Returned as float32 NumPy: a constant, built once outside jit.
+    Cell (i, j) has centre ((i + 0.5) * stride_y, (j + 0.5) * stride_x) in pixels. The order is row, column,
+    anchor (sizes outermost, then ratios), matching a conv head's ``output.reshape(b, h * w * A, k)``.
+
+    Args:
+      feature_shape: (h, w) of the grid, or one int for a square grid.
+      stride: pixels per cell, an int or a (y, x) pair.
+      sizes: anchor sizes in pixels (see `anchor_shapes`).
+      aspect_ratios: ratios height / width (see `anchor_shapes`).
+      image_size: (H, W) in pixels that ``normalize`` divides by (None: feature_shape * stride).
+      normalize: divide the coordinates by ``image_size`` (True, the data's format) or keep pixels.
+
+    Returns:
+      (h * w * A, 4) float32 NumPy array: a constant, built once outside jit.
+
+    Raises:
+      ValueError: ``feature_shape``, ``stride`` or ``image_size`` is not a positive int or pair, or
+        ``sizes`` / ``aspect_ratios`` is empty or not positive.
+
+    Examples:
+      >>> anchors = generate_anchors((2, 2), stride=8, sizes=(8,))  # a 16x16 image, one anchor per cell
+      >>> anchors.shape
+      (4, 4)
+      >>> anchors[1].tolist()  # row 0, column 1
+      [0.0, 0.5, 0.5, 1.0]
     """
     fh, fw = _pair(feature_shape, "feature_shape")
     sy, sx = _pair(stride, "stride")

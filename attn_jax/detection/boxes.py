@@ -19,7 +19,19 @@ def _check_boxes(name: str, boxes) -> None:
 
 
 def box_area(boxes: jnp.ndarray) -> jnp.ndarray:
-    """(..., 4) -> (...): area, 0 for degenerate boxes."""
+    """Areas of boxes (ymin, xmin, ymax, xmax); 0 for degenerate boxes (zero or negative extent).
+
+    Args:
+      boxes: (..., 4) boxes.
+
+    Returns:
+      (...) areas.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> box_area(jnp.array([[0.0, 0.0, 2.0, 3.0], [1.0, 1.0, 0.0, 2.0]]))
+      Array([6., 0.], dtype=float32)
+    """
     h = jnp.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
     w = jnp.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
     return h * w
@@ -37,7 +49,23 @@ def _intersection_union(a: jnp.ndarray, b: jnp.ndarray) -> tuple[jnp.ndarray, jn
 
 
 def elementwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """IoU of matching boxes: a (..., 4), b (..., 4) broadcastable -> (...). 0 where the union is 0."""
+    """Intersection over union of matching pairs of boxes (ymin, xmin, ymax, xmax).
+
+    Args:
+      a: (..., 4) boxes.
+      b: (..., 4) boxes, broadcastable with ``a``.
+
+    Returns:
+      (...) IoU in [0, 1]; 0 where the union is empty (degenerate boxes).
+
+    Raises:
+      ValueError: ``a`` or ``b`` does not end in 4 coordinates.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> elementwise_iou(jnp.array([0.0, 0.0, 2.0, 2.0]), jnp.array([0.0, 1.0, 2.0, 3.0]))
+      Array(0.33333334, dtype=float32)
+    """
     _check_boxes("a", a)
     _check_boxes("b", b)
     inter, union = _intersection_union(a, b)
@@ -45,14 +73,50 @@ def elementwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 
 
 def pairwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """IoU matrix: a (..., n, 4), b (..., m, 4) -> (..., n, m)."""
+    """IoU of every box of ``a`` with every box of ``b``.
+
+    Args:
+      a: (..., n, 4) boxes (ymin, xmin, ymax, xmax).
+      b: (..., m, 4) boxes; leading dims broadcast with ``a``'s.
+
+    Returns:
+      (..., n, m) IoU matrix; 0 where the union is empty.
+
+    Raises:
+      ValueError: ``a`` or ``b`` does not end in 4 coordinates.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> a = jnp.array([[0.0, 0.0, 2.0, 2.0]])
+      >>> b = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 1.0, 2.0, 3.0], [5.0, 5.0, 6.0, 6.0]])
+      >>> pairwise_iou(a, b)
+      Array([[1.        , 0.33333334, 0.        ]], dtype=float32)
+    """
     _check_boxes("a", a)
     _check_boxes("b", b)
     return elementwise_iou(a[..., :, None, :], b[..., None, :, :])
 
 
 def elementwise_giou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """Generalised IoU (Rezatofighi et al. 2019) of matching boxes (..., 4) -> (...), in [-1, 1]."""
+    """Generalised IoU (Rezatofighi et al. 2019) of matching pairs of boxes: IoU - (hull - union) / hull.
+
+    The hull is the smallest box enclosing both; unlike IoU, GIoU still ranks boxes that do not overlap.
+
+    Args:
+      a: (..., 4) boxes (ymin, xmin, ymax, xmax).
+      b: (..., 4) boxes, broadcastable with ``a``.
+
+    Returns:
+      (...) GIoU in [-1, 1].
+
+    Raises:
+      ValueError: ``a`` or ``b`` does not end in 4 coordinates.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> elementwise_giou(jnp.array([0.0, 0.0, 1.0, 1.0]), jnp.array([0.0, 2.0, 1.0, 3.0]))  # 1 apart
+      Array(-0.33333334, dtype=float32)
+    """
     _check_boxes("a", a)
     _check_boxes("b", b)
     inter, union = _intersection_union(a, b)
@@ -73,10 +137,28 @@ def _centre_size(boxes: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
 def encode_boxes(
     boxes: jnp.ndarray, anchors: jnp.ndarray, variances: Sequence[float] = DEFAULT_VARIANCES
 ) -> jnp.ndarray:
-    """Boxes (..., 4) relative to anchors (..., 4) -> deltas (..., 4) = (dy, dx, dh, dw).
+    """Boxes as centre/size deltas (dy, dx, dh, dw) relative to anchors, the targets of a box head.
 
-    dy = (cy - cy_a) / (h_a * v0), dh = log(h / h_a) / v2 (likewise x, w). Anchors must have positive
-    extent; boxes with zero extent are clipped to a tiny size so the log stays finite.
+    dy = (cy - cy_a) / (h_a * v0), dx = (cx - cx_a) / (w_a * v1), dh = log(h / h_a) / v2,
+    dw = log(w / w_a) / v3. Anchors must have positive extent; a box of zero extent is clipped to a tiny
+    size so that the log stays finite.
+
+    Args:
+      boxes: (..., 4) boxes (ymin, xmin, ymax, xmax).
+      anchors: (..., 4) anchors, broadcastable with ``boxes``.
+      variances: (v0, v1, v2, v3), dividing the deltas (default `DEFAULT_VARIANCES`, (0.1, 0.1, 0.2, 0.2)).
+
+    Returns:
+      (..., 4) deltas in ``boxes``' dtype; `decode_boxes` inverts them.
+
+    Raises:
+      ValueError: ``boxes`` or ``anchors`` does not end in 4 coordinates.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> anchor = jnp.array([0.0, 0.0, 1.0, 1.0])
+      >>> encode_boxes(jnp.array([0.25, 0.0, 1.25, 2.0]), anchor, variances=(1.0, 1.0, 1.0, 1.0))
+      Array([0.25     , 0.5      , 0.       , 0.6931472], dtype=float32)
     """
     _check_boxes("boxes", boxes)
     _check_boxes("anchors", anchors)
@@ -101,9 +183,28 @@ def decode_boxes(
     variances: Sequence[float] = DEFAULT_VARIANCES,
     max_log_scale: float = 4.135,
 ) -> jnp.ndarray:
-    """Inverse of encode_boxes: deltas (..., 4), anchors (..., 4) -> boxes (..., 4).
+    """Boxes from centre/size deltas relative to anchors: the inverse of `encode_boxes`.
 
-    The size deltas are clipped at `max_log_scale` (log(1000/16), as in Detectron) so exp cannot overflow.
+    The size deltas are clipped at ``max_log_scale`` (log(1000 / 16), as in Detectron) so that exp cannot
+    overflow.
+
+    Args:
+      deltas: (..., 4) deltas (dy, dx, dh, dw), e.g. a box head's output.
+      anchors: (..., 4) anchors (ymin, xmin, ymax, xmax), broadcastable with ``deltas``.
+      variances: the (v0, v1, v2, v3) that `encode_boxes` used.
+      max_log_scale: upper bound of dh * v2 and dw * v3.
+
+    Returns:
+      (..., 4) boxes (ymin, xmin, ymax, xmax) in ``deltas``' dtype.
+
+    Raises:
+      ValueError: ``deltas`` or ``anchors`` does not end in 4 coordinates.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> anchor, box = jnp.array([0.0, 0.0, 0.5, 0.5]), jnp.array([0.1, 0.2, 0.3, 0.6])
+      >>> bool(jnp.allclose(decode_boxes(encode_boxes(box, anchor), anchor), box))
+      True
     """
     _check_boxes("deltas", deltas)
     _check_boxes("anchors", anchors)

@@ -13,24 +13,33 @@ from attn_jax.detection.boxes import DEFAULT_VARIANCES, encode_boxes, pairwise_i
 
 
 class Match(NamedTuple):
-    """Per-anchor assignment. matched_gt (n,) int32 index into the gt boxes (meaningful where positive);
-    positive / negative (n,) bool; anchors that are neither are ignored by the losses."""
+    """Per-anchor assignment of one example, as `match_anchors` returns it.
+
+    Anchors that are neither positive nor negative are ignored by the losses.
+    """
 
     matched_gt: jnp.ndarray
+    """(n,) int32 index of each anchor's gt box (meaningful where ``positive``)."""
     positive: jnp.ndarray
+    """(n,) bool, the anchors that train class and box."""
     negative: jnp.ndarray
+    """(n,) bool, the anchors that train the classifier as background."""
 
 
 class DetectionTargets(NamedTuple):
-    """Training targets per anchor, leading dims (..., n): labels int32 class of the matched gt;
-    box_targets (..., n, 4) encoded deltas; matched_boxes (..., n, 4) the gt boxes themselves (for GIoU);
-    positive / negative bool (negatives train only the classifier, ignored anchors train nothing)."""
+    """Training targets per anchor, as `assign_targets` returns them; leading dims (..., n)."""
 
     labels: jnp.ndarray
+    """(..., n) int32 class of the matched gt box (read only where ``positive``)."""
     box_targets: jnp.ndarray
+    """(..., n, 4) encoded deltas of the matched box (zero where not ``positive``)."""
     matched_boxes: jnp.ndarray
+    """(..., n, 4) the matched gt boxes themselves (for the GIoU loss)."""
     positive: jnp.ndarray
+    """(..., n) bool, the anchors that train class and box."""
     negative: jnp.ndarray
+    """(..., n) bool, the anchors that train only the classifier, as background (anchors that are neither
+    positive nor negative train nothing)."""
 
 
 def _check_thresholds(positive_threshold: float, negative_threshold: float) -> None:
@@ -66,11 +75,34 @@ def match_anchors(
     negative_threshold: float = 0.4,
     force_best: bool = True,
 ) -> Match:
-    """Match anchors (n, 4) to one example's padded gt_boxes (m, 4) with validity gt_valid (m,).
+    """Match anchors to one example's padded ground-truth boxes by IoU.
 
-    Positive: best IoU with a valid gt >= positive_threshold; negative: < negative_threshold; in between
-    is ignored. force_best: every valid gt with non-zero overlap also claims its highest-IoU anchor (ties
-    and clashes go to the higher gt index), so small objects are never left without a positive.
+    An anchor is positive when its best IoU with a valid gt box is >= ``positive_threshold``, negative
+    when it is < ``negative_threshold``, ignored in between. With ``force_best`` every valid gt box with
+    non-zero overlap also claims its highest-IoU anchor (ties and clashes go to the higher gt index), so
+    small objects are never left without a positive.
+
+    Args:
+      anchors: (n, 4) anchors (ymin, xmin, ymax, xmax).
+      gt_boxes: (m, 4) gt boxes, padded.
+      gt_valid: (m,) bool; False marks padding.
+      positive_threshold: IoU from which an anchor is positive.
+      negative_threshold: IoU below which an anchor is negative.
+      force_best: let every gt box claim its best anchor.
+
+    Returns:
+      `Match` with (n,) fields.
+
+    Raises:
+      ValueError: the shapes are not (n, 4), (m, 4), (m,), or not 0 <= negative_threshold <=
+        positive_threshold <= 1.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> anchors = jnp.array([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
+      >>> match = jax.jit(match_anchors)(anchors, jnp.array([[0.0, 0.0, 0.5, 0.6]]), jnp.array([True]))
+      >>> match.positive.tolist(), match.negative.tolist(), match.matched_gt.tolist()
+      ([True, False], [False, True], [0, 0])
     """
     _check_thresholds(positive_threshold, negative_threshold)
     if anchors.ndim != 2 or gt_boxes.ndim != 2 or gt_valid.shape != gt_boxes.shape[:1]:
@@ -107,28 +139,40 @@ def assign_targets(
     variances: Sequence[float] = DEFAULT_VARIANCES,
     num_classes: int | None = None,
 ) -> DetectionTargets:
-    """Targets for anchors (n, 4) from gt_boxes (..., m, 4), gt_labels (..., m), gt_valid (..., m).
+    """Training targets for every anchor from padded ground truth, batched.
 
-    Leading batch dims are vmapped; the data pipeline's batch['boxes'|'box_labels'|'box_valid'] fit as is.
-    Padded gt rows (gt_valid False) may hold anything (the pipeline pads with zeros, -1 works as well).
+    Leading batch dims are vmapped; the data pipeline's ``batch["boxes"]``, ``batch["box_labels"]`` and
+    ``batch["box_valid"]`` fit as they are. Padded gt rows (``gt_valid`` False) may hold anything (the
+    pipeline pads with zeros; -1 works as well).
 
     Args:
-      anchors: (n, 4).
-      gt_boxes: (..., m, 4) normalised (ymin, xmin, ymax, xmax).
-      gt_labels: int (..., m), in [0, num_classes) where gt_valid.
+      anchors: (n, 4) anchors (ymin, xmin, ymax, xmax), e.g. from `generate_anchors`.
+      gt_boxes: (..., m, 4) normalised gt boxes (ymin, xmin, ymax, xmax).
+      gt_labels: int (..., m), in [0, num_classes) where ``gt_valid``.
       gt_valid: bool (..., m); False marks padding.
-      positive_threshold, negative_threshold, force_best: as match_anchors.
-      variances: box coding variances.
-      num_classes: optional C, to check the labels' upper bound too (detection_loss checks it anyway).
+      positive_threshold: as `match_anchors`.
+      negative_threshold: as `match_anchors`.
+      force_best: as `match_anchors`.
+      variances: box coding variances (see `encode_boxes`).
+      num_classes: optional C, to check the labels' upper bound too (`detection_loss` checks it anyway).
 
     Returns:
-      DetectionTargets with leading dims (..., n).
+      `DetectionTargets` with leading dims (..., n).
 
     Raises:
-      ValueError: for shapes that disagree or bad thresholds; with concrete (untraced) inputs, also for a
-        valid gt whose label is negative (or >= num_classes) or whose box holds NaN or Inf, naming it.
-        Under jit these cannot be checked: an out-of-range label reaches detection_loss, which then
+      ValueError: the shapes disagree or the thresholds are bad; with concrete (untraced) inputs, also a
+        valid gt whose label is negative (or >= ``num_classes``) or whose box holds NaN or Inf, naming it.
+        Under jit these cannot be checked: an out-of-range label reaches `detection_loss`, which then
         returns NaN, and a non-finite box matches no anchor.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.detection import generate_anchors
+      >>> anchors = generate_anchors((2, 2), stride=8, sizes=(8,))  # 4 anchors over a 16x16 image
+      >>> boxes = jnp.array([[[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.0, 0.0]]])  # (b, m, 4), row 2: padding
+      >>> targets = jax.jit(assign_targets)(anchors, boxes, jnp.array([[3, -1]]), jnp.array([[True, False]]))
+      >>> targets.positive.tolist(), targets.labels[0, 0].item()
+      ([[True, False, False, False]], 3)
     """
     if gt_boxes.shape[:-1] != gt_labels.shape or gt_labels.shape != gt_valid.shape:
         raise ValueError(

@@ -12,13 +12,16 @@ from attn_jax.detection.boxes import DEFAULT_VARIANCES, decode_boxes, pairwise_i
 
 
 class Detections(NamedTuple):
-    """Fixed-size detections, sorted by score: boxes (..., k, 4), scores (..., k), classes int32 (..., k),
-    valid bool (..., k) (padding rows have zeros)."""
+    """Fixed-size detections sorted by descending score, as `postprocess` returns them."""
 
     boxes: jnp.ndarray
+    """(..., k, 4) boxes (ymin, xmin, ymax, xmax); zeros in padding rows."""
     scores: jnp.ndarray
+    """(..., k) sigmoid scores; 0 in padding rows."""
     classes: jnp.ndarray
+    """(..., k) int32 classes; 0 in padding rows."""
     valid: jnp.ndarray
+    """(..., k) bool; False marks padding."""
 
 
 def nms_keep(
@@ -49,8 +52,9 @@ def nms_keep(
       ValueError: if the shapes disagree.
 
     Examples:
+      >>> import jax, jax.numpy as jnp
       >>> boxes = jnp.array([[0.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.9], [0.0, 0.0, 0.1, 0.1]])
-      >>> nms_keep(boxes, jnp.array([0.9, 0.8, 0.7])).tolist()
+      >>> jax.jit(nms_keep)(boxes, jnp.array([0.9, 0.8, 0.7])).tolist()  # box 1 overlaps box 0: IoU 0.9
       [True, False, True]
     """
     k = boxes.shape[0] if boxes.ndim else 0
@@ -102,20 +106,41 @@ def postprocess(
     variances: Sequence[float] = DEFAULT_VARIANCES,
     clip: bool = True,
 ) -> Detections:
-    """Per-class NMS on a detector's output: cls_logits (..., n, C), box_deltas (..., n, 4), anchors (n, 4).
+    """Detections from a detector's outputs: top-k candidates, box decoding, per-class NMS.
 
-    Sigmoid scores over all (anchor, class) pairs; the pre_nms_top_k best above score_threshold are decoded
-    (clipped to [0, 1] if clip), suppressed per class, and the max_detections best kept. Leading batch dims
-    are vmapped. Returns Detections with leading dims (..., max_detections). anchors may be the NumPy array
-    generate_anchors returns (converted here, so batched and jitted calls work).
+    Sigmoid scores over all (anchor, class) pairs; the ``pre_nms_top_k`` best above ``score_threshold``
+    are decoded (clipped to [0, 1] if ``clip``), suppressed per class (`nms_keep`), and the
+    ``max_detections`` best kept. Leading batch dims are vmapped. Non-finite model outputs never become
+    detections, under jit too: a NaN logit is never a candidate (it takes no ``pre_nms_top_k`` slot), and a
+    candidate whose box deltas or decoded box hold NaN or Inf is invalid (before clipping, which would
+    otherwise turn an infinite coordinate into 0 or 1).
 
-    Non-finite model outputs never become detections, under jit too: a NaN logit is never a candidate (it
-    takes no pre_nms_top_k slot), and a candidate whose box deltas or decoded box hold NaN or Inf is
-    invalid (before clipping, which would otherwise turn an infinite coordinate into 0 or 1). A batch whose
-    outputs are all NaN therefore has no valid detection.
+    Args:
+      cls_logits: (..., n, C) class logits per anchor.
+      box_deltas: (..., n, 4) predicted deltas (dy, dx, dh, dw).
+      anchors: (n, 4) anchors, a JAX or NumPy array (`generate_anchors`'s works as is).
+      score_threshold: candidates need a score above this.
+      iou_threshold: NMS suppresses a box at IoU above this with a kept box of its class.
+      pre_nms_top_k: candidates taken before NMS (at most n * C).
+      max_detections: k, the fixed number of output rows.
+      variances: box coding variances (see `decode_boxes`).
+      clip: clip the boxes to [0, 1].
+
+    Returns:
+      `Detections` with leading dims (..., max_detections).
 
     Raises:
-      ValueError: for shapes that disagree, or max_detections above the number of candidates.
+      ValueError: the shapes disagree, or ``max_detections`` exceeds min(pre_nms_top_k, n * C).
+
+    Examples:
+      >>> import functools, jax, jax.numpy as jnp
+      >>> from attn_jax.detection import generate_anchors
+      >>> anchors = generate_anchors((2, 2), stride=8, sizes=(8,))  # n = 4
+      >>> logits = jnp.full((1, 4, 3), -9.0).at[0, 2, 1].set(9.0)  # anchor 2 is class 1
+      >>> detect = jax.jit(functools.partial(postprocess, anchors=anchors, max_detections=2))
+      >>> dets = detect(logits, jnp.zeros((1, 4, 4)))
+      >>> dets.valid.tolist(), dets.classes[0, 0].item(), dets.boxes[0, 0].tolist()
+      ([[True, False]], 1, [0.5, 0.0, 1.0, 0.5])
     """
     anchors = jnp.asarray(anchors)
     if cls_logits.ndim > 2:
