@@ -40,6 +40,7 @@ DOCTESTED_PACKAGES = (
     "attn_jax.functional",
     "attn_jax.kernels",
     "attn_jax.detection",
+    "attn_jax.metrics",
 )
 
 

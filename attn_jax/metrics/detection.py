@@ -24,13 +24,22 @@ COCO_MAX_DETS = (1, 10, 100)
 
 @dataclass
 class ImageRecord:
-    """One image: gt boxes (g, 4) + labels (g,), detections boxes (d, 4) + scores (d,) + labels (d,)."""
+    """One image's ground truth and detections, the unit `coco_evaluate` and `voc_evaluate` score.
+
+    Boxes are (ymin, xmin, ymax, xmax), normalised to [0, 1] (``image_size`` of the evaluators scales them);
+    labels are class indices in [0, num_classes).
+    """
 
     gt_boxes: np.ndarray
+    """(g, 4) ground-truth boxes."""
     gt_labels: np.ndarray
+    """(g,) int ground-truth classes."""
     det_boxes: np.ndarray
+    """(d, 4) detected boxes."""
     det_scores: np.ndarray
+    """(d,) detection scores (never NaN)."""
     det_labels: np.ndarray
+    """(d,) int detected classes."""
 
 
 def _as_xywh(boxes: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -185,11 +194,32 @@ def coco_evaluate(
     iou_thresholds: np.ndarray = COCO_IOU_THRESHOLDS,
     max_dets: Sequence[int] = COCO_MAX_DETS,
 ) -> dict[str, float]:
-    """COCO bbox metrics over images, -> {"mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10",
-    "AR100", "ARs", "ARm", "ARl"} (-1 where undefined, as pycocotools). Classes with no gt are skipped.
+    """COCO bbox metrics (mAP@[.5:.95], AP50, AP75, AP and AR by object size) over a set of images.
+
+    Reproduces pycocotools' COCOeval (bbox): 101-point interpolated precision, the area ranges small /
+    medium / large in pixels, 1 / 10 / 100 detections per image. Classes with no ground truth are skipped.
+
+    Args:
+      records: one `ImageRecord` per image, boxes normalised (ymin, xmin, ymax, xmax).
+      num_classes: C; every label lies in [0, C).
+      image_size: (height, width) in pixels that scales the boxes, for the area ranges.
+      iou_thresholds: the IoU thresholds averaged over (default 0.5, 0.55, ..., 0.95).
+      max_dets: detections per image for the AR figures (the last also bounds the AP figures).
+
+    Returns:
+      {"mAP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"} as floats;
+      -1 where undefined (no ground truth in that range), as pycocotools.
 
     Raises:
-      ValueError: as check_records (NaN scores, labels outside [0, num_classes), non-finite boxes).
+      ValueError: a bad ``num_classes``, a NaN detection score, a label outside [0, C), or a box holding
+        NaN or Inf; the message names the image, the box and the value.
+
+    Examples:
+      >>> import numpy as np
+      >>> box = np.array([[0.0, 0.0, 0.5, 0.5]])
+      >>> rec = ImageRecord(box, np.array([0]), box, det_scores=np.array([0.9]), det_labels=np.array([0]))
+      >>> round(coco_evaluate([rec], num_classes=1, image_size=(64, 64))["mAP"], 6)
+      1.0
     """
     check_records(records, num_classes)
     scale = np.array([image_size[0], image_size[1], image_size[0], image_size[1]], np.float64)
@@ -248,7 +278,23 @@ def _summarize(precision, recall, iou_thresholds, max_dets) -> dict[str, float]:
 
 
 def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = False) -> float:
-    """Area under the monotone precision envelope (VOC2010+), or the 11-point mean (VOC2007)."""
+    """Average precision from a precision-recall curve, as PASCAL VOC computes it.
+
+    Args:
+      recall: (d,) recall after each detection in descending score order, non-decreasing.
+      precision: (d,) precision after each detection.
+      use_07_metric: the VOC2007 11-point mean (precision at recall 0, 0.1, ..., 1) instead of the area
+        under the monotone precision envelope (VOC2010 and later).
+
+    Returns:
+      AP as a float.
+
+    Examples:
+      >>> import numpy as np
+      >>> recall, precision = np.array([0.5, 1.0]), np.array([1.0, 0.5])
+      >>> voc_ap(recall, precision), round(voc_ap(recall, precision, use_07_metric=True), 4)
+      (0.75, 0.7727)
+    """
     if use_07_metric:
         return float(np.mean([np.max(precision[recall >= t], initial=0.0) for t in np.linspace(0, 1, 11)]))
     mrec = np.concatenate([[0.0], recall, [1.0]])
@@ -260,11 +306,31 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = Fals
 def voc_evaluate(
     records: Sequence[ImageRecord], num_classes: int, iou_threshold: float = 0.5, use_07_metric: bool = False
 ) -> dict[str, float | list[float]]:
-    """PASCAL VOC AP per class (IoU > iou_threshold; a second detection of a matched gt is a false
-    positive) -> {"AP50_voc": mean over classes with gt (-1 if none), "per_class": [AP or nan]}.
+    """PASCAL VOC average precision per class at one IoU threshold.
+
+    A detection is a true positive when its IoU with a ground-truth box of its class exceeds
+    ``iou_threshold`` and that box is not matched yet; a second detection of a matched box is a false
+    positive.
+
+    Args:
+      records: one `ImageRecord` per image.
+      num_classes: C; every label lies in [0, C).
+      iou_threshold: IoU a true positive must exceed.
+      use_07_metric: the VOC2007 11-point AP instead of the area under the envelope (see `voc_ap`).
+
+    Returns:
+      {"AP50_voc": mean AP over the classes with ground truth (-1 if none), "per_class": C APs, NaN for a
+      class without ground truth}.
 
     Raises:
-      ValueError: as check_records (NaN scores, labels outside [0, num_classes), non-finite boxes).
+      ValueError: as `coco_evaluate` (NaN scores, labels outside [0, C), non-finite boxes).
+
+    Examples:
+      >>> import numpy as np
+      >>> gt, dets = np.array([[0.0, 0.0, 0.5, 0.5]]), np.array([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 0.5, 0.4]])
+      >>> rec = ImageRecord(gt, np.array([1]), dets, np.array([0.9, 0.8]), det_labels=np.array([1, 1]))
+      >>> voc_evaluate([rec], num_classes=2)  # the second detection of the same box is a false positive
+      {'AP50_voc': 1.0, 'per_class': [nan, 1.0]}
     """
     check_records(records, num_classes)
     per_class = []
@@ -300,13 +366,29 @@ def voc_evaluate(
 
 @dataclass
 class DetectionEvaluator:
-    """Accumulates batches of fixed-size detections (e.g. from detection.postprocess) and padded ground
-    truth over an eval set; result() returns the COCO metrics plus VOC AP@0.5 ("AP50_voc"). With no image
-    added every metric is NaN (num_images 0), the convention of every evaluator in attn_jax.metrics.
+    """Accumulates an eval set's detections and ground truth batch by batch; `result` scores them.
 
-    `add_batch` is the host-side check of a jitted eval step's output: rows marked invalid (padded
-    detections, padded gt, padding examples) may hold anything; every valid row must have a label in
-    [0, num_classes), a finite box and (detections) a non-NaN score, else ValueError naming the value.
+    Takes batches of fixed-size detections (e.g. `attn_jax.detection.postprocess`'s) and padded ground truth
+    (the data pipeline's) with their validity masks. With no image added every metric is NaN
+    (``num_images`` 0), the convention of every evaluator in `attn_jax.metrics`.
+
+    Args:
+      num_classes: C; every valid label must lie in [0, C).
+      image_size: (height, width) in pixels that scales the normalised boxes for COCO's area ranges.
+      records: the images added so far (starts empty).
+
+    Raises:
+      ValueError: ``num_classes`` is not a positive int.
+
+    Examples:
+      >>> import numpy as np
+      >>> evaluator = DetectionEvaluator(num_classes=1)
+      >>> box = np.array([[[0.0, 0.0, 0.5, 0.5]]])  # (b, k, 4), one image with one box
+      >>> ones, zeros = np.ones((1, 1), bool), np.zeros((1, 1), int)
+      >>> evaluator.add_batch(box, np.array([[0.9]]), zeros, ones, box, gt_labels=zeros, gt_valid=ones)
+      >>> result = evaluator.result()
+      >>> round(result["mAP"], 6), result["AP50_voc"], result["num_images"]
+      (1.0, 1.0, 1)
     """
 
     num_classes: int
@@ -317,12 +399,25 @@ class DetectionEvaluator:
         check_records([], self.num_classes)
 
     def add_batch(self, boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid, example_valid=None):
-        """Arrays with a leading batch dim: detections (b, k, ...), gt (b, m, ...); example_valid (b,)
-        drops the eval pipeline's padding examples.
+        """Add one batch of detections and ground truth.
+
+        The host-side check of a jitted eval step's output: rows marked invalid (padded detections, padded gt,
+        padding examples) may hold anything; every valid row must have a label in [0, num_classes), a finite
+        box and (detections) a non-NaN score. The whole batch is checked before any of it is added.
+
+        Args:
+          boxes: (b, k, 4) detected boxes (ymin, xmin, ymax, xmax), normalised.
+          scores: (b, k) detection scores.
+          classes: (b, k) int detected classes.
+          valid: (b, k) bool; False marks padded detections.
+          gt_boxes: (b, m, 4) ground-truth boxes, normalised.
+          gt_labels: (b, m) int ground-truth classes.
+          gt_valid: (b, m) bool; False marks padded ground truth.
+          example_valid: optional (b,) bool; False drops the eval pipeline's padding examples.
 
         Raises:
-          ValueError: naming the batch example and value, for a valid detection with a NaN score, a valid
-            detection's class or valid gt's label outside [0, num_classes), or a valid box with NaN / Inf.
+          ValueError: naming the batch example and the value, for a valid detection with a NaN score, a valid
+            detection's class or valid gt's label outside [0, num_classes), or a valid box with NaN or Inf.
         """
         arrays = [np.asarray(x) for x in (boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid)]
         boxes, scores, classes, valid, gt_boxes, gt_labels, gt_valid = arrays
@@ -345,6 +440,11 @@ class DetectionEvaluator:
             )
 
     def result(self) -> dict[str, float]:
+        """The COCO metrics of `coco_evaluate`, "AP50_voc" of `voc_evaluate` and "num_images".
+
+        Returns:
+          A dict of floats (NaN for every metric when no image was added) and the int "num_images".
+        """
         if not self.records:
             keys = list(coco_evaluate([], 1)) + ["AP50_voc"]
             return {**{k: float("nan") for k in keys}, "num_images": 0}

@@ -64,29 +64,31 @@ def check_segmentation_values(pred, target, num_classes: int, ignore_index: int 
 def confusion_matrix(
     pred: jnp.ndarray, target: jnp.ndarray, num_classes: int, ignore_index: int | None = 255, valid=None
 ) -> jnp.ndarray:
-    """(C, C) int32 counts, rows = target class, columns = predicted class; jit-compatible.
-
-    Args:
-      pred: int (...) predicted classes.
-      target: int (...) of pred's shape, target classes in [0, C) or `ignore_index`.
-      num_classes: C >= 1.
-      ignore_index: target label of pixels that are not counted (None: every pixel counts).
-      valid: optional bool, broadcastable to target (e.g. (b, 1, 1) for padded examples); False pixels are
-        not counted and may hold anything.
-
-    Returns:
-      The (C, C) int32 confusion matrix of the counted pixels (valid, target != ignore_index).
-
-    Raises:
-      ValueError: for mismatched shapes or a bad num_classes; with concrete (untraced) inputs, also for a
-        counted pixel whose target or prediction lies outside [0, C), naming the value.
+    """Confusion matrix of per-pixel classes; jit-compatible, so it can run inside an eval step.
 
     Under jit the values cannot be checked. There a counted pixel whose target lies outside [0, C) is not
     counted, and one whose prediction lies outside [0, C) is counted as a miss: in its target's row, in
     column (target + 1) mod C (with C = 1, where no class is wrong, it is not counted). An out-of-range
     prediction is never a hit and never clipped onto a class.
 
+    Args:
+      pred: int (...) predicted classes.
+      target: int (...) of ``pred``'s shape, target classes in [0, C) or ``ignore_index``.
+      num_classes: C >= 1.
+      ignore_index: target label of pixels that are not counted (None: every pixel counts).
+      valid: optional bool, broadcastable to ``target`` (e.g. (b, 1, 1) for padded examples); False pixels
+        are not counted and may hold anything.
+
+    Returns:
+      (C, C) int32 counts of the counted pixels (valid, target != ignore_index): rows are target classes,
+      columns predicted classes.
+
+    Raises:
+      ValueError: mismatched shapes or a bad ``num_classes``; with concrete (untraced) inputs, also a
+        counted pixel whose target or prediction lies outside [0, C), naming the value.
+
     Examples:
+      >>> import numpy as np
       >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 2).tolist()
       [[1, 1], [0, 1]]
     """
@@ -111,17 +113,26 @@ def confusion_matrix(
 
 
 def iou_from_confusion(cm: np.ndarray) -> dict[str, float | np.ndarray]:
-    """Per-class IoU = TP / (TP + FP + FN) (NaN for classes absent from both target and prediction),
-    mIoU = their nan-mean, and pixel accuracy.
+    """Per-class IoU, mIoU and pixel accuracy from a confusion matrix.
+
+    IoU_c = TP / (TP + FP + FN), NaN for a class absent from both target and prediction; mIoU is their
+    NaN-mean.
 
     Args:
-      cm: (C, C) counts, rows = target class, columns = predicted class.
+      cm: (C, C) counts, rows = target class, columns = predicted class (e.g. from `confusion_matrix`).
 
     Returns:
-      {"mIoU": float, "per_class_iou": (C,) float64, "pixel_accuracy": float}; NaN when nothing is counted.
+      {"mIoU": float, "per_class_iou": (C,) float64 NumPy array, "pixel_accuracy": float}; NaN when nothing
+      is counted.
 
     Raises:
-      ValueError: if cm is not square.
+      ValueError: ``cm`` is not square.
+
+    Examples:
+      >>> import numpy as np
+      >>> result = iou_from_confusion(np.array([[1, 1], [0, 1]]))
+      >>> result["mIoU"], result["per_class_iou"].tolist(), round(result["pixel_accuracy"], 4)
+      (0.5, [0.5, 0.5], 0.6667)
     """
     cm = np.asarray(cm, np.float64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
@@ -140,14 +151,27 @@ def iou_from_confusion(cm: np.ndarray) -> dict[str, float | np.ndarray]:
 
 @dataclass
 class SegmentationEvaluator:
-    """Sums confusion matrices over an eval set (from predictions or from in-step confusion_matrix); with
-    nothing added, mIoU and pixel accuracy are NaN like every empty evaluator in attn_jax.metrics.
+    """Sums confusion matrices over an eval set; `result` gives per-class IoU, mIoU and pixel accuracy.
 
-    `add_batch` is the host-side entry point: its arrays are concrete, so a counted pixel's target or
-    prediction outside [0, num_classes) is a ValueError naming the value (see the module docstring).
+    Add predictions with `add_batch` (host side: a counted pixel's target or prediction outside
+    [0, num_classes) is a ValueError naming the value, see the module docstring) or in-step matrices of
+    `confusion_matrix` with `add_confusion`. With nothing added, mIoU and pixel accuracy are NaN like every
+    empty evaluator in `attn_jax.metrics`.
+
+    Args:
+      num_classes: C.
+      ignore_index: target label of pixels that are not counted (None: every pixel counts).
+      matrix: the (C, C) int64 running sum (None: zeros).
 
     Raises:
-      ValueError: if num_classes is not a positive int.
+      ValueError: ``num_classes`` is not a positive int.
+
+    Examples:
+      >>> import numpy as np
+      >>> evaluator = SegmentationEvaluator(num_classes=2)
+      >>> evaluator.add_batch(np.array([[[0, 1], [1, 1]]]), np.array([[[0, 1], [0, 255]]]))  # one 2x2 image
+      >>> evaluator.matrix.tolist(), evaluator.result()["mIoU"]
+      ([[1, 1], [0, 1]], 0.5)
     """
 
     num_classes: int
@@ -162,8 +186,11 @@ class SegmentationEvaluator:
     def add_confusion(self, cm) -> None:
         """Add a (C, C) confusion matrix (e.g. returned by a jitted eval step).
 
+        Args:
+          cm: (C, C) non-negative whole counts.
+
         Raises:
-          ValueError: for a wrong shape, or counts that are negative or not whole numbers.
+          ValueError: a wrong shape, or counts that are negative or not whole numbers.
         """
         cm = np.asarray(cm)
         if cm.shape != self.matrix.shape:
@@ -176,10 +203,15 @@ class SegmentationEvaluator:
         self.matrix += cm.astype(np.int64)
 
     def add_batch(self, pred, target, valid=None) -> None:
-        """pred / target int (b, h, w); valid bool (b,) marks real (non-padding) examples.
+        """Add a batch of predictions.
+
+        Args:
+          pred: int (b, h, w) predicted classes.
+          target: int (b, h, w) target classes in [0, num_classes) or ``ignore_index``.
+          valid: optional (b,) bool; False marks padding examples, which are not counted.
 
         Raises:
-          ValueError: if a counted pixel's target or prediction lies outside [0, num_classes).
+          ValueError: a counted pixel's target or prediction lies outside [0, num_classes).
         """
         pred, target = np.asarray(pred), np.asarray(target)
         if valid is not None:
@@ -187,4 +219,9 @@ class SegmentationEvaluator:
         self.add_confusion(confusion_matrix(pred, target, self.num_classes, self.ignore_index, valid))
 
     def result(self) -> dict[str, float | np.ndarray]:
+        """The metrics of the matrix so far: `iou_from_confusion` of it.
+
+        Returns:
+          {"mIoU": float, "per_class_iou": (C,) float64, "pixel_accuracy": float}.
+        """
         return iou_from_confusion(self.matrix)
