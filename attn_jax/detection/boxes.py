@@ -86,10 +86,10 @@ def pairwise_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
       ValueError: ``a`` or ``b`` does not end in 4 coordinates.
 
     Examples:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> a = jnp.array([[0.0, 0.0, 2.0, 2.0]])
       >>> b = jnp.array([[0.0, 0.0, 2.0, 2.0], [0.0, 1.0, 2.0, 3.0], [5.0, 5.0, 6.0, 6.0]])
-      >>> pairwise_iou(a, b)
+      >>> jax.jit(pairwise_iou)(a, b)
       Array([[1.        , 0.33333334, 0.        ]], dtype=float32)
     """
     _check_boxes("a", a)
@@ -201,10 +201,11 @@ def decode_boxes(
       ValueError: ``deltas`` or ``anchors`` does not end in 4 coordinates.
 
     Examples:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> anchor, box = jnp.array([0.0, 0.0, 0.5, 0.5]), jnp.array([0.1, 0.2, 0.3, 0.6])
-      >>> bool(jnp.allclose(decode_boxes(encode_boxes(box, anchor), anchor), box))
-      True
+      >>> roundtrip = jax.jit(lambda box, anchor: decode_boxes(encode_boxes(box, anchor), anchor))
+      >>> roundtrip(box, anchor).round(6)
+      Array([0.1, 0.2, 0.3, 0.6], dtype=float32)
     """
     _check_boxes("deltas", deltas)
     _check_boxes("anchors", anchors)

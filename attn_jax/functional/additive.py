@@ -104,9 +104,10 @@ def additive_scores(query, keys, w_q, w_k, w_a, *, bias=None):
         leading dims do not broadcast, or there is no key (n = 0).
 
     Examples:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> q, h = jnp.zeros((1, 3)), jnp.array([[0.0, 0.0], [1.0, 1.0]])  # (m, d_q), (n, d_k)
-      >>> additive_scores(q, h, jnp.ones((3, 4)), jnp.ones((2, 4)), jnp.full(4, 0.25)).round(4)
+      >>> scores = jax.jit(additive_scores)(q, h, jnp.ones((3, 4)), jnp.ones((2, 4)), jnp.full(4, 0.25))
+      >>> scores.round(4)  # 0.25 * 4 * tanh(0 + 0), 0.25 * 4 * tanh(0 + 2)
       Array([[0.   , 0.964]], dtype=float32)
     """
     batch = _checks.validate_additive(query, keys, w_q, w_k, w_a, bias)
@@ -247,10 +248,10 @@ def additive_attention(
       PallasUnavailableError: implementation="pallas" when attn_jax.kernels cannot be imported.
 
     Examples:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> q, h = jnp.ones((1, 2, 4)), jnp.ones((1, 3, 4)).at[0, 2].set(jnp.nan)  # key 2: padding
       >>> w = dict(w_q=jnp.ones((4, 8)), w_k=jnp.ones((4, 8)), w_a=jnp.ones(8))
-      >>> context, weights = additive_attention(q, h, mask=jnp.array([True, True, False]), **w)
+      >>> context, weights = jax.jit(additive_attention)(q, h, mask=jnp.array([True, True, False]), **w)
       >>> weights
       Array([[[0.5, 0.5, 0. ],
               [0.5, 0.5, 0. ]]], dtype=float32)

@@ -140,9 +140,9 @@ def dot_product_attention(
         to (..., m, n), ``fully_masked`` is not a policy, or there is no key (n = 0).
 
     Examples:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> q, h = jnp.ones((1, 4)), jnp.ones((3, 4)).at[2].set(jnp.inf)  # key 2: padding
-      >>> dot_product_attention(q, h, mask=jnp.array([True, True, False]))[1]
+      >>> jax.jit(dot_product_attention)(q, h, mask=jnp.array([True, True, False]))[1]
       Array([[0.5, 0.5, 0. ]], dtype=float32)
     """
     _checks.check_fully_masked(fully_masked)

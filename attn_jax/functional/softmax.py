@@ -35,13 +35,14 @@ def masked_softmax(scores: jax.Array, mask: jax.Array | None = None, *, fully_ma
         not one of the three policies.
 
     Examples:
-      >>> import jax.numpy as jnp
+      >>> import jax, jax.numpy as jnp
       >>> scores = jnp.array([[0.0, 0.0, 9.0], [1.0, 2.0, 3.0]])
-      >>> mask = jnp.array([[True, True, False], [False, False, False]])
-      >>> masked_softmax(scores, mask)
+      >>> mask = jnp.array([[True, True, False], [False, False, False]])  # row 1: no valid position
+      >>> softmax = jax.jit(masked_softmax, static_argnames="fully_masked")
+      >>> softmax(scores, mask)
       Array([[0.5, 0.5, 0. ],
              [0. , 0. , 0. ]], dtype=float32)
-      >>> masked_softmax(scores, mask, fully_masked="uniform")[1]
+      >>> softmax(scores, mask, fully_masked="uniform")[1]
       Array([0.33333334, 0.33333334, 0.33333334], dtype=float32)
     """
     _checks.check_fully_masked(fully_masked)

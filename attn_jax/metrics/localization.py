@@ -42,8 +42,9 @@ def boxes_to_mask(boxes: jax.Array, image_hw: tuple[int, int], valid: jax.Array 
       ValueError: ``boxes`` is not (B, k, 4), or ``valid`` is not (B, k).
 
     Examples:
-      >>> import jax.numpy as jnp
-      >>> boxes_to_mask(jnp.array([[[0.0, 0.0, 0.5, 0.5]]]), (4, 4))[0].astype(int)
+      >>> import jax, jax.numpy as jnp
+      >>> to_mask = jax.jit(boxes_to_mask, static_argnames="image_hw")
+      >>> to_mask(jnp.array([[[0.0, 0.0, 0.5, 0.5]]]), image_hw=(4, 4))[0].astype(int)
       Array([[1, 1, 0, 0],
              [1, 1, 0, 0],
              [0, 0, 0, 0],

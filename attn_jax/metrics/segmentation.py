@@ -169,9 +169,10 @@ class SegmentationEvaluator:
     Examples:
       >>> import numpy as np
       >>> evaluator = SegmentationEvaluator(num_classes=2)
-      >>> evaluator.add_batch(np.array([[[0, 1], [1, 1]]]), np.array([[[0, 1], [0, 255]]]))  # one 2x2 image
+      >>> evaluator.add_confusion(np.array([[1, 1], [0, 1]]))  # e.g. from a jitted eval step
+      >>> evaluator.add_confusion(np.array([[0, 0], [0, 2]]))
       >>> evaluator.matrix.tolist(), evaluator.result()["mIoU"]
-      ([[1, 1], [0, 1]], 0.5)
+      ([[1, 1], [0, 3]], 0.625)
     """
 
     num_classes: int
