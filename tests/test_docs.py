@@ -41,6 +41,7 @@ DOCTESTED_PACKAGES = (
     "attn_jax.kernels",
     "attn_jax.detection",
     "attn_jax.metrics",
+    "attn_jax.data",
 )
 
 

@@ -1,10 +1,10 @@
-"""Datasets (the embedded cluttered_digits TFDS builder), grain input pipelines and transforms.
+"""Datasets (the embedded cluttered_digits TFDS builder), grain input pipelines and transforms::
 
     from attn_jax.data import make_pipeline, dataset_info
     meta = dataset_info("cluttered_digits", task="classification")   # num_classes, image_shape, ...
     loader = make_pipeline("cluttered_digits", "train", batch_size=128, train=True, seed=0)
 
-See `pipeline.make_pipeline` for the batch format and `cluttered_digits` for the dataset's features.
+See `make_pipeline` for the batch format and `ClutteredDigits` for the dataset's features.
 """
 
 from attn_jax.data._paths import default_data_dir

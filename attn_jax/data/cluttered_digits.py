@@ -36,19 +36,40 @@ _SPLIT_CODES = {"train": 0, "test": 1}
 
 @dataclasses.dataclass(eq=False)
 class ClutteredDigitsConfig(tfds.core.BuilderConfig):
-    """A cluttered_digits variant: canvas side, channels, digits per image, clutter, split sizes, seed."""
+    """A cluttered_digits variant: canvas side, channels, digits per image, clutter, split sizes, seed.
+
+    The built-in variants are `BUILDER_CONFIGS` (``default``, ``detection``, ``tiny``,
+    ``tiny_detection``); a config of your own goes wherever a dataset name does (`prepare`,
+    `dataset_info`, `make_pipeline`) and is built on first use like the others. Besides the fields below
+    it takes TFDS's ``name`` (its directory under ``cluttered_digits/``) and ``description``. Examples
+    are a deterministic function of the config.
+
+    Examples:
+      >>> config = ClutteredDigitsConfig(name="large", canvas_size=96, max_digits=2)
+      >>> config.num_examples, config.spec.canvas_size
+      ({'train': 50000, 'test': 10000}, 96)
+    """
 
     canvas_size: int = 64
+    """Side of the square canvas in pixels."""
     channels: int = 1
+    """1 (grey) or 3 (the grey image repeated)."""
     min_digits: int = 1
+    """Fewest digits per image (each with a box and a mask)."""
     max_digits: int = 1
+    """Most digits per image."""
     num_clutter: int = 6
+    """Fragments of other digits of the same split scattered as clutter."""
     num_train: int = 50_000
+    """Examples of the "train" split."""
     num_test: int = 10_000
+    """Examples of the "test" split."""
     seed: int = 0
+    """Seed of the split of digit identities and of every example."""
 
     @property
     def spec(self) -> _synth.SynthSpec:
+        """The digit-placement parameters of this config (internal to the generator)."""
         return _synth.SynthSpec(
             canvas_size=self.canvas_size,
             channels=self.channels,
@@ -59,6 +80,7 @@ class ClutteredDigitsConfig(tfds.core.BuilderConfig):
 
     @property
     def num_examples(self) -> dict[str, int]:
+        """Number of examples per split, a dict mapping "train" to num_train and "test" to num_test."""
         return {"train": self.num_train, "test": self.num_test}
 
 
@@ -93,7 +115,18 @@ BUILDER_CONFIGS = [
 
 
 class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
-    """TFDS builder for cluttered_digits. Build with `file_format="array_record"` (see `prepare`)."""
+    """TFDS builder of cluttered_digits (see the module docstring for the features).
+
+    Nothing is downloaded: the examples are generated from the digits bundled with scikit-learn. Build
+    with ``file_format="array_record"`` (`prepare` does), which `tfds.data_source` and the pipelines read.
+
+    Examples:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as data_dir:  # no building: the builder's metadata only
+      ...     builder = ClutteredDigits(config="tiny", data_dir=data_dir)
+      ...     builder.info.features["image"].shape, builder.info.features["mask"].shape, builder.is_prepared()
+      ((32, 32, 1), (32, 32), False)
+    """
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -161,10 +194,32 @@ class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(config: str | ClutteredDigitsConfig = "default", data_dir: str | None = None) -> ClutteredDigits:
-    """Build `config` into `data_dir` once (progress bar), return the prepared builder.
+    """Build a cluttered_digits config into ``data_dir`` once (with a progress bar) and return its builder.
 
-    config: a name from BUILDER_CONFIGS ("default", "detection", "tiny", "tiny_detection") or a
-    ClutteredDigitsConfig of your own (e.g. a 96x96 canvas). data_dir: None = default_data_dir().
+    A config already built there is reused without reading it again. Several processes may call this at
+    once (pytest-xdist workers, hosts of one run): a file lock lets one build while the others wait.
+
+    Args:
+      config: a name from `BUILDER_CONFIGS` (``"default"``, ``"detection"``, ``"tiny"``,
+        ``"tiny_detection"``) or a `ClutteredDigitsConfig` of your own (e.g. a 96x96 canvas).
+      data_dir: where to build (None: `default_data_dir`).
+
+    Returns:
+      The prepared `ClutteredDigits` builder.
+
+    Raises:
+      ValueError: ``config`` is a name that no built-in config has.
+
+    Examples:
+      >>> import tempfile
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> small = ClutteredDigitsConfig(name="small", canvas_size=32, num_clutter=2, num_train=16, num_test=8)
+      >>> builder = prepare(small, data_dir=tmp.name)
+      Building cluttered_digits/small locally (no download): 24 examples into ...
+      Built cluttered_digits/small in ...; later runs reuse it.
+      >>> builder.info.splits["train"].num_examples, builder.is_prepared()
+      (16, True)
+      >>> tmp.cleanup()
     """
     names = [c.name for c in BUILDER_CONFIGS]
     if isinstance(config, str) and config not in names:

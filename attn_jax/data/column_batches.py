@@ -1,10 +1,11 @@
 """Whole batches gathered from memory-mapped columns: one indexed read per column instead of one grain
 record per example.
 
-Reading a batch of 128 cluttered_digits examples record by record through grain costs about 20-25 ms of
-Python per batch (sampler, per-record transforms, stacking) on this project's 2-core CPU, a sixth of a
-training step that XLA would otherwise have to itself; the same batch as one fancy index per column costs
-about 0.2 ms. `ColumnBatches` is a random-access source whose record j is GLOBAL batch j:
+Reading a batch of cluttered_digits examples record by record through grain spends its time in Python
+(sampler, per-record transforms, stacking) that a training step on a small CPU would otherwise have to
+itself; the same batch as one fancy index per column costs a small fraction of that (measured in
+docs/cpu.md, "Whole-batch reads of the embedded dataset", and benchmarks/results/input_pipeline.json).
+`ColumnBatches` is a random-access source whose record j is GLOBAL batch j:
 
     train: epoch e = j // batches_per_epoch is a permutation of the split drawn from (seed, e); the last
            partial batch of an epoch is dropped.

@@ -1,14 +1,14 @@
 """An in-memory random-access source: a whole split decoded once into NumPy columns, cached beside the data.
 
-Reading cluttered_digits record by record through `tfds.data_source` costs about 0.4 ms per example
-(ArrayRecord read plus tfds decoding), some 50 ms per batch of 128 on one core: a quarter of a CPU
-training step. The split is small (60,000 64x64 images), so it is decoded once into columns, saved as
-.npy columns in a directory next to the dataset files (written under a temporary name, then renamed:
-safe for concurrent processes) and afterwards memory-mapped; `__getitem__` is then a few microseconds.
-A manifest written at build time holds each column's file size, shape, dtype and CRC-32; a cache that does
-not match it (truncated, edited, a column missing) raises DamagedCacheError naming the file and saying to
-delete the directory (it is rebuilt on next use). Sizes are checked on every load, the CRC-32 once per
-process and directory. A cache without a manifest (built by an older version) is rebuilt.
+Reading cluttered_digits record by record through `tfds.data_source` (an ArrayRecord read plus tfds
+decoding per example) costs a sizeable share of a CPU training step (docs/cpu.md, "Whole-batch reads of
+the embedded dataset"). The split is small (60,000 64x64 images), so it is decoded once into columns,
+saved as .npy columns in a directory next to the dataset files (written under a temporary name, then
+renamed: safe for concurrent processes) and afterwards memory-mapped; `__getitem__` is then a plain
+array index. A manifest written at build time holds each column's file size, shape, dtype and CRC-32; a
+cache that does not match it (truncated, edited, a column missing) raises DamagedCacheError naming the
+file and saying to delete the directory (it is rebuilt on next use). Sizes are checked on every load, the
+CRC-32 once per process and directory. A cache without a manifest (built by an older version) is rebuilt.
 """
 
 from __future__ import annotations

@@ -26,20 +26,23 @@ from attn_jax.data.sources import get_adapter, load_source
 
 @dataclasses.dataclass(frozen=True)
 class DatasetMeta:
-    """What a config needs to know about a dataset for one task.
-
-    num_classes: classes the model predicts (segmentation: includes background = class 0).
-    image_shape: (H, W, C) of pipeline images (None sizes when they vary and no image_size is given).
-    num_examples: split -> count, or None when unknown without reading the prepared data.
-    """
+    """What a config needs to know about a dataset for one task, as `dataset_info` returns it."""
 
     name: str
+    """The dataset's name (an `ADAPTERS` key, or ``cluttered_digits/<name>`` of a custom config)."""
     task: str
+    """The task, one of `TASKS`."""
     num_classes: int
+    """Classes the model predicts (segmentation counts the background as class 0)."""
     image_shape: tuple[int | None, int | None, int]
+    """(H, W, C) of the pipeline's images; H and W are None when the stored sizes vary and no
+    ``image_size`` was given."""
     num_examples: dict[str, int] | None
+    """Split -> number of examples, or None when unknown without reading the prepared data."""
     mean: tuple[float, ...]
+    """Per-channel mean that normalisation subtracts, on images scaled to [0, 1]."""
     std: tuple[float, ...]
+    """Per-channel standard deviation that normalisation divides by."""
 
 
 def dataset_info(
@@ -49,8 +52,29 @@ def dataset_info(
     image_size: int | tuple[int, int] | None = None,
     data_dir: str | None = None,
 ) -> DatasetMeta:
-    """Metadata of `dataset` for `task` (no building: cluttered_digits sizes come from its config;
-    real datasets report num_examples only when prepared in data_dir)."""
+    """Metadata of a dataset for one task, without building or reading it.
+
+    cluttered_digits sizes come from its config; a real dataset reports ``num_examples`` only when it is
+    prepared in ``data_dir``.
+
+    Args:
+      dataset: a name of `ADAPTERS` or a `ClutteredDigitsConfig`.
+      task: one of `TASKS` that the dataset serves.
+      image_size: the size the pipeline resizes to (an int for squares, or (H, W)); None: the stored size.
+      data_dir: the TFDS directory (None: `default_data_dir`).
+
+    Returns:
+      `DatasetMeta`.
+
+    Raises:
+      ValueError: an unknown dataset or task, a task the dataset does not serve, or a non-positive
+        ``image_size``.
+
+    Examples:
+      >>> meta = dataset_info("cluttered_digits/detection", task="segmentation")
+      >>> meta.num_classes, meta.image_shape, meta.num_examples
+      (11, (64, 64, 1), {'train': 50000, 'test': 10000})
+    """
     adapter = get_adapter(dataset, task)
     h, w, c = adapter.image_shape
     if image_size is not None:
@@ -97,7 +121,23 @@ def _shards(shard_index: int | None, shard_count: int | None) -> tuple[int, int]
 
 
 def per_process_batch(batch_size: int, shard_count: int, num_devices: int | None = None) -> int:
-    """Global batch / process count; ValueError unless it splits evenly over processes and devices."""
+    """Each process's share of a global batch.
+
+    Args:
+      batch_size: the global batch size.
+      shard_count: the number of processes.
+      num_devices: the number of devices over all processes (None: ``jax.device_count()``).
+
+    Returns:
+      batch_size // shard_count.
+
+    Raises:
+      ValueError: ``batch_size`` is not positive or does not divide by ``shard_count`` and ``num_devices``.
+
+    Examples:
+      >>> per_process_batch(256, shard_count=2, num_devices=8)
+      128
+    """
     if num_devices is None:
         import jax
 
@@ -177,23 +217,66 @@ def make_pipeline(
     shard_count: int | None = None,
     num_devices: int | None = None,
 ) -> grain.DataLoader:
-    """A grain DataLoader over `dataset`/`split` whose iterator yields dict batches of NumPy arrays.
+    """A grain DataLoader over a dataset split whose iterator yields dict batches of NumPy arrays.
 
-    batch_size is GLOBAL; each process gets batch_size / shard_count examples per batch (shards default to
-    jax.process_index() / jax.process_count()); it must divide by the device count (num_devices, default
-    jax.device_count()). Batch keys: image float32 (b, H, W, C) normalised; label int32 (b,); detection
-    adds boxes float32 (b, max_boxes, 4) (ymin, xmin, ymax, xmax in [0, 1]), box_labels int32 (b, max_boxes),
-    box_valid bool (b, max_boxes); segmentation adds mask int32 (b, H, W) (0 = background, class + 1).
-    train=True: shuffled with `seed`, augmented (`augment`, default per dataset), repeats num_epochs
-    (None = forever), drops the last partial batch. train=False: fixed order, one epoch by default, no
-    augmentation, the last batch zero-padded and every batch carries "valid" bool (b,). Shards are equal:
-    with shard_count > 1, up to shard_count - 1 trailing records are left out so all processes step together.
-    cluttered_digits at its own image size is read as whole global batches from its memory-mapped columns
-    (attn_jax.data.column_batches: about 100x less Python per batch); each process takes its share of
-    every global batch, so batches do not depend on the process count.
-    Iterator state: `it.get_state()` / `it.set_state(state)` resume exactly (with the same worker_count:
-    worker_count > 0 runs the transforms in grain worker processes). cluttered_digits is built
-    into data_dir on first use; real datasets must be prepared (FileNotFoundError says how).
+    Batch keys: ``image`` float32 (b, H, W, C), normalised; ``label`` int32 (b,). Detection adds ``boxes``
+    float32 (b, max_boxes, 4) (ymin, xmin, ymax, xmax in [0, 1]), ``box_labels`` int32 (b, max_boxes) and
+    ``box_valid`` bool (b, max_boxes); segmentation adds ``mask`` int32 (b, H, W) (0 = background,
+    class + 1). Evaluation batches carry ``valid`` bool (b,).
+
+    ``train=True``: shuffled with ``seed``, augmented, repeated ``num_epochs`` times (None: forever), the
+    last partial batch dropped. ``train=False``: fixed order, one epoch by default, no augmentation, the
+    last batch zero-padded (its padding rows have ``valid`` False). Shards are equal: with
+    ``shard_count`` > 1 up to shard_count - 1 trailing records are left out so that all processes step
+    together. cluttered_digits at its own image size is read as whole global batches from its
+    memory-mapped columns (one gather per column instead of one record per example); each process takes
+    its share of every global batch, so batches do not depend on the process count. Iterator state:
+    ``it.get_state()`` / ``it.set_state(state)`` resume exactly (with the same ``worker_count``).
+    Every record is checked as it is read: a label, box or mask value out of range raises ValueError
+    naming the dataset, split, file and example.
+
+    Args:
+      dataset: a name of `ADAPTERS` or a `ClutteredDigitsConfig` (built into ``data_dir`` on first use;
+        real datasets must be prepared, see `load_source`).
+      split: the split to read (``"train"``, ``"test"``, a TFDS slice such as ``"train[:1000]"``).
+      batch_size: the GLOBAL batch size; each process gets batch_size / shard_count examples per batch.
+      task: one of `TASKS` that the dataset serves.
+      train: training order and augmentation (True) or evaluation order (False).
+      seed: seed of the shuffling and the augmentation.
+      data_dir: the TFDS directory (None: `default_data_dir`).
+      num_epochs: epochs to repeat (None: forever when training, one otherwise).
+      image_size: resize to this size (an int for squares, or (H, W)); required when stored sizes vary.
+      max_boxes: boxes per example after padding or truncation (detection).
+      augment: training augmentations from ``"crop"``, ``"flip"`` and ``"affine"`` (None: the dataset's
+        default; digits are never flipped).
+      worker_count: grain worker processes running the transforms (0: in this process).
+      read_threads: prefetch threads for file-backed sources.
+      shard_index: this process's shard (None: ``jax.process_index()``); give both or neither.
+      shard_count: the number of shards (None: ``jax.process_count()``).
+      num_devices: the global device count ``batch_size`` must divide by (None: ``jax.device_count()``).
+
+    Returns:
+      A ``grain.DataLoader``; ``iter(loader)`` gives the batches.
+
+    Raises:
+      ValueError: an unknown dataset, task, split or augmentation, a dataset that does not serve ``task``,
+        a ``batch_size`` that does not divide by the process and device counts, bad shards, ``max_boxes`` <
+        1, ``worker_count`` < 0, ``read_threads`` < 1, or a dataset of varying image sizes without
+        ``image_size``.
+      FileNotFoundError: a real dataset not prepared in ``data_dir``; the message says how to prepare it.
+
+    Examples:
+      >>> import tempfile
+      >>> from attn_jax.data import ClutteredDigitsConfig
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> small = ClutteredDigitsConfig(name="small", canvas_size=32, num_clutter=2, num_train=16, num_test=8)
+      >>> loader = make_pipeline(small, "test", batch_size=4, task="detection", data_dir=tmp.name)
+      Building cluttered_digits/small locally (no download): 24 examples into ...
+      Built cluttered_digits/small in ...; later runs reuse it.
+      >>> batch = next(iter(loader))
+      >>> batch["image"].shape, batch["boxes"].shape, batch["box_valid"].shape, batch["valid"].tolist()
+      ((4, 32, 32, 1), (4, 8, 4), (4, 8), [True, True, True, True])
+      >>> tmp.cleanup()
     """
     adapter = get_adapter(dataset, task)
     index, count = _shards(shard_index, shard_count)

@@ -126,7 +126,26 @@ ADAPTERS["voc/2007"] = Adapter(
 
 
 def get_adapter(dataset: str | cd.ClutteredDigitsConfig, task: str | None = None) -> Adapter:
-    """The adapter for a dataset name (or a custom ClutteredDigitsConfig); checks that it serves `task`."""
+    """The adapter of a dataset: how its TFDS records enter the pipeline, and which tasks it serves.
+
+    Args:
+      dataset: a name of `ADAPTERS` (``"cluttered_digits"``, ``"mnist"``, ``"voc/2007"``, ...) or a
+        `ClutteredDigitsConfig` of your own.
+      task: None, or a task of `TASKS` that the dataset must serve.
+
+    Returns:
+      The dataset's adapter: its TFDS name, ``tasks`` (task -> number of classes the model predicts),
+      stored ``image_shape``, splits, normalisation mean and std, default augmentations and record
+      canonicalisation.
+
+    Raises:
+      ValueError: an unknown dataset or task, or a dataset that does not serve ``task``.
+
+    Examples:
+      >>> adapter = get_adapter("oxford_iiit_pet", task="segmentation")
+      >>> adapter.tasks, adapter.splits
+      ({'classification': 37, 'segmentation': 3}, ('train', 'test'))
+    """
     if isinstance(dataset, cd.ClutteredDigitsConfig):
         adapter = _digits_adapter(dataset)
     elif dataset in ADAPTERS:
@@ -185,7 +204,34 @@ def _digits_source(adapter: Adapter, split: str, data_dir: str) -> MemorySource:
 
 
 def load_source(adapter: Adapter, split: str, data_dir: str | None = None):
-    """Random-access source (len, __getitem__) of raw records of `split`; builds cluttered_digits if new."""
+    """A random-access source (``len``, ``__getitem__``) of a split's raw records.
+
+    cluttered_digits configs are built on first use and held as memory-mapped columns; real datasets are
+    read through `tfds.data_source` and must have been prepared as array_record in ``data_dir``.
+
+    Args:
+      adapter: the dataset's adapter (`get_adapter`).
+      split: a split of the adapter (``"train"``, ``"test"``, ...), optionally sliced as TFDS allows
+        (``"train[:1000]"``).
+      data_dir: the TFDS directory (None: `default_data_dir`).
+
+    Returns:
+      The source; record i is a dict of NumPy arrays in the dataset's TFDS format.
+
+    Raises:
+      ValueError: an unknown split; for cluttered_digits, files of an earlier build that fail to read
+        (``DamagedCacheError``, a ValueError naming the directory to delete).
+      FileNotFoundError: a real dataset not prepared in ``data_dir``; the message gives the ``tfds build``
+        command.
+
+    Examples:
+      >>> import tempfile
+      >>> tmp = tempfile.TemporaryDirectory()
+      >>> load_source(get_adapter("mnist"), "train", data_dir=tmp.name)
+      Traceback (most recent call last):
+      FileNotFoundError: dataset 'mnist' is not prepared as array_record in data_dir=...
+      >>> tmp.cleanup()
+    """
     data_dir = data_dir or default_data_dir()
     if split.split("[")[0] not in adapter.splits:
         raise ValueError(f"unknown split {split!r} for {adapter.name!r}; known: {list(adapter.splits)}")

@@ -92,8 +92,7 @@ def crop_batch(batch: dict, tops: np.ndarray, lefts: np.ndarray, pad: int) -> di
 
 def _windows(array: np.ndarray, tops: np.ndarray, lefts: np.ndarray, pad: int) -> np.ndarray:
     """(b, H, W, ...) zero-padded by `pad` per side -> the (H, W) window at (tops[i], lefts[i]) of each.
-    One slice copy per example (about 6x faster than one fancy index over the batch, 0.8 ms per batch of
-    128 64x64 images)."""
+    One slice copy per example: on CPU faster than one fancy index over the whole batch."""
     h, w = array.shape[1:3]
     padded = np.pad(array, ((0, 0), (pad, pad), (pad, pad)) + ((0, 0),) * (array.ndim - 3))
     out = np.empty_like(array)
