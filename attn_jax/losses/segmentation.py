@@ -46,18 +46,27 @@ def _counted_and_poison(labels: jnp.ndarray, c: int, ignore_index: int | None):
 def segmentation_cross_entropy(
     logits: jnp.ndarray, labels: jnp.ndarray, ignore_index: int | None = 255
 ) -> jnp.ndarray:
-    """Mean softmax cross-entropy over the pixels whose label is not ignore_index (0 if there are none).
+    """Mean softmax cross-entropy over the pixels whose label is not ``ignore_index``.
 
     Args:
-      logits: (b, h, w, C) (any leading dims).
-      labels: int (b, h, w), each in [0, C) or equal to ignore_index.
+      logits: (b, h, w, C) per-pixel class logits (any leading dims), computed in float32.
+      labels: int (b, h, w) (``logits``' leading dims), each in [0, C) or equal to ``ignore_index``.
       ignore_index: label of pixels that add nothing (None: every pixel counts).
 
     Returns:
-      Scalar float32 loss; NaN under jit if a label lies outside [0, C) and is not ignore_index.
+      Scalar float32 loss: the mean over counted pixels, 0 if there are none; NaN under jit if a label
+      lies outside [0, C) and is not ``ignore_index``.
 
     Raises:
-      ValueError: for mismatched shapes, or (concrete labels) a label outside [0, C), naming the value.
+      ValueError: ``logits`` is not (..., C) with ``labels`` matching its leading dims, or (concrete
+        labels) a label lies outside [0, C) and is not ``ignore_index``, naming the value and its index.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> logits = jnp.zeros((1, 1, 2, 4))  # uniform over C = 4 classes: log(4) per pixel
+      >>> labels = jnp.array([[[1, 255]]])  # the second pixel is ignored
+      >>> round(float(jax.jit(segmentation_cross_entropy)(logits, labels)), 4)
+      1.3863
     """
     _check(logits, labels, ignore_index)
     valid, poison = _counted_and_poison(labels, logits.shape[-1], ignore_index)
@@ -69,21 +78,32 @@ def segmentation_cross_entropy(
 def dice_loss(
     logits: jnp.ndarray, labels: jnp.ndarray, ignore_index: int | None = 255, smooth: float = 1.0
 ) -> jnp.ndarray:
-    """Soft multi-class Dice loss, 1 - mean over classes of (2|P∩G| + s) / (|P| + |G| + s).
+    """Soft multi-class Dice loss: 1 - mean over classes c of (2 I_c + s) / (P_c + G_c + s).
 
-    Softmax probabilities P and one-hot labels G are summed over all non-ignored pixels of the batch.
+    With softmax probabilities p and one-hot labels g over the counted pixels of the whole batch,
+    I_c = sum p_c g_c, P_c = sum p_c and G_c = sum g_c.
 
     Args:
-      logits: (b, h, w, C) (any leading dims).
-      labels: int (b, h, w), each in [0, C) or equal to ignore_index.
+      logits: (b, h, w, C) per-pixel class logits (any leading dims), computed in float32.
+      labels: int (b, h, w) (``logits``' leading dims), each in [0, C) or equal to ``ignore_index``.
       ignore_index: label of pixels that add nothing (None: every pixel counts).
       smooth: s, added to numerator and denominator.
 
     Returns:
-      Scalar float32 loss; NaN under jit if a label lies outside [0, C) and is not ignore_index.
+      Scalar float32 loss, in [0, 1) for ``smooth`` > 0; NaN under jit if a label lies outside [0, C) and
+      is not ``ignore_index``.
 
     Raises:
-      ValueError: for mismatched shapes, or (concrete labels) a label outside [0, C), naming the value.
+      ValueError: ``logits`` is not (..., C) with ``labels`` matching its leading dims, or (concrete
+        labels) a label lies outside [0, C) and is not ``ignore_index``, naming the value and its index.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> logits = jnp.array([[[[9.0, -9.0], [-9.0, 9.0]]]])  # (1, 1, 2, C = 2), confident
+      >>> labels = jnp.array([[[0, 1]]])
+      >>> dice = jax.jit(dice_loss)
+      >>> round(float(dice(logits, labels)), 3), round(float(dice(logits, 1 - labels)), 3)  # right, wrong
+      (0.0, 0.667)
     """
     _check(logits, labels, ignore_index)
     c = logits.shape[-1]
@@ -99,10 +119,27 @@ def dice_loss(
 def segmentation_loss(
     logits: jnp.ndarray, labels: jnp.ndarray, ignore_index: int | None = 255, dice_weight: float = 0.0
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-    """Cross-entropy (+ dice_weight * Dice when dice_weight > 0) -> (total, {"ce_loss", "dice_loss"}).
+    """The segmentation training loss: cross-entropy, plus ``dice_weight`` times the Dice loss.
+
+    Args:
+      logits: (b, h, w, C) per-pixel class logits (any leading dims).
+      labels: int (b, h, w), each in [0, C) or equal to ``ignore_index``.
+      ignore_index: label of pixels that add nothing (None: every pixel counts).
+      dice_weight: weight of `dice_loss` in the total; 0 (default) leaves Dice out.
+
+    Returns:
+      (total, aux): the scalar float32 total and {"ce_loss": `segmentation_cross_entropy`} with
+      "dice_loss" (`dice_loss`) added when ``dice_weight`` > 0.
 
     Raises:
-      ValueError: as segmentation_cross_entropy.
+      ValueError: as `segmentation_cross_entropy`.
+
+    Examples:
+      >>> import functools, jax, jax.numpy as jnp
+      >>> loss_fn = jax.jit(functools.partial(segmentation_loss, dice_weight=0.5))
+      >>> total, aux = loss_fn(jnp.zeros((1, 2, 2, 3)), jnp.zeros((1, 2, 2), int))
+      >>> sorted(aux), bool(total == aux["ce_loss"] + 0.5 * aux["dice_loss"])
+      (['ce_loss', 'dice_loss'], True)
     """
     ce = segmentation_cross_entropy(logits, labels, ignore_index)
     aux = {"ce_loss": ce}
