@@ -143,6 +143,7 @@ def train_step_case(attention="additive", batch=64, image=64, devices=1):
     from attn_jax.train.parallel import make_mesh, replicate, shard_batch, shard_map_step
     from attn_jax.train.state import create_train_state
     from attn_jax.train.step import train_step
+    from attn_jax.train.tasks.classification import classification_loss
 
     model = _classifier(attention)
     tx = make_optimizer("adamw", lr=1e-3, total_steps=1000)
@@ -150,5 +151,6 @@ def train_step_case(attention="additive", batch=64, image=64, devices=1):
     mesh = make_mesh(devices)
     state = replicate(create_train_state(model, tx, jax.random.PRNGKey(0), images[:1]), mesh)
     batch_arrays = shard_batch({"image": images, "label": labels}, mesh)
-    step = shard_map_step(functools.partial(train_step, model=model, tx=tx), mesh, donate=False)
+    step_fn = functools.partial(train_step, model=model, tx=tx, loss_fn=classification_loss)
+    step = shard_map_step(step_fn, mesh, donate=False)
     return step, (state, batch_arrays)

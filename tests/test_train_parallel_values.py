@@ -15,6 +15,7 @@ import pytest
 
 from attn_jax.train import parallel, step
 from attn_jax.train.state import create_train_state
+from attn_jax.train.tasks.classification import classification_loss
 from tests._train_models import TinyNet
 
 N_DEV, STEPS, LR, SEED = 8, 3, 0.5, 7
@@ -41,7 +42,7 @@ def _data_parallel(mode, tx, batches, num_devices):
     The only place this file calls attn_jax.train's step API (adapt it here if that API changes)."""
     model = TinyNet(bn_axis_name=step.AXIS)
     state = _initial_state(model, tx, batches[0])
-    per_device = functools.partial(step.train_step, model=model, tx=tx)
+    per_device = functools.partial(step.train_step, model=model, tx=tx, loss_fn=classification_loss)
     if mode == "pmap":
         devices = jax.local_devices()[:num_devices]
         fn = parallel.pmap_step(per_device, devices=devices)

@@ -18,6 +18,7 @@ from attn_jax.train.optim import make_optimizer
 from attn_jax.train.runner import build_steps
 from attn_jax.train.state import create_train_state
 from attn_jax.train.tasks import get_task
+from attn_jax.train.tasks.classification import classification_eval_sums, classification_loss
 from tests._train_models import TASKS, TinyNet, small_config, synthetic_batches, synthetic_meta
 
 N_DEV = 8
@@ -41,7 +42,9 @@ def _state(model, tx, batch):
 def _run_shard_map(tx, batches, num_devices):
     model = TinyNet(bn_axis_name="data")
     mesh = parallel.make_mesh(num_devices)
-    fn = parallel.shard_map_step(functools.partial(step.train_step, model=model, tx=tx), mesh)
+    fn = parallel.shard_map_step(
+        functools.partial(step.train_step, model=model, tx=tx, loss_fn=classification_loss), mesh
+    )
     state = parallel.replicate(_state(model, tx, batches[0]), mesh)
     for b in batches:
         state, metrics = fn(state, parallel.shard_batch(b, mesh))
@@ -50,7 +53,9 @@ def _run_shard_map(tx, batches, num_devices):
 
 def _run_pmap(tx, batches):
     model = TinyNet(bn_axis_name="data")
-    fn = parallel.pmap_step(functools.partial(step.train_step, model=model, tx=tx))
+    fn = parallel.pmap_step(
+        functools.partial(step.train_step, model=model, tx=tx, loss_fn=classification_loss)
+    )
     state = _state(model, tx, batches[0])
     for b in batches:
         state, metrics = fn(state, parallel.split_for_pmap(b))
@@ -72,7 +77,7 @@ def test_gradient_equals_single_device_full_batch_gradient():
     state = _state(model_ref, tx, batch)
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, 0), 0)
     ref_grads, (ref_stats, ref_sums) = jax.grad(step.loss_and_updates, has_aux=True)(
-        state.params, state.batch_stats, batch, rng, model=model_ref
+        state.params, state.batch_stats, batch, rng, model=model_ref, loss_fn=classification_loss
     )
     new_state, metrics = _run_shard_map(tx, [batch], N_DEV)
     grads = jax.tree.map(lambda p, q: p - q, jax.device_get(state.params), new_state.params)
@@ -126,15 +131,26 @@ def test_eval_step_ignores_padding():
     tx = optax.sgd(0.1)
     state = _state(model, tx, batch)
     mesh = parallel.make_mesh(N_DEV)
-    fn = parallel.shard_map_eval(functools.partial(step.eval_step, model=model), mesh)
+    fn = parallel.shard_map_eval(
+        functools.partial(step.eval_step, model=model, outputs_fn=classification_eval_sums), mesh
+    )
     valid = np.arange(16) < 11
     padded = dict(batch, valid=valid)
     got = jax.device_get(fn(parallel.replicate(state, mesh), parallel.shard_batch(padded, mesh)))
     logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, batch["image"][:11])
-    want = step.classification_sums(logits, jnp.asarray(batch["label"][:11]))
+    want = _reference_sums(logits, batch["label"][:11])
     assert got["count"] == 11
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
     assert got["correct"] == want["correct"]
+
+
+def _reference_sums(logits, labels):
+    """NumPy: summed cross-entropy and correct predictions of (B, K) logits."""
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+    logp = logits - logits.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
+    loss = -logp[np.arange(len(labels)), labels].sum()
+    return {"loss": loss, "correct": float((logits.argmax(-1) == labels).sum())}
 
 
 def test_shard_batch_rejects_indivisible_batch():
@@ -185,14 +201,49 @@ def test_every_task_agrees_on_one_device_four_device_shard_map_and_pmap(task, op
             np.testing.assert_allclose(result[k], v, rtol=1e-4, atol=1e-5, err_msg=f"{task} {mode} eval {k}")
 
 
+def _legacy_classification_loss(params, batch_stats, batch, rng, *, model, label_smoothing):
+    """train_step's built-in loss before the tasks took it over, written out: mean smoothed cross-entropy
+    of this device's examples, new batch_stats and the sums (loss, correct, count)."""
+    logits, updates = model.apply(
+        {"params": params, "batch_stats": batch_stats},
+        batch["image"],
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": rng},
+    )
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(batch["label"], num_classes), label_smoothing)
+    losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    w = jnp.ones_like(losses)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    sums = {"loss": jnp.sum(losses * w), "correct": jnp.sum(correct * w), "count": jnp.sum(w)}
+    return sums["loss"] / jnp.maximum(sums["count"], 1.0), (updates["batch_stats"], sums)
+
+
+def _legacy_train_step(state, batch, *, model, tx, label_smoothing, axis_name="data"):
+    """The classification train step as it was before the task interface (written out here)."""
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(axis_name))
+    local_params = lax.pcast(state.params, axis_name, to="varying")
+    grads, (batch_stats, sums) = jax.grad(_legacy_classification_loss, has_aux=True)(
+        local_params, state.batch_stats, batch, rng, model=model, label_smoothing=label_smoothing
+    )
+    grads = lax.pmean(grads, axis_name)
+    batch_stats = lax.pmean(batch_stats, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    return new, lax.psum(sums, axis_name)
+
+
 def test_task_step_is_bitwise_the_classification_step_it_replaced():
     """The main job's numbers must not move: the task path (Runner, loss_fn=Classification.loss) gives
-    exactly the parameters of train_step's built-in classification loss with label smoothing."""
+    exactly the parameters of the classification step with label smoothing that train_step once held
+    (written out above)."""
     config = small_config("classification", "adamw", label_smoothing=0.1)
     mesh = parallel.make_mesh(4)
     runner = build_steps(config, mesh, meta=synthetic_meta("classification"))
     legacy = parallel.shard_map_step(
-        functools.partial(step.train_step, model=runner.model, tx=runner.tx, label_smoothing=0.1), mesh
+        functools.partial(_legacy_train_step, model=runner.model, tx=runner.tx, label_smoothing=0.1), mesh
     )
     a = b = runner.place(runner.init_state(0))
     b = jax.tree.map(jnp.copy, b)

@@ -43,6 +43,84 @@ def _counted_and_poison(labels: jnp.ndarray, c: int, ignore_index: int | None):
     return valid, jnp.where(jnp.any(out_of_range), jnp.nan, 0.0)
 
 
+def cross_entropy_sums(
+    logits: jnp.ndarray, labels: jnp.ndarray, valid: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Summed softmax cross-entropy over the pixels where `valid` holds, and their number.
+
+    The building block of segmentation_cross_entropy for a data-parallel loss: sums add over devices.
+
+    Args:
+      logits: (b, h, w, C) (any leading dims).
+      labels: int (b, h, w); read only where `valid`.
+      valid: bool (b, h, w), the pixels that count.
+
+    Returns:
+      (float32 sum of the valid pixels' losses, int number of valid pixels).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> logits, labels = jnp.zeros((1, 1, 2, 4)), jnp.array([[[1, 255]]])  # the second pixel: ignored
+      >>> loss_sum, pixels = jax.jit(cross_entropy_sums)(logits, labels, labels != 255)
+      >>> round(float(loss_sum), 4), int(pixels)  # log(4) for the one counted pixel
+      (1.3863, 1)
+    """
+    per = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), jnp.where(valid, labels, 0)
+    )
+    return jnp.sum(jnp.where(valid, per, 0.0)), jnp.sum(valid)
+
+
+def dice_sums(
+    logits: jnp.ndarray, labels: jnp.ndarray, valid: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Per-class soft Dice sums over the pixels where `valid` holds: I_c = sum P·G, D_c = sum P + sum G.
+
+    Softmax probabilities P and one-hot labels G; sums add over batches and devices, and
+    dice_from_sums turns them into the loss.
+
+    Args:
+      logits: (b, h, w, C) (any leading dims).
+      labels: int (b, h, w); read only where `valid`.
+      valid: bool (b, h, w), the pixels that count.
+
+    Returns:
+      (I, D): float32 (C,) each.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> logits = jnp.array([[[[9.0, -9.0], [-9.0, 9.0]]]])  # (1, 1, 2, C = 2), confident and right
+      >>> labels = jnp.array([[[0, 1]]])
+      >>> inter, denom = jax.jit(dice_sums)(logits, labels, labels != 255)
+      >>> inter.round(3).tolist(), denom.round(3).tolist(), round(float(dice_from_sums(inter, denom)), 3)
+      ([1.0, 1.0], [2.0, 2.0], 0.0)
+    """
+    c = logits.shape[-1]
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * valid[..., None]
+    onehot = jax.nn.one_hot(jnp.where(valid, labels, 0), c) * valid[..., None]
+    axes = tuple(range(logits.ndim - 1))
+    return jnp.sum(probs * onehot, axis=axes), jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
+
+
+def dice_from_sums(inter, denom, smooth: float = 1.0):
+    """Soft Dice loss from per-class sums (dice_sums): 1 - mean_c (2 I_c + s) / (D_c + s).
+
+    Args:
+      inter, denom: (C,) sums, JAX or NumPy arrays (NumPy ones are computed in their own precision, e.g.
+        float64 host metrics).
+      smooth: s, added to numerator and denominator.
+
+    Returns:
+      Scalar loss of the arrays' kind.
+
+    Examples:
+      >>> import numpy as np
+      >>> float(dice_from_sums(np.array([1.0, 0.0]), np.array([2.0, 1.0]), smooth=0.0))  # 1 - (1 + 0) / 2
+      0.5
+    """
+    return 1.0 - ((2.0 * inter + smooth) / (denom + smooth)).mean()
+
+
 def segmentation_cross_entropy(
     logits: jnp.ndarray, labels: jnp.ndarray, ignore_index: int | None = 255
 ) -> jnp.ndarray:
@@ -70,9 +148,8 @@ def segmentation_cross_entropy(
     """
     _check(logits, labels, ignore_index)
     valid, poison = _counted_and_poison(labels, logits.shape[-1], ignore_index)
-    safe = jnp.where(valid, labels, 0)
-    per = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
-    return jnp.sum(jnp.where(valid, per, 0.0)) / jnp.maximum(jnp.sum(valid), 1) + poison
+    loss_sum, pixels = cross_entropy_sums(logits, labels, valid)
+    return loss_sum / jnp.maximum(pixels, 1) + poison
 
 
 def dice_loss(
@@ -106,14 +183,8 @@ def dice_loss(
       (0.0, 0.667)
     """
     _check(logits, labels, ignore_index)
-    c = logits.shape[-1]
-    valid, poison = _counted_and_poison(labels, c, ignore_index)
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * valid[..., None]
-    onehot = jax.nn.one_hot(jnp.where(valid, labels, 0), c) * valid[..., None]
-    axes = tuple(range(logits.ndim - 1))
-    inter = jnp.sum(probs * onehot, axis=axes)
-    denom = jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
-    return 1.0 - jnp.mean((2.0 * inter + smooth) / (denom + smooth)) + poison
+    valid, poison = _counted_and_poison(labels, logits.shape[-1], ignore_index)
+    return dice_from_sums(*dice_sums(logits, labels, valid), smooth) + poison
 
 
 def segmentation_loss(

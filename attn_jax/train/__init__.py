@@ -25,8 +25,9 @@ from attn_jax.train.parallel import (
 )
 from attn_jax.train.runner import Runner, build_steps
 from attn_jax.train.state import TrainState, abstract_train_state, create_train_state
-from attn_jax.train.step import classification_sums, eval_step, loss_and_updates, train_step
+from attn_jax.train.step import eval_step, loss_and_updates, train_step
 from attn_jax.train.tasks import TASKS, Task, get_task, make_task
+from attn_jax.train.tasks.classification import classification_loss, classification_sums
 
 __all__ = [
     "TASKS",
@@ -39,6 +40,7 @@ __all__ = [
     "build_model",
     "build_optimizer",
     "build_steps",
+    "classification_loss",
     "classification_sums",
     "create_train_state",
     "eval_step",

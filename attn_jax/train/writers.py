@@ -12,15 +12,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
-def reduce_sums(sums: dict) -> dict:
-    """(sum, count) metric dict -> means: loss, accuracy (plus any other key divided by count)."""
-    sums = {k: float(np.asarray(v)) for k, v in sums.items()}
-    count = max(sums.pop("count", 0.0), 1.0)
-    out = {"loss": sums.pop("loss") / count, "accuracy": sums.pop("correct") / count}
-    out.update({k: v / count for k, v in sums.items()})
-    return out
-
-
 class MetricWriter:
     """Writes scalars to <workdir>/metrics.jsonl and TensorBoard events in <workdir>/tb (process 0 only)."""
 

@@ -1,13 +1,72 @@
-"""Classification: AttentionClassifier, cross-entropy (label smoothing), accuracy."""
+"""Classification: AttentionClassifier, cross-entropy (label smoothing), accuracy.
+
+The loss is this device's mean cross-entropy: with equal local batch sizes the mean of the devices'
+gradients (what the step takes) is the full-batch gradient. Metrics are sums (loss, correct, count) added
+over devices and steps, divided on the host by `means_from_sums`.
+"""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from jax import lax
 
-from attn_jax.train.step import AXIS, classification_loss, classification_sums
+from attn_jax.train.step import AXIS
 from attn_jax.train.tasks.base import Task
-from attn_jax.train.writers import reduce_sums
+
+
+def classification_sums(logits, labels, weights=None, label_smoothing: float = 0.0) -> dict:
+    """Summed cross-entropy, correct predictions and examples of a batch.
+
+    Args:
+      logits: (B, K) float.
+      labels: (B,) int.
+      weights: (B,) example weights (e.g. batch["valid"]), None for all ones.
+      label_smoothing: optax.smooth_labels' alpha for the targets.
+
+    Returns:
+      {"loss", "correct", "count"}: float32 scalars, each a weighted sum over the batch.
+
+    Raises:
+      ValueError: logits not (B, K) or labels not (B,).
+    """
+    if logits.ndim != 2 or labels.shape != logits.shape[:1]:
+        raise ValueError(f"need logits (B, K) and labels (B,), got {logits.shape} and {labels.shape}")
+    num_classes = logits.shape[-1]
+    targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
+    losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+    w = jnp.ones_like(losses) if weights is None else weights.astype(jnp.float32)
+    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    return {"loss": jnp.sum(losses * w), "correct": jnp.sum(correct * w), "count": jnp.sum(w)}
+
+
+def classification_loss(logits, batch, axis_name=None, *, label_smoothing: float = 0.0):
+    """A step's loss_fn: (mean cross-entropy of this device's examples, their classification_sums).
+
+    axis_name is unused: with equal local batch sizes the mean of the devices' gradients is the full-batch
+    gradient. Examples:
+      >>> step_fn = functools.partial(train_step, model=model, tx=tx, loss_fn=classification_loss)
+    """
+    sums = classification_sums(logits, batch["label"], batch.get("valid"), label_smoothing)
+    return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
+
+
+def classification_eval_sums(logits, batch, axis_name):
+    """An eval step's outputs_fn: classification_sums (no smoothing, padding excluded) summed over
+    `axis_name`."""
+    return lax.psum(classification_sums(logits, batch["label"], batch.get("valid")), axis_name)
+
+
+def means_from_sums(sums: dict) -> dict:
+    """Host: classification sums (loss, correct, count, ...) -> means: loss, accuracy, and any other key
+    divided by count."""
+    sums = {k: float(np.asarray(v)) for k, v in sums.items()}
+    count = max(sums.pop("count", 0.0), 1.0)
+    out = {"loss": sums.pop("loss") / count, "accuracy": sums.pop("correct") / count}
+    out.update({k: v / count for k, v in sums.items()})
+    return out
 
 
 class Classification(Task):
@@ -32,16 +91,13 @@ class Classification(Task):
         )
 
     def loss(self, outputs, batch, axis_name):
-        # per-device mean, as before the task interface: equal local batches make the mean of the
-        # devices' gradients the full-batch gradient
         return classification_loss(outputs, batch, label_smoothing=self.config.get("label_smoothing", 0.0))
 
     def train_metrics(self, sums):
-        return reduce_sums(sums)
+        return means_from_sums(sums)
 
     def eval_outputs(self, outputs, batch, axis_name):
-        sums = classification_sums(outputs, batch["label"], batch.get("valid"))
-        return lax.psum(sums, axis_name), {}
+        return classification_eval_sums(outputs, batch, axis_name), {}
 
     def evaluator(self):
         return _SumsEvaluator()
@@ -56,4 +112,4 @@ class _SumsEvaluator:
         self.total = sums if self.total is None else {k: self.total[k] + sums[k] for k in sums}
 
     def result(self):
-        return reduce_sums(self.total)
+        return means_from_sums(self.total)

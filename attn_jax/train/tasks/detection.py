@@ -10,11 +10,43 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attn_jax.train.step import AXIS
 from attn_jax.train.tasks.base import Task, axis_size, global_sum
+
+
+def detection_loss_sums(cls_logits, box_deltas, anchors, targets, box_loss: str = "smooth_l1"):
+    """The sums inside attn_jax.detection.detection_loss (default alpha, gamma, beta, variances): focal loss
+    over positive and negative anchors, box loss over positives, and the number of positives, so that the
+    task can divide by the positives of the GLOBAL batch.
+
+    Args:
+      cls_logits: (b, n, C); box_deltas: (b, n, 4); anchors: (n, 4); targets: from assign_targets.
+      box_loss: "smooth_l1" or "giou".
+
+    Returns:
+      (cls_sum, box_sum, positives): float32 scalars. cls_sum is NaN when a positive anchor's label lies
+      outside [0, C), as in detection_loss.
+    """
+    from attn_jax.detection import BOX_LOSSES, decode_boxes, elementwise_giou, focal_loss, smooth_l1
+
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
+    c, positive = cls_logits.shape[-1], targets.positive
+    bad_label = positive & ~((targets.labels >= 0) & (targets.labels < c))
+    onehot = jax.nn.one_hot(targets.labels, c) * positive[..., None]
+    cls_sum = focal_loss(cls_logits, onehot, positive | targets.negative)
+    cls_sum = cls_sum + jnp.where(jnp.any(bad_label), jnp.nan, 0.0)
+    box_deltas = box_deltas.astype(jnp.float32)
+    if box_loss == "smooth_l1":
+        per = jnp.sum(smooth_l1(box_deltas, targets.box_targets), axis=-1)
+    else:
+        per = 1.0 - elementwise_giou(decode_boxes(box_deltas, anchors), targets.matched_boxes)
+    box_sum = jnp.sum(jnp.where(positive, per, 0.0))
+    return cls_sum, box_sum, jnp.sum(positive).astype(jnp.float32)
 
 
 class Detection(Task):
@@ -79,7 +111,7 @@ class Detection(Task):
         return cls_logits.reshape(b, -1, self.meta.num_classes), box_deltas.reshape(b, -1, 4)
 
     def loss(self, outputs, batch, axis_name):
-        from attn_jax.detection import assign_targets, detection_loss
+        from attn_jax.detection import assign_targets
 
         c = self.config
         cls_logits, box_deltas = self._flat(outputs)
@@ -88,12 +120,9 @@ class Detection(Task):
             anchors, batch["boxes"], batch["box_labels"], batch["box_valid"],
             c.positive_threshold, c.negative_threshold,
         )  # fmt: skip
-        _, aux = detection_loss(
-            cls_logits, box_deltas, anchors, targets, box_loss=c.box_loss, box_weight=c.box_weight
+        cls_sum, box_sum, positives = detection_loss_sums(
+            cls_logits, box_deltas, anchors, targets, box_loss=c.box_loss
         )
-        positives = aux["num_positives"].astype(jnp.float32)
-        local = jnp.maximum(positives, 1.0)  # detection_loss divided its sums by this
-        cls_sum, box_sum = aux["cls_loss"] * local, aux["box_loss"] * local
         total_sum = cls_sum + c.box_weight * box_sum
         loss = axis_size(axis_name) * total_sum / jnp.maximum(global_sum(positives, axis_name), 1.0)
         count = jnp.asarray(cls_logits.shape[0], jnp.float32)

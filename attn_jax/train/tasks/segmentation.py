@@ -3,7 +3,8 @@
 Both loss terms are normalised over the GLOBAL batch (all devices), so any device count gives the
 full-batch gradient: cross-entropy is summed per device and divided by the global count of labelled
 pixels; soft Dice (Milletari et al. 2016), 1 - mean_c (2 I_c + s) / (D_c + s) with I_c = sum P·G and
-D_c = sum P + sum G over the batch's pixels, is a function f of global sums. Each device differentiates
+D_c = sum P + sum G over the batch's pixels, is a function f of global sums (both sums and f come from
+attn_jax.losses, which also holds the single-device losses). Each device differentiates
 f(I, D) + <df/dI, I_d> + <df/dD, D_d> with I, D and the derivatives held constant: its value is the
 global Dice and the devices' gradients add up to the full-batch gradient, under shard_map and pmap alike.
 """
@@ -13,26 +14,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax import lax
 
+from attn_jax.losses import cross_entropy_sums, dice_from_sums, dice_sums
 from attn_jax.train.step import AXIS
 from attn_jax.train.tasks.base import Task, axis_size, global_sum
-
-DICE_SMOOTH = 1.0
-
-
-def dice_from_sums(inter, denom, smooth: float = DICE_SMOOTH):
-    """Soft Dice loss from per-class sums: 1 - mean_c (2 I_c + s) / (D_c + s)."""
-    return 1.0 - jnp.mean((2.0 * inter + smooth) / (denom + smooth))
-
-
-def _dice_sums(logits, labels, valid):
-    c = logits.shape[-1]
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1) * valid[..., None]
-    onehot = jax.nn.one_hot(jnp.where(valid, labels, 0), c) * valid[..., None]
-    axes = tuple(range(logits.ndim - 1))
-    return jnp.sum(probs * onehot, axis=axes), jnp.sum(probs, axis=axes) + jnp.sum(onehot, axis=axes)
 
 
 class Segmentation(Task):
@@ -65,14 +51,11 @@ class Segmentation(Task):
         ignore = self.config.get("ignore_index", 255)
         labels = batch["mask"]
         valid = labels != ignore
-        per = optax.softmax_cross_entropy_with_integer_labels(
-            outputs.astype(jnp.float32), jnp.where(valid, labels, 0)
-        )
-        ce_sum = jnp.sum(jnp.where(valid, per, 0.0))
-        pixels = jnp.sum(valid).astype(jnp.float32)
+        ce_sum, pixels = cross_entropy_sums(outputs, labels, valid)
+        pixels = pixels.astype(jnp.float32)
         n = axis_size(axis_name)
         loss = n * ce_sum / jnp.maximum(global_sum(pixels, axis_name), 1.0)
-        inter, denom = _dice_sums(outputs, labels, valid)
+        inter, denom = dice_sums(outputs, labels, valid)
         weight = self.config.get("dice_weight", 0.0)
         if weight > 0:
             g_inter, g_denom = global_sum(inter, axis_name), global_sum(denom, axis_name)
@@ -87,7 +70,7 @@ class Segmentation(Task):
     def train_metrics(self, sums):
         ce = float(np.asarray(sums["ce_loss"])) / max(float(np.asarray(sums["pixels"])), 1.0)
         inter, denom = np.asarray(sums["dice_inter"], np.float64), np.asarray(sums["dice_denom"], np.float64)
-        dice = float(1.0 - np.mean((2 * inter + DICE_SMOOTH) / (denom + DICE_SMOOTH)))
+        dice = float(dice_from_sums(inter, denom))  # in float64, as the sums
         return {"loss": ce + self.config.get("dice_weight", 0.0) * dice, "ce_loss": ce, "dice_loss": dice}
 
     def eval_outputs(self, outputs, batch, axis_name):
