@@ -8,12 +8,19 @@ For each attention family, the `attn-jax train` run in WORKDIR/<family>/ (e.g. w
 experiments/localization.py; its config.json and latest checkpoint) is loaded; with --config, WORKDIR is
 one `attn-jax train` run of that config, drawn for the config's attention family. Families without a
 run are drawn untrained (models from attn_jax.train.build_model) and the title says so.
+
+    python -m attn_jax.viz faithfulness --workdir RUN [--examples N] [--steps S] [--out DIR]
+
+scores a trained classification run's explanations (its attention map, Grad-CAM, gradient x input,
+integrated gradients, a random map, the digit mask) by deletion / insertion AUC, Average Drop and
+Increase in Confidence: attn_jax.viz.faithfulness.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -71,7 +78,12 @@ def _family_map(model, variables, images) -> np.ndarray | None:
     return None if not spatial else np.asarray(spatial[-1])
 
 
-def main(argv=None) -> str:
+def main(argv=None) -> str | dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "faithfulness":
+        from attn_jax.viz.faithfulness import main as faithfulness_main
+
+        return faithfulness_main(argv[1:])
     args = _parser().parse_args(argv)
     train_run = None
     if args.config:
