@@ -56,8 +56,6 @@ nitpick_ignore = [
 # end-string'). Those characters are escaped here, for these objects only, until the docstrings
 # themselves are rewritten.
 _PLAIN_TEXT = {
-    "attn_jax.detection.losses.smooth_l1",
-    "attn_jax.losses.segmentation.dice_loss",
     "attn_jax.train.loop.train_and_evaluate",
 }
 

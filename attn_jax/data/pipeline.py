@@ -270,7 +270,8 @@ def make_pipeline(
       >>> from attn_jax.data import ClutteredDigitsConfig
       >>> tmp = tempfile.TemporaryDirectory()
       >>> small = ClutteredDigitsConfig(name="small", canvas_size=32, num_clutter=2, num_train=16, num_test=8)
-      >>> loader = make_pipeline(small, "test", batch_size=4, task="detection", data_dir=tmp.name)
+      >>> loader = make_pipeline(small, "test", batch_size=4, task="detection", data_dir=tmp.name,
+      ...                        num_devices=1)  # batch_size must divide by the device count
       Building cluttered_digits/small locally (no download): 24 examples into ...
       Built cluttered_digits/small in ...; later runs reuse it.
       >>> batch = next(iter(loader))
