@@ -26,7 +26,13 @@ from attn_jax.data.sources import get_adapter, load_source
 
 @dataclasses.dataclass(frozen=True)
 class DatasetMeta:
-    """What a config needs to know about a dataset for one task, as `dataset_info` returns it."""
+    """What a config needs to know about a dataset for one task, as `dataset_info` returns it.
+
+    Examples:
+      >>> meta = dataset_info("mnist", data_dir="/nonexistent")  # reads nothing
+      >>> meta.num_classes, meta.image_shape, meta.num_examples  # num_examples: mnist is not prepared there
+      (10, (28, 28, 1), None)
+    """
 
     name: str
     """The dataset's name (an `ADAPTERS` key, or ``cluttered_digits/<name>`` of a custom config)."""

@@ -140,8 +140,11 @@ class PallasUnavailableError(ImportError):
 
     Raised by `additive_attention` (and the modules that pass ``implementation`` on) when the Pallas
     kernels fail to import, e.g. on a JAX without ``jax.experimental.pallas``; its message names the
-    import error. ``implementation="auto"`` never raises it: it falls back to XLA. A subclass of
-    `ImportError`.
+    import error. ``implementation="auto"`` never raises it: it falls back to XLA.
+
+    Examples:
+      >>> issubclass(PallasUnavailableError, ImportError)  # `except ImportError` catches it too
+      True
     """
 
 

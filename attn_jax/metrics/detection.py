@@ -28,6 +28,13 @@ class ImageRecord:
 
     Boxes are (ymin, xmin, ymax, xmax), normalised to [0, 1] (``image_size`` of the evaluators scales them);
     labels are class indices in [0, num_classes).
+
+    Examples:
+      >>> import numpy as np
+      >>> gt = np.array([[0.1, 0.1, 0.4, 0.5]])  # one object of class 3, detected once
+      >>> record = ImageRecord(gt, np.array([3]), gt, det_scores=np.array([0.8]), det_labels=np.array([3]))
+      >>> voc_evaluate([record], num_classes=4)["AP50_voc"]
+      1.0
     """
 
     gt_boxes: np.ndarray
