@@ -35,3 +35,20 @@ def test_a_lower_layer_importing_a_higher_one_is_caught(tmp_path):
     assert result.returncode != 0
     assert "attn_jax.functional is not allowed to import attn_jax.nn" in result.stdout
     assert "attn_jax.functional is not allowed to import flax" in result.stdout, result.stdout[-3000:]
+
+
+def test_train_builders_importing_the_tasks_is_caught(tmp_path):
+    """Inside attn_jax.train the tasks sit above the model builders: a builder that imports the tasks (the
+    cycle that factory.py once hid in a function-level import) breaks the train layers contract."""
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT / "attn_jax", copy / "attn_jax")
+    shutil.copy(ROOT / "pyproject.toml", copy / "pyproject.toml")
+    builders = copy / "attn_jax" / "train" / "builders.py"
+    builders.write_text(
+        builders.read_text() + "\n\ndef _late():\n    from attn_jax.train.tasks import make_task\n"
+    )
+    result = _lint_imports(copy)
+    assert result.returncode != 0
+    assert "attn_jax.train.builders is not allowed to import attn_jax.train.tasks" in result.stdout, (
+        result.stdout[-3000:]
+    )

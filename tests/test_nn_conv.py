@@ -174,7 +174,7 @@ def test_small_cnn_matmul_grad_choice_picks_the_convs(choice, products):
 
 
 def test_main_job_classifier_trains_its_strided_convs_as_products():
-    from attn_jax.train.factory import build_backbone
+    from attn_jax.train.builders import build_backbone
     from tests._train_models import load_experiment_config
 
     config = load_experiment_config("classification", "spatial")

@@ -5,7 +5,8 @@ summary = train_and_evaluate(config, workdir)   # experiments/configs/<task>.py
 runner = build_steps(config, mesh)              # a task's jitted train / eval steps over a mesh
 """
 
-from attn_jax.train.factory import build_model, build_optimizer
+from attn_jax.train.builders import build_optimizer
+from attn_jax.train.factory import build_model
 from attn_jax.train.loop import (
     NonFiniteLossError,
     RunEnd,

@@ -39,6 +39,7 @@ import shutil
 import grain
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as cm
 
 log = logging.getLogger(__name__)
@@ -497,8 +498,6 @@ def _set_aside(manager, step: int, suffix: str, what: str, why: str) -> None:
     if jax.process_index() == 0:
         quarantine(os.path.join(manager.directory, str(step)), suffix)
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(f"attn_jax_quarantine_{step}")
     manager.reload()
 

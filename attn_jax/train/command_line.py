@@ -16,7 +16,15 @@ import os
 import re
 import shlex
 
+import jax
+import jax.numpy as jnp
+
+from attn_jax.data.pipeline import AUGMENTATIONS
+from attn_jax.nn import available_attention
+from attn_jax.train.optim import OPTIMIZERS
 from attn_jax.train.preemption import EXIT_PREEMPTED
+from attn_jax.train.runner import PARALLEL_MODES
+from attn_jax.train.tasks import make_task
 
 EXIT_USAGE = 2  # a bad command line (the shell convention, as argparse)
 HELP_FLAGS = ("-h", "--help", "--helpshort", "-?")
@@ -105,8 +113,6 @@ def check_attention(config, spec: str) -> None:
     name = model.get("attention") if model is not None else None
     if name is None:
         return
-    from attn_jax.nn import available_attention
-
     known = available_attention()
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
@@ -121,11 +127,6 @@ def check_model(config, spec: str) -> None:
     """UsageFailure when config.model does not build the task's model: the model is traced on one example
     of the dataset's image shape (jax.eval_shape: no compute, no data read, no backend started), so a bad
     field such as --config.model.features=abc is one line before training, not a traceback during it."""
-    import jax
-    import jax.numpy as jnp
-
-    from attn_jax.train.tasks import make_task
-
     try:
         task = make_task(config)
         model = task.build_model(None)
@@ -189,9 +190,6 @@ VALUE_RULES = {
 
 def _choices() -> dict:
     """field: allowed values, for the fields that name one of a few things."""
-    from attn_jax.train.optim import OPTIMIZERS
-    from attn_jax.train.runner import PARALLEL_MODES
-
     return {"optimizer": OPTIMIZERS, "parallel": PARALLEL_MODES}
 
 
@@ -208,8 +206,6 @@ def check_values(config, spec: str) -> None:
                 f"--config.{field}={config[field]!r} must be one of {list(known)} (--config {spec})"
             )
     if config.get("augment") is not None:
-        from attn_jax.data.pipeline import AUGMENTATIONS
-
         augment = config.augment
         names = (augment,) if isinstance(augment, str) else tuple(augment)
         unknown = [a for a in names if a not in AUGMENTATIONS]

@@ -8,6 +8,8 @@ Argument strings are "<attention>[,tiny]" with <attention> an attention registry
 
 from __future__ import annotations
 
+import json
+
 import ml_collections
 
 
@@ -113,8 +115,6 @@ def flat_fields(tree: dict, prefix: str = "") -> dict:
 def model_differences(saved: dict, config) -> list[str]:
     """'field: saved value (run) != given value' for each model-defining field (MODEL_FIELDS, model.*) where
     the run's saved config (the dict of <workdir>/config.json) and `config` differ; [] when they agree."""
-    import json
-
     given = flat_fields(json.loads(config.to_json_best_effort()))
     saved = flat_fields(saved)
     defines_model = lambda k: k in MODEL_FIELDS or (k.startswith("model.") and k not in COMPUTE_FIELDS)  # noqa: E731

@@ -1,72 +1,24 @@
-"""The one model builder and the optimizer of an experiment config (see experiments/configs).
+"""The model and optimizer of an experiment config (see experiments/configs), for notebooks and tools.
 
 model = build_model(config)        # the task's model (config.task), BatchNorm over the axis "data"
 tx = build_optimizer(config)
+
+The pieces (backbone, dtype, optimizer) live in attn_jax.train.builders, below the tasks; this module sits
+above them.
 """
 
 from __future__ import annotations
 
-import jax.numpy as jnp
-
-from attn_jax.train.optim import make_optimizer
+from attn_jax.train.builders import build_optimizer
 from attn_jax.train.step import AXIS
-
-BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def model_dtype(model_cfg):
-    """Compute dtype named by model_cfg.dtype (parameters stay float32)."""
-    if model_cfg.dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {model_cfg.dtype!r}; known: {list(DTYPES)}")
-    return DTYPES[model_cfg.dtype]
-
-
-def attention_kwargs(model_cfg) -> dict:
-    """model_cfg.attention_kwargs as a plain dict (empty when absent): extra attention arguments."""
-    kwargs = model_cfg.get("attention_kwargs") or {}
-    return dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
-
-
-def build_backbone(model_cfg, bn_axis_name: str | None = AXIS):
-    """SmallCNN(features, stride, blocks_per_stage) or a ResNet (small stem) of model_cfg."""
-    from attn_jax.nn import ResNet18, ResNet34, ResNet50, SmallCNN
-
-    if model_cfg.backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {model_cfg.backbone!r}; known: {list(BACKBONES)}")
-    dtype = model_dtype(model_cfg)
-    if model_cfg.backbone == "small_cnn":
-        return SmallCNN(
-            features=tuple(model_cfg.features),
-            stride=model_cfg.stride,
-            blocks_per_stage=model_cfg.blocks_per_stage,
-            matmul_grad=model_cfg.get("matmul_grad", "none"),
-            dtype=dtype,
-            bn_axis_name=bn_axis_name,
-        )
-    resnet = {"resnet18": ResNet18, "resnet34": ResNet34, "resnet50": ResNet50}[model_cfg.backbone]
-    return resnet(stem="small", dtype=dtype, bn_axis_name=bn_axis_name)
+from attn_jax.train.tasks import make_task
 
 
 def build_model(config, meta=None, *, bn_axis_name: str | None = AXIS):
     """The model of `config`'s task (AttentionClassifier / AttentionDetector / AttentionSegmenter) with
     config.model's backbone and attention; BatchNorm statistics are averaged over `bn_axis_name` (the data
     axis), so a data-parallel step equals one full-batch step. meta: dataset facts (default: looked up)."""
-    from attn_jax.train.tasks import make_task
-
     return make_task(config, meta).build_model(bn_axis_name)
 
 
-def build_optimizer(config):
-    """The optax transformation of `config` (optimizer, lr, warmup, decay, clipping) for num_train_steps."""
-    return make_optimizer(
-        config.optimizer,
-        lr=config.lr,
-        total_steps=config.num_train_steps,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        momentum=config.get("momentum", 0.9),
-        clip_norm=config.clip_norm or None,
-        skip_nonfinite=config.get("skip_nonfinite", 0),
-        end_factor=config.get("end_lr_factor", 0.0),
-    )
+__all__ = ["build_model", "build_optimizer"]

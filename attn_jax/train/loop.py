@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from attn_jax.data import make_pipeline
 from attn_jax.train import checkpoint as ckpt
@@ -59,8 +60,6 @@ def any_process(flag: bool) -> bool:
     """True on every process when `flag` is True on any (a collective: all processes must call it)."""
     if jax.process_count() == 1:
         return bool(flag)
-    from jax.experimental import multihost_utils
-
     return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
@@ -379,8 +378,6 @@ def _run(config, workdir, model, sigterm, restart, t0):
         if restart:
             set_previous_run_aside(workdir)
             if jax.process_count() > 1:
-                from jax.experimental import multihost_utils
-
                 multihost_utils.sync_global_devices("attn_jax_restart")
         runner = build_steps(config, model=model)
         iterator = iter(

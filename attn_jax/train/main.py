@@ -22,11 +22,20 @@ import math
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from attn_jax.data.memory_source import DamagedCacheError
+from attn_jax.data.sources import get_adapter, load_source
 from attn_jax.train import command_line as cl
+from attn_jax.train import loop
+from attn_jax.train.checkpoint import DiskFullError
+from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
+from attn_jax.train.loop import CheckpointMismatchError, NonFiniteLossError, check_workdir_config
 from attn_jax.train.preemption import EXIT_PREEMPTED
+from attn_jax.train.tasks import get_task, task_name
+from attn_jax.train.workdir_lock import WorkdirInUseError, acquire, release
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])")
 _WORKDIR = flags.DEFINE_string(
@@ -71,8 +80,6 @@ def _check_workdir_path(workdir: str) -> None:
 
 def _check_run_config(config, workdir: str) -> None:
     """UsageFailure when `workdir` holds a run of another config (loop.check_workdir_config)."""
-    from attn_jax.train.loop import CheckpointMismatchError, check_workdir_config
-
     try:
         check_workdir_config(config, workdir)
     except CheckpointMismatchError as err:
@@ -82,10 +89,6 @@ def _check_run_config(config, workdir: str) -> None:
 def _check_devices(config, fields=("batch_size", "eval_batch_size")) -> None:
     """Start the devices as training will (CPU device count, multi-host) and check the batch sizes divide
     over them: UsageFailure naming the field. Starts the backend; compiles nothing."""
-    import jax
-
-    from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
-
     configure_cpu_devices(config.get("cpu_devices", 0))
     try:
         maybe_initialize(config.get("coordinator") or None)
@@ -108,10 +111,6 @@ def _check_devices(config, fields=("batch_size", "eval_batch_size")) -> None:
 def _check_data(config, splits=("train", "test")) -> None:
     """Open the train and test splits as training will (cluttered_digits is built on first use), so a
     damaged or missing dataset is reported now rather than after compiling or at the first evaluation."""
-    from attn_jax.data.memory_source import DamagedCacheError
-    from attn_jax.data.sources import get_adapter, load_source
-    from attn_jax.train.tasks import task_name
-
     adapter = get_adapter(config.dataset, task_name(config))
     for split in splits:
         try:
@@ -123,8 +122,6 @@ def _check_data(config, splits=("train", "test")) -> None:
 def _check_lock(workdir: str) -> None:
     """UsageFailure when another live process holds the workdir (taken and released at once: the loop
     takes it for the run; a stale lock of a dead process is removed)."""
-    from attn_jax.train.workdir_lock import WorkdirInUseError, acquire, release
-
     try:
         release(acquire(workdir))
     except WorkdirInUseError as err:
@@ -159,13 +156,8 @@ def train_main(argv) -> None:
     print(f"workdir {os.path.abspath(workdir)}{default}", flush=True)
     print(f"to resume after a stop, run {again} from {os.getcwd()}: {command}", flush=True)
 
-    from attn_jax.data.memory_source import DamagedCacheError
-    from attn_jax.train.checkpoint import DiskFullError
-    from attn_jax.train.loop import CheckpointMismatchError, NonFiniteLossError, train_and_evaluate
-    from attn_jax.train.workdir_lock import WorkdirInUseError
-
     try:
-        summary = train_and_evaluate(config, workdir, callbacks=_CALLBACKS, restart=restart)
+        summary = loop.train_and_evaluate(config, workdir, callbacks=_CALLBACKS, restart=restart)
     except (WorkdirInUseError, DamagedCacheError, CheckpointMismatchError) as err:
         _exit_with_error(program, str(err))
     except (DiskFullError, NonFiniteLossError) as err:
@@ -180,8 +172,6 @@ def train_main(argv) -> None:
         raise SystemExit(EXIT_INTERRUPTED) from None
     print(json.dumps(summary, indent=2))
     if summary["stop_reason"] == "done":
-        from attn_jax.train.tasks import get_task
-
         keys = [k for k in get_task(summary["task"]).headline if f"test_{k}" in summary]
         shown = ", ".join(f"{k} {summary[f'test_{k}']:.4f}" for k in keys)
         print(
@@ -201,15 +191,13 @@ def train_main(argv) -> None:
 
 def eval_main(argv) -> None:
     _quiet()
-    from attn_jax.train.loop import CheckpointMismatchError, evaluate_checkpoint
-
     try:
         _check_devices(_CONFIG.value, fields=("eval_batch_size",))
         _check_data(_CONFIG.value, splits=("test",))
     except cl.UsageFailure as err:
         _exit_with_error(argv[0], str(err))
     try:
-        result = evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+        result = loop.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
     except (CheckpointMismatchError, FileNotFoundError) as err:
         _exit_with_error(argv[0], str(err), 1)
     print(json.dumps(result, indent=2))

@@ -16,12 +16,15 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from attn_jax.train import parallel
+from attn_jax.train.builders import build_optimizer
 from attn_jax.train.state import abstract_train_state, create_train_state
 from attn_jax.train.step import AXIS, eval_step, train_step
+from attn_jax.train.tasks import make_task
 
 PARALLEL_MODES = ("shard_map", "pmap")
 
@@ -90,8 +93,6 @@ class Runner:
         if self.mode == "pmap":
             per_example = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), per_example)
         elif jax.process_count() > 1 and jax.tree.leaves(per_example):
-            from jax.experimental import multihost_utils
-
             per_example = multihost_utils.process_allgather(per_example, tiled=True)
         else:
             per_example = jax.device_get(per_example)
@@ -108,9 +109,6 @@ def build_steps(config, mesh=None, *, meta=None, model=None, tx=None) -> Runner:
     """The compiled train / eval steps of `config`'s task (config.task) over `mesh` (default: all
     devices), parallel mode config.parallel. meta: dataset facts (default: looked up from config.dataset);
     model / tx override the config's model and optimizer (tests)."""
-    from attn_jax.train.factory import build_optimizer
-    from attn_jax.train.tasks import make_task
-
     task = make_task(config, meta)
     mesh = mesh if mesh is not None else parallel.make_mesh(config.get("num_devices") or None)
     model = model if model is not None else task.build_model()

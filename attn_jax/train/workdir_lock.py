@@ -14,6 +14,8 @@ import os
 import socket
 import time
 
+import jax
+
 log = logging.getLogger(__name__)
 LOCK_PREFIX = ".lock-"
 
@@ -82,8 +84,6 @@ def _read(path: str, retries: int = 5) -> dict:
 def acquire(workdir: str, process_index: int | None = None) -> str:
     """Take <workdir>/.lock-<process_index>; returns its path or raises WorkdirInUseError."""
     if process_index is None:
-        import jax
-
         process_index = jax.process_index()
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, f"{LOCK_PREFIX}{process_index}")

@@ -22,7 +22,7 @@ class MetricWriter:
             return
         os.makedirs(workdir, exist_ok=True)
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - closed in close()
-        if tensorboard:
+        if tensorboard:  # imported here: TensorBoard output is optional (tensorboard=False)
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tb"))

@@ -6,6 +6,7 @@ model = task.build_model()              # BatchNorm over the axis "data"
 
 from __future__ import annotations
 
+from attn_jax.data import dataset_info
 from attn_jax.train.tasks.base import Task
 from attn_jax.train.tasks.classification import Classification
 from attn_jax.train.tasks.detection import Detection
@@ -30,8 +31,6 @@ def make_task(config, meta=None) -> Task:
     """The task of `config` for the dataset facts `meta` (default: dataset_info of config.dataset)."""
     cls = get_task(task_name(config))
     if meta is None:
-        from attn_jax.data import dataset_info
-
         meta = dataset_info(config.dataset, task=cls.name, data_dir=config.get("data_dir"))
     return cls(config, meta)
 

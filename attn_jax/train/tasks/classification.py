@@ -13,6 +13,8 @@ import numpy as np
 import optax
 from jax import lax
 
+from attn_jax.models import AttentionClassifier
+from attn_jax.train.builders import attention_kwargs, build_backbone, model_dtype
 from attn_jax.train.step import AXIS
 from attn_jax.train.tasks.base import Task
 
@@ -77,9 +79,6 @@ class Classification(Task):
     headline = ("accuracy", "loss")
 
     def build_model(self, bn_axis_name: str | None = AXIS):
-        from attn_jax.models import AttentionClassifier
-        from attn_jax.train.factory import attention_kwargs, build_backbone, model_dtype
-
         m = self.config.model
         backbone = build_backbone(m, bn_axis_name)
         return AttentionClassifier(

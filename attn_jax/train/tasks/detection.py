@@ -14,6 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from attn_jax.detection import (
+    BOX_LOSSES,
+    assign_targets,
+    decode_boxes,
+    elementwise_giou,
+    focal_loss,
+    generate_anchors,
+    postprocess,
+    smooth_l1,
+)
+from attn_jax.metrics import DetectionEvaluator
+from attn_jax.models import AttentionDetector
+from attn_jax.train.builders import attention_kwargs, build_backbone, model_dtype
 from attn_jax.train.step import AXIS
 from attn_jax.train.tasks.base import Task, axis_size, global_sum
 
@@ -31,8 +44,6 @@ def detection_loss_sums(cls_logits, box_deltas, anchors, targets, box_loss: str 
       (cls_sum, box_sum, positives): float32 scalars. cls_sum is NaN when a positive anchor's label lies
       outside [0, C), as in detection_loss.
     """
-    from attn_jax.detection import BOX_LOSSES, decode_boxes, elementwise_giou, focal_loss, smooth_l1
-
     if box_loss not in BOX_LOSSES:
         raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
     c, positive = cls_logits.shape[-1], targets.positive
@@ -72,9 +83,6 @@ class Detection(Task):
     def anchors(self):
         """(h * w * A, 4) normalised anchors on the backbone's output grid (row, column, anchor order)."""
         if self._anchors is None:
-            from attn_jax.detection import generate_anchors
-            from attn_jax.train.factory import build_backbone
-
             stride = build_backbone(self.config.model, None).stride
             h, w = self.meta.image_shape[:2]
             m = self.config.model
@@ -83,9 +91,6 @@ class Detection(Task):
         return jnp.asarray(self._anchors)
 
     def build_model(self, bn_axis_name: str | None = AXIS):
-        from attn_jax.models import AttentionDetector
-        from attn_jax.train.factory import attention_kwargs, build_backbone, model_dtype
-
         m = self.config.model
         backbone = build_backbone(m, bn_axis_name)
         return AttentionDetector(
@@ -111,8 +116,6 @@ class Detection(Task):
         return cls_logits.reshape(b, -1, self.meta.num_classes), box_deltas.reshape(b, -1, 4)
 
     def loss(self, outputs, batch, axis_name):
-        from attn_jax.detection import assign_targets
-
         c = self.config
         cls_logits, box_deltas = self._flat(outputs)
         anchors = self.anchors()
@@ -140,8 +143,6 @@ class Detection(Task):
         }
 
     def eval_outputs(self, outputs, batch, axis_name):
-        from attn_jax.detection import postprocess
-
         c = self.config
         cls_logits, box_deltas = self._flat(outputs)
         dets = postprocess(
@@ -156,8 +157,6 @@ class Detection(Task):
         return {}, per_example
 
     def evaluator(self):
-        from attn_jax.metrics import DetectionEvaluator
-
         return _DetectionEvaluator(DetectionEvaluator(self.meta.num_classes, self.meta.image_shape[:2]))
 
 

@@ -17,6 +17,10 @@ import numpy as np
 from jax import lax
 
 from attn_jax.losses import cross_entropy_sums, dice_from_sums, dice_sums
+from attn_jax.metrics import SegmentationEvaluator, confusion_matrix
+from attn_jax.models import AttentionSegmenter
+from attn_jax.nn import Decoder
+from attn_jax.train.builders import attention_kwargs, build_backbone, model_dtype
 from attn_jax.train.step import AXIS
 from attn_jax.train.tasks.base import Task, axis_size, global_sum
 
@@ -30,10 +34,6 @@ class Segmentation(Task):
     headline = ("mIoU", "pixel_accuracy")
 
     def build_model(self, bn_axis_name: str | None = AXIS):
-        from attn_jax.models import AttentionSegmenter
-        from attn_jax.nn import Decoder
-        from attn_jax.train.factory import attention_kwargs, build_backbone, model_dtype
-
         m = self.config.model
         dtype = model_dtype(m)
         backbone = build_backbone(m, bn_axis_name)
@@ -74,8 +74,6 @@ class Segmentation(Task):
         return {"loss": ce + self.config.get("dice_weight", 0.0) * dice, "ce_loss": ce, "dice_loss": dice}
 
     def eval_outputs(self, outputs, batch, axis_name):
-        from attn_jax.metrics import confusion_matrix
-
         pred = jnp.argmax(outputs, axis=-1)
         cm = confusion_matrix(
             pred, batch["mask"], self.meta.num_classes, self.config.get("ignore_index", 255),
@@ -84,8 +82,6 @@ class Segmentation(Task):
         return {"confusion": lax.psum(cm, axis_name)}, {}
 
     def evaluator(self):
-        from attn_jax.metrics import SegmentationEvaluator
-
         return _ConfusionEvaluator(
             SegmentationEvaluator(self.meta.num_classes, self.config.get("ignore_index", 255))
         )
