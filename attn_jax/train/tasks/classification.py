@@ -48,7 +48,9 @@ def classification_loss(logits, batch, axis_name=None, *, label_smoothing: float
     """A step's loss_fn: (mean cross-entropy of this device's examples, their classification_sums).
 
     axis_name is unused: with equal local batch sizes the mean of the devices' gradients is the full-batch
-    gradient. Examples:
+    gradient.
+
+    Examples:
       >>> step_fn = functools.partial(train_step, model=model, tx=tx, loss_fn=classification_loss)
     """
     sums = classification_sums(logits, batch["label"], batch.get("valid"), label_smoothing)
