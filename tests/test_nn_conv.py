@@ -1,5 +1,5 @@
-"""attn_jax.nn.conv: the sub-pixel input gradient of stride-2 3x3 convolutions and the matrix-product
-training pass of 3x3 convolutions equal XLA's convolution and its gradients."""
+"""attn_jax.nn.conv: the matrix-product training pass of 3x3 convolutions equals XLA's convolution and its
+gradients."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from attn_jax.nn.conv import matmul_grad_conv, subpixel_grad_conv
+from attn_jax.nn.conv import matmul_grad_conv
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -17,70 +17,6 @@ def _grads(conv, x, w, cot, stride, padding):
         return jnp.sum(conv(x, w, stride, padding, dimension_numbers=DN) * cot)
 
     return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, w)
-
-
-@pytest.mark.parametrize("hw,c,o", [((8, 8), 3, 5), ((16, 12), 24, 48), ((2, 2), 1, 2)])
-def test_gradients_equal_xla_up_to_rounding(hw, c, o):
-    k = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(k[0], (2, *hw, c))
-    w = jax.random.normal(k[1], (3, 3, c, o))
-    cot = jax.random.normal(k[2], (2, hw[0] // 2, hw[1] // 2, o))
-    pad = ((1, 1), (1, 1))
-    np.testing.assert_array_equal(
-        subpixel_grad_conv(x, w, (2, 2), pad, dimension_numbers=DN),
-        lax.conv_general_dilated(x, w, (2, 2), pad, dimension_numbers=DN),
-    )  # the forward is XLA's own
-    ours = _grads(subpixel_grad_conv, x, w, cot, (2, 2), pad)
-    xla = _grads(lax.conv_general_dilated, x, w, cot, (2, 2), pad)
-    np.testing.assert_array_equal(ours[1], xla[1])  # the kernel gradient is XLA's own
-    scale = float(jnp.max(jnp.abs(xla[0])))
-    np.testing.assert_allclose(ours[0], xla[0], rtol=1e-5, atol=1e-5 * scale)
-
-
-def test_input_gradient_has_no_input_dilated_convolution():
-    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
-
-    def hlo(conv):
-        loss = lambda x: jnp.sum(conv(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN))
-        return jax.jit(jax.grad(loss)).lower(x).as_text()
-
-    assert "lhs_dilate = [2, 2]" in hlo(lax.conv_general_dilated)  # what XLA would do
-    assert "lhs_dilate = [2, 2]" not in hlo(subpixel_grad_conv)
-
-
-@pytest.mark.parametrize("stride,padding,hw", [((1, 1), ((1, 1), (1, 1)), 8), ((2, 2), "SAME", 8),
-                                                ((2, 2), ((1, 1), (1, 1)), 7)])  # fmt: skip
-def test_other_convolutions_are_xla_s(stride, padding, hw):
-    k = jax.random.split(jax.random.key(1), 3)
-    x = jax.random.normal(k[0], (2, hw, hw, 3))
-    w = jax.random.normal(k[1], (3, 3, 3, 4))
-    out = lax.conv_general_dilated(x, w, stride, padding, dimension_numbers=DN)
-    cot = jax.random.normal(k[2], out.shape)
-    ours = _grads(subpixel_grad_conv, x, w, cot, stride, padding)
-    xla = _grads(lax.conv_general_dilated, x, w, cot, stride, padding)
-    jax.tree.map(np.testing.assert_array_equal, ours, xla)  # the same computation: bitwise
-
-
-def test_small_cnn_subpixel_grad_same_forward_and_gradients():
-    from attn_jax.nn import SmallCNN
-
-    x = jax.random.normal(jax.random.key(2), (4, 16, 16, 1))
-    nets = [SmallCNN((4, 8, 8), stride=4, subpixel_grad=flag) for flag in (False, True)]
-    variables = nets[0].init(jax.random.key(3), x)
-
-    def loss(params, net):
-        out, _ = net.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
-        return jnp.sum(out * jnp.arange(out.size).reshape(out.shape) / out.size), out
-
-    (g0, out0), (g1, out1) = (jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)(variables["params"], n)
-                              for n in nets)  # fmt: skip
-    np.testing.assert_array_equal(out0, out1)
-    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(a))))
-    hlo = (
-        jax.jit(jax.grad(loss, has_aux=True), static_argnums=1).lower(variables["params"], nets[1]).as_text()
-    )
-    assert "lhs_dilate = [2, 2]" not in hlo  # the stride-2 convs' input gradients took the sub-pixel path
 
 
 PAD1 = ((1, 1), (1, 1))
@@ -189,8 +125,6 @@ def test_small_cnn_rejects_an_unknown_matmul_grad():
         ValueError, match=r"matmul_grad must be one of \['none', 'strided', 'all'\] or a bool; got 'some'"
     ):
         SmallCNN((4, 8), stride=2, matmul_grad="some")
-    with pytest.raises(ValueError, match="subpixel_grad or matmul_grad, not both"):
-        SmallCNN(subpixel_grad=True, matmul_grad="strided")
 
 
 @pytest.mark.parametrize("choice", [True, "strided"])

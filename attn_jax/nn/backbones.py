@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_jax.nn.conv import MatmulGradConv, SubpixelGradConv
+from attn_jax.nn.conv import MatmulGradConv
 
 Dtype = Any
 
@@ -89,8 +89,6 @@ class SmallCNN(nn.Module):
       dtype: computation dtype (None: the input's); ``jnp.bfloat16`` for bf16 compute.
       param_dtype: dtype of the parameters.
       bn_axis_name: a mapped axis name (e.g. ``"data"``) to average BatchNorm statistics across devices.
-      subpixel_grad: the stride-2 convs compute their input gradient by sub-pixel phases
-        (`attn_jax.nn.conv`; same forward, gradients equal up to float32 rounding). Opt-in.
       matmul_grad: which convs train as a matrix product over 3x3 patches, so that their kernel gradients
         (and stride-2 input gradients) are products: ``"none"``, ``"strided"`` (the stride-2 convs) or
         ``"all"``; True / False mean ``"all"`` / ``"none"``. Evaluation is unchanged and the gradients
@@ -103,8 +101,7 @@ class SmallCNN(nn.Module):
 
     Raises:
       ValueError: empty or non-positive ``features``, a ``blocks_per_stage`` below 1, an unknown
-        ``matmul_grad``, both ``subpixel_grad`` and ``matmul_grad``, or (when called) a ``stride`` that is
-        not a reachable power of 2.
+        ``matmul_grad``, or (when called) a ``stride`` that is not a reachable power of 2.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -123,14 +120,12 @@ class SmallCNN(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    subpixel_grad: bool = False
     matmul_grad: bool | str = "none"
 
     def __post_init__(self):
         _tuple_field(self, "features")
         _check_widths(self, "features")
-        if matmul_grad_choice(self.matmul_grad) != "none" and self.subpixel_grad:
-            raise ValueError("SmallCNN takes subpixel_grad or matmul_grad, not both")
+        matmul_grad_choice(self.matmul_grad)  # ValueError naming the choices
         if not _positive_int(self.blocks_per_stage):
             raise ValueError(f"SmallCNN blocks_per_stage must be an int >= 1; got {self.blocks_per_stage!r}")
         super().__post_init__()
@@ -146,8 +141,7 @@ class SmallCNN(nn.Module):
         for i, width in enumerate(self.features):
             for j in range(self.blocks_per_stage):
                 s = 2 if (i < down and j == 0) else 1
-                conv_cls = SubpixelGradConv if (s == 2 and self.subpixel_grad) else None
-                conv_cls = MatmulGradConv if _trains_as_product(self.matmul_grad, s) else conv_cls
+                conv_cls = MatmulGradConv if _trains_as_product(self.matmul_grad, s) else None
                 x = nn.Conv(
                     width, (3, 3), (s, s), padding=1, use_bias=not self.use_bn, dtype=self.dtype,
                     param_dtype=self.param_dtype, conv_general_dilated_cls=conv_cls, name=f"conv{i}_{j}",
@@ -301,8 +295,6 @@ class Decoder(nn.Module):
       dtype: computation dtype (None: the input's).
       param_dtype: dtype of the parameters.
       bn_axis_name: a mapped axis name to average BatchNorm statistics across devices.
-      subpixel_grad: accepted for symmetry with `SmallCNN`; the decoder's convs have stride 1, so it
-        changes nothing.
 
     Returns:
       Called as ``decoder(x, train=False)`` on (B, h, w, C): (B, h · 2^k, w · 2^k, features[-1]) with
@@ -326,7 +318,6 @@ class Decoder(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     bn_axis_name: str | None = None
-    subpixel_grad: bool = False
 
     def __post_init__(self):
         _tuple_field(self, "features")

@@ -11,14 +11,12 @@ array. State is replicated (PartitionSpec()), the batch is split along its first
 
 from __future__ import annotations
 
-import functools
-import os
-
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from attn_jax.train.cpu import train_compiler_options, with_compiler_options
 from attn_jax.train.step import AXIS
 
 
@@ -49,48 +47,9 @@ def shard_batch(batch: dict, mesh: Mesh):
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
 
 
-YNN_FLAG = "xla_cpu_experimental_ynn_fusion_type"
-# YNNPACK for reductions only: its per-channel sums (BatchNorm) are ~6x faster than XLA's own, while its
-# convolutions and products leave a core idle
-YNN_REDUCTIONS_ONLY = "LIBRARY_FUSION_TYPE_REDUCE"
-_ONE_DEVICE_YNN_CHOICES = (YNN_REDUCTIONS_ONLY, "")  # first the XLA takes wins; "" = no YNNPACK at all
-
-
-@functools.cache
-def _ynn_choice(device) -> str | None:
-    """The YNN_FLAG value for a one-device CPU step: the first of _ONE_DEVICE_YNN_CHOICES this jaxlib's XLA
-    takes as a compile option for `device` (an XLA flag: versions may drop it or its values); None if
-    none."""
-    probe = jax.device_put(np.float32(0), device)
-    for value in _ONE_DEVICE_YNN_CHOICES:
-        try:
-            jax.jit(lambda x: x + 1, compiler_options={YNN_FLAG: value}).lower(probe).compile()
-        except Exception:  # noqa: BLE001, S112 - XLA raises its own runtime error type for a bad option
-            continue
-        return value
-    return None
-
-
-def train_compiler_options(mesh: Mesh) -> dict | None:
-    """XLA compile options for the training step over `mesh`; None: XLA's defaults.
-
-    On a CPU process holding one XLA device, the step's convolutions and products run on XLA's own
-    multi-threaded (Eigen) kernels instead of YNNPACK's, several of which keep one of the cores idle,
-    and its reductions on YNNPACK's, which XLA's own tree reductions trail by far (main-job step on 2
-    cores: 105 ms, against 118 with no YNNPACK and 131 with all of it). With several CPU devices per
-    process (the main job's cpu_devices=4) the devices already run side by side and YNNPACK throughout
-    is far faster (83 against 445 ms with none), so XLA's default stays. An XLA_FLAGS that sets the flag
-    itself is left to decide."""
-    local = mesh.local_devices
-    if len(local) != 1 or local[0].platform != "cpu" or YNN_FLAG in os.environ.get("XLA_FLAGS", ""):
-        return None
-    value = _ynn_choice(local[0])
-    return None if value is None else {YNN_FLAG: value}
-
-
 def shard_map_step(step_fn, mesh: Mesh, *, donate: bool = True):
     """jit(shard_map(step_fn)): (state replicated, batch sharded) -> (state, metrics) replicated,
-    compiled with `train_compiler_options(mesh)`.
+    compiled with `train_compiler_options(mesh)` (the CPU tuning of attn_jax.train.cpu).
 
     step_fn(state, batch) must use the mesh's axis name for its collectives."""
     axis = mesh.axis_names[0]
@@ -107,8 +66,11 @@ def shard_map_eval(eval_fn, mesh: Mesh):
 
 def pmap_step(step_fn, *, axis_name: str = AXIS, devices=None):
     """pmap(step_fn) over local devices: state broadcast (in_axes None, unstacked), batch split by
-    `split_for_pmap`; returns unstacked (state, metrics)."""
-    return jax.pmap(step_fn, axis_name=axis_name, in_axes=(None, 0), out_axes=(None, None), devices=devices)
+    `split_for_pmap`; returns unstacked (state, metrics). Compiled with `train_compiler_options(devices)`
+    as shard_map_step is (see attn_jax.train.cpu)."""
+    devices = list(devices) if devices is not None else jax.local_devices()
+    mapped = jax.pmap(step_fn, axis_name=axis_name, in_axes=(None, 0), out_axes=(None, None), devices=devices)
+    return with_compiler_options(mapped, train_compiler_options(devices))
 
 
 def split_for_pmap(batch: dict, num_devices: int | None = None) -> dict:
