@@ -199,3 +199,20 @@ def test_sigterm_stop_exits_with_the_resumable_status(data_dir, tmp_path):
     )
     assert started in out, out[-3000:]
     assert f"run the same command to resume: {command} (exit status 75)" in out, out[-3000:]
+
+
+def test_bench_is_not_a_command_and_points_at_the_repository_script(capsys):
+    """benchmarks/ is not part of the installed package: `attn-jax bench` is one line saying where the
+    benchmarks are; `attn-jax --help` lists only the installed commands and names the script."""
+    from attn_jax import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["attn-jax", "bench", "--quick"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == cl.EXIT_USAGE and len(err) == 1, err
+    assert err[0].startswith("attn-jax: error: no command 'bench'") and "python benchmarks/run.py" in err[0]
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["attn-jax", "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert "attn-jax bench" not in out and "python benchmarks/run.py" in out, out
