@@ -41,6 +41,8 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     c.eval_every_steps = 8 if tiny else 500
     c.checkpoint_every_steps = 4 if tiny else 500
 
-    # CPU only: 2-core CPU: 13.8 s per 100 steps with 4 devices against 21.5 s with 1
-    c.cpu_devices = 0 if tiny else 4
+    # CPU only: one XLA device. --config.cpu_devices=4 trains about 1.2x faster on 2 cores, but a
+    # 4-device CPU step can deadlock on a loaded machine (docs/cpu.md); the stall watchdog then stops
+    # the run (status 75, resumable)
+    c.cpu_devices = 0
     return c

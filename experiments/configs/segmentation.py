@@ -37,5 +37,5 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     c.log_every_steps = 4 if tiny else 100
     c.eval_every_steps = 0  # the test split once, at the end
     c.checkpoint_every_steps = 4 if tiny else 500
-    c.cpu_devices = 0 if tiny else 4
+    c.cpu_devices = 0  # one XLA device; 4 is faster on 2 cores but can deadlock under load (docs/cpu.md)
     return c
