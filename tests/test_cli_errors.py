@@ -311,3 +311,28 @@ def test_a_failed_run_is_one_line_with_status_1(capsys, tiny_data, tmp_path, mon
     )
     assert code == 1 and len(err) == 1, (code, out, err)
     assert err[0].startswith(f"attn-jax train: error: {error}: what happened and what to do"), err
+
+
+def test_the_config_file_is_loaded_once_and_its_overrides_reach_the_loop(
+    capsys, entered, tiny_data, tmp_path
+):
+    """`attn-jax train` loads --config FILE[:ARG] once (its get_config runs once) and the loop gets that
+    config with the --config.<field> overrides applied."""
+    calls = tmp_path / "calls"
+    path = tmp_path / "counting.py"
+    path.write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('_base', {CONFIG!r})\n"
+        "base = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(base)\n\n\n"
+        "def get_config(arg='spatial'):\n"
+        f"    with open({str(calls)!r}, 'a') as f:\n"
+        "        f.write('x')\n"
+        "    return base.get_config(arg)\n"
+    )
+    args = ["--config", f"{path}:spatial,tiny", f"--config.data_dir={tiny_data}", "--config.lr=0.25"]
+    code, out, err = _train(capsys, *args, f"--workdir={tmp_path / 'run'}")
+    assert code is None, (out, err)
+    assert calls.read_text() == "x"
+    ((config, workdir),) = entered
+    assert config.lr == 0.25 and config.data_dir == tiny_data and config.model.features == (8, 16)

@@ -288,17 +288,19 @@ def shown_command(argv: list[str]) -> str:
     return " ".join([head, *map(shlex.quote, args)])
 
 
-def validate(argv: list[str], required: bool = True) -> None:
-    """Run the checks above on argv (before absl parses it)."""
+def validate(argv: list[str], required: bool = True):
+    """Load --config FILE[:ARG] of argv and check its --config.<field> overrides name fields (before absl
+    parses them); returns the loaded config (None when argv has no --config and it is not required)."""
     spec = config_spec(argv)
     if spec is None:
         if required:
             raise UsageFailure(
                 "--config is required, e.g. --config experiments/configs/classification.py (see --help)"
             )
-        return
+        return None
     config = load_config(spec)
     check_overrides(config, argv, spec)
+    return config
 
 
 def _type_name(config, key: str) -> str:

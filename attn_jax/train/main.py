@@ -17,10 +17,12 @@ stop.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import sys
+from typing import NamedTuple
 
 import jax
 from absl import app, flags, logging
@@ -37,7 +39,6 @@ from attn_jax.train.preemption import EXIT_PREEMPTED
 from attn_jax.train.tasks import get_task, task_name
 from attn_jax.train.workdir_lock import WorkdirInUseError, acquire, release
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "experiment config file (path[:arg])")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "output directory (default: runs/<config name>[-<field>=<value>...], same per command)"
 )
@@ -47,21 +48,26 @@ _RESTART = flags.DEFINE_bool(
 EXIT_INTERRUPTED = 130  # Ctrl-C, the shell's 128 + SIGINT
 EXIT_FAILED = 1  # the run failed (disk full, non-finite loss): one line on stderr
 
-_VERBOSE = False
-_CALLBACKS: tuple = ()
-_ARGV: list[str] = []  # the command line as given (argv[0]: "attn-jax train" or the script), for messages
+
+class Invocation(NamedTuple):
+    """One command as given: argv (argv[0]: "attn-jax train" or the script, for messages), the
+    end-of-run callbacks for train_and_evaluate, and whether -v / --verbosity was given."""
+
+    argv: list[str]
+    callbacks: tuple = ()
+    verbose: bool = False
 
 
-def _workdir(config) -> str:
+def _workdir(config, argv: list[str]) -> str:
     """--workdir, or the command's deterministic default (command_line.default_workdir)."""
     if _WORKDIR.value:
         return _WORKDIR.value
-    return cl.default_workdir(config, cl.config_spec(_ARGV[1:]) or "", _ARGV[1:])
+    return cl.default_workdir(config, cl.config_spec(argv[1:]) or "", argv[1:])
 
 
-def _quiet() -> None:
+def _quiet(verbose: bool) -> None:
     """orbax and tfds log every save / load at INFO under absl; keep warnings unless -v/--verbosity."""
-    if not _VERBOSE:
+    if not verbose:
         logging.set_verbosity(logging.WARNING)
 
 
@@ -140,13 +146,14 @@ def preflight(config, workdir: str, restart: bool = False) -> None:
     _check_lock(workdir)
 
 
-def train_main(argv) -> None:
-    _quiet()
-    program, restart = _ARGV[0], _RESTART.value
+def train_main(invocation: Invocation, argv) -> None:
+    """absl main of `train` (argv: absl's remaining arguments, unused; the flags are parsed)."""
+    _quiet(invocation.verbose)
+    program, restart = invocation.argv[0], _RESTART.value
     # the command that resumes: this one (without --restart, which would start over again)
-    command = cl.shown_command([a for a in _ARGV if not a.startswith(("--restart", "--norestart"))])
-    config = _CONFIG.value
-    workdir = _workdir(config)
+    command = cl.shown_command([a for a in invocation.argv if not a.startswith(("--restart", "--norestart"))])
+    config = _config()
+    workdir = _workdir(config, invocation.argv)
     try:
         preflight(config, workdir, restart)
     except cl.UsageFailure as err:
@@ -157,7 +164,7 @@ def train_main(argv) -> None:
     print(f"to resume after a stop, run {again} from {os.getcwd()}: {command}", flush=True)
 
     try:
-        summary = loop.train_and_evaluate(config, workdir, callbacks=_CALLBACKS, restart=restart)
+        summary = loop.train_and_evaluate(config, workdir, callbacks=invocation.callbacks, restart=restart)
     except (WorkdirInUseError, DamagedCacheError, CheckpointMismatchError) as err:
         _exit_with_error(program, str(err))
     except (DiskFullError, NonFiniteLossError) as err:
@@ -189,15 +196,16 @@ def train_main(argv) -> None:
         raise SystemExit(EXIT_PREEMPTED)
 
 
-def eval_main(argv) -> None:
-    _quiet()
+def eval_main(invocation: Invocation, argv) -> None:
+    """absl main of `eval`: the latest checkpoint's test metrics as JSON."""
+    _quiet(invocation.verbose)
     try:
-        _check_devices(_CONFIG.value, fields=("eval_batch_size",))
-        _check_data(_CONFIG.value, splits=("test",))
+        _check_devices(_config(), fields=("eval_batch_size",))
+        _check_data(_config(), splits=("test",))
     except cl.UsageFailure as err:
         _exit_with_error(argv[0], str(err))
     try:
-        result = loop.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+        result = loop.evaluate_checkpoint(_config(), _WORKDIR.value)
     except (CheckpointMismatchError, FileNotFoundError) as err:
         _exit_with_error(argv[0], str(err), 1)
     print(json.dumps(result, indent=2))
@@ -217,12 +225,34 @@ def _print_help(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _reset_flags() -> None:
-    """Back to the state before any parse, so that a second run in one process (tests, notebooks) parses
-    its own command line: flag values to their defaults, the --config.<field> flags of the last one gone."""
-    for name in [n for n in flags.FLAGS if n.startswith(f"{_CONFIG.name}.")]:
+def _config():
+    """The config of this command, as parsed by _flags_parser (--config FILE[:ARG] and its overrides)."""
+    return flags.FLAGS["config"].value
+
+
+def _define_config(config, argv: list[str]) -> None:
+    """The absl flag `config` holding the loaded `config`, with a --config.<field> flag for each override in
+    argv, after clearing the last command's (a second run in one process parses its own command line:
+    tests, notebooks); the other flags go back to their defaults."""
+    for name in [n for n in flags.FLAGS if n == "config" or n.startswith("config.")]:
         delattr(flags.FLAGS, name)
     flags.FLAGS.unparse_flags()
+    config_flags.DEFINE_config_dict(
+        "config", config, "experiment config (--config FILE[:ARG])", sys_argv=argv
+    )
+
+
+def _without_config_file(argv: list[str]) -> list[str]:
+    """argv less --config FILE[:ARG] (loaded by command_line.validate; absl parses the overrides)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--config":
+            skip = True
+        elif not arg.startswith("--config="):
+            out.append(arg)
+    return out
 
 
 def _flags_parser(command: str):
@@ -234,8 +264,8 @@ def _flags_parser(command: str):
             if any(a in cl.HELP_FLAGS for a in rest):
                 _print_help(cl.help_text(command, program, [a for a in rest if a not in cl.HELP_FLAGS]))
                 raise SystemExit(0)
-            cl.validate(rest)
-            _reset_flags()
+            argv = _without_config_file(argv)  # the file is loaded once, here; absl parses the overrides
+            _define_config(cl.validate(rest), argv)
             try:
                 remaining = flags.FLAGS(argv)
             except flags.Error as err:  # e.g. --config.lr=abc, an unknown flag
@@ -243,10 +273,11 @@ def _flags_parser(command: str):
             if len(remaining) > 1:
                 raise cl.UsageFailure(f"unexpected arguments {remaining[1:]} (flags are --name=value)")
             spec = cl.config_spec(rest)
-            cl.check_values(_CONFIG.value, spec)
-            note = cl.resolve_warmup(_CONFIG.value, rest, spec)
-            cl.check_attention(_CONFIG.value, spec)
-            cl.check_model(_CONFIG.value, spec)
+            config = _config()
+            cl.check_values(config, spec)
+            note = cl.resolve_warmup(config, rest, spec)
+            cl.check_attention(config, spec)
+            cl.check_model(config, spec)
             if command == "eval" and not _WORKDIR.value:
                 raise cl.UsageFailure("eval needs --workdir (the directory of a run, with checkpoints/)")
         except cl.UsageFailure as err:
@@ -262,12 +293,7 @@ def run(command: str, argv: list[str], callbacks=()) -> None:
     """Parse flags from argv (argv[0] = program name) and run "train" or "eval"; `callbacks` go to
     train_and_evaluate (e.g. attn_jax.viz.hooks.attention_png). `--help` exits 0; a bad command line
     exits cl.EXIT_USAGE with one line on stderr; a SIGTERM-stopped training exits EXIT_PREEMPTED."""
-    global _VERBOSE, _CALLBACKS, _ARGV
-    _CALLBACKS, _ARGV = tuple(callbacks), list(argv)
-    _VERBOSE = any(a.startswith(("-v", "--v")) for a in argv[1:])
-    main = {"train": train_main, "eval": eval_main}[command]
-    saved, sys.argv = sys.argv, list(argv)  # ml_collections reads --config.<field> overrides from sys.argv
-    try:
-        app.run(main, argv=list(argv), flags_parser=_flags_parser(command))
-    finally:
-        sys.argv = saved
+    verbose = any(a.startswith(("-v", "--v")) for a in argv[1:])
+    invocation = Invocation(list(argv), tuple(callbacks), verbose)
+    main = functools.partial({"train": train_main, "eval": eval_main}[command], invocation)
+    app.run(main, argv=list(argv), flags_parser=_flags_parser(command))
