@@ -18,7 +18,7 @@ from attn_jax.detection.boxes import (
     encode_boxes,
     pairwise_iou,
 )
-from attn_jax.detection.losses import BOX_LOSSES, detection_loss, focal_loss, smooth_l1
+from attn_jax.detection.losses import BOX_LOSSES, detection_loss, detection_loss_sums, focal_loss, smooth_l1
 from attn_jax.detection.matching import DetectionTargets, Match, assign_targets, match_anchors
 from attn_jax.detection.nms import Detections, nms_keep, postprocess
 
@@ -33,6 +33,7 @@ __all__ = [
     "box_area",
     "decode_boxes",
     "detection_loss",
+    "detection_loss_sums",
     "elementwise_giou",
     "elementwise_iou",
     "encode_boxes",

@@ -69,6 +69,83 @@ def focal_loss(
     return jnp.sum(jnp.where(valid[..., None], per, 0.0))
 
 
+def detection_loss_sums(
+    cls_logits: jnp.ndarray,
+    box_deltas: jnp.ndarray,
+    anchors: jnp.ndarray,
+    targets: DetectionTargets,
+    box_loss: str = "smooth_l1",
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    beta: float = 1.0 / 9.0,
+    variances: Sequence[float] = DEFAULT_VARIANCES,
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """The sums inside `detection_loss`, before the division by the positives.
+
+    A data-parallel step divides them by the positives of the global batch (a sum over devices), so that
+    every device count gives the full-batch loss; `detection_loss` divides by the local ones.
+
+    Args:
+      cls_logits: (b, n, C) class logits per anchor.
+      box_deltas: (b, n, 4) predicted deltas (dy, dx, dh, dw).
+      anchors: (n, 4) anchors (ymin, xmin, ymax, xmax).
+      targets: `DetectionTargets` from `assign_targets`, leading dims (b, n).
+      box_loss: ``"smooth_l1"`` or ``"giou"`` (see `BOX_LOSSES`).
+      alpha: focal loss alpha.
+      gamma: focal loss gamma.
+      beta: smooth-L1 beta.
+      variances: box coding variances (for ``"giou"``, which decodes the deltas).
+
+    Returns:
+      (cls_sum, box_sum, positives): float32 scalars: the focal loss summed over positive and negative
+      anchors (NaN when a positive anchor's label lies outside [0, C)), the box loss summed over positive
+      anchors, and the number of positive anchors.
+
+    Raises:
+      ValueError: as `detection_loss`.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from attn_jax.detection import assign_targets, generate_anchors
+      >>> anchors = generate_anchors((2, 2), stride=8, sizes=(8,))  # n = 4
+      >>> targets = assign_targets(anchors, jnp.array([[[0.0, 0.0, 0.5, 0.5]]]), jnp.array([[3]]),
+      ...                          jnp.array([[True]]))
+      >>> cls_sum, box_sum, positives = detection_loss_sums(jnp.zeros((1, 4, 5)), jnp.zeros((1, 4, 4)),
+      ...                                                   anchors, targets)
+      >>> float(positives), float(box_sum)
+      (1.0, 0.0)
+    """
+    if box_loss not in BOX_LOSSES:
+        raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
+    n, c = anchors.shape[0], cls_logits.shape[-1]
+    if cls_logits.shape[-2] != n or box_deltas.shape[-2:] != (n, 4):
+        raise ValueError(
+            f"cls_logits (b, n, C) and box_deltas (b, n, 4) must have n = {n} anchors; "
+            f"got {cls_logits.shape}, {box_deltas.shape}"
+        )
+    positive = targets.positive
+    bad_label = positive & ~((targets.labels >= 0) & (targets.labels < c))
+    if not any(isinstance(x, jax.core.Tracer) for x in (targets.labels, positive)):
+        bad = np.asarray(bad_label)
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"targets.labels holds {np.asarray(targets.labels)[at].item()!r} at positive anchor {at}, "
+                f"outside [0, {c}) (C = cls_logits.shape[-1]): {int(bad.sum())} such anchor(s)"
+            )
+    onehot = jax.nn.one_hot(targets.labels, c) * positive[..., None]
+    cls_sum = focal_loss(cls_logits, onehot, positive | targets.negative, alpha, gamma)
+    cls_sum = cls_sum + jnp.where(jnp.any(bad_label), jnp.nan, 0.0)
+    box_deltas = box_deltas.astype(jnp.float32)
+    if box_loss == "smooth_l1":
+        per = jnp.sum(smooth_l1(box_deltas, targets.box_targets, beta), axis=-1)
+    else:
+        pred_boxes = decode_boxes(box_deltas, anchors, variances)
+        per = 1.0 - elementwise_giou(pred_boxes, targets.matched_boxes)
+    box_sum = jnp.sum(jnp.where(positive, per, 0.0))
+    return cls_sum, box_sum, jnp.sum(positive).astype(jnp.float32)
+
+
 def detection_loss(
     cls_logits: jnp.ndarray,
     box_deltas: jnp.ndarray,
@@ -123,34 +200,10 @@ def detection_loss(
       >>> int(aux["num_positives"]), float(aux["box_loss"])  # the anchor is the box: zero deltas
       (1, 0.0)
     """
-    if box_loss not in BOX_LOSSES:
-        raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
-    n, c = anchors.shape[0], cls_logits.shape[-1]
-    if cls_logits.shape[-2] != n or box_deltas.shape[-2:] != (n, 4):
-        raise ValueError(
-            f"cls_logits (b, n, C) and box_deltas (b, n, 4) must have n = {n} anchors; "
-            f"got {cls_logits.shape}, {box_deltas.shape}"
-        )
-    positive = targets.positive
-    bad_label = positive & ~((targets.labels >= 0) & (targets.labels < c))
-    if not any(isinstance(x, jax.core.Tracer) for x in (targets.labels, positive)):
-        bad = np.asarray(bad_label)
-        if bad.any():
-            at = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"targets.labels holds {np.asarray(targets.labels)[at].item()!r} at positive anchor {at}, "
-                f"outside [0, {c}) (C = cls_logits.shape[-1]): {int(bad.sum())} such anchor(s)"
-            )
-    num_pos = jnp.maximum(jnp.sum(positive), 1).astype(jnp.float32)
-    onehot = jax.nn.one_hot(targets.labels, c) * positive[..., None]
-    cls = focal_loss(cls_logits, onehot, positive | targets.negative, alpha, gamma) / num_pos
-    cls = cls + jnp.where(jnp.any(bad_label), jnp.nan, 0.0)
-    box_deltas = box_deltas.astype(jnp.float32)
-    if box_loss == "smooth_l1":
-        per = jnp.sum(smooth_l1(box_deltas, targets.box_targets, beta), axis=-1)
-    else:
-        pred_boxes = decode_boxes(box_deltas, anchors, variances)
-        per = 1.0 - elementwise_giou(pred_boxes, targets.matched_boxes)
-    box = jnp.sum(jnp.where(positive, per, 0.0)) / num_pos
+    cls_sum, box_sum, positives = detection_loss_sums(
+        cls_logits, box_deltas, anchors, targets, box_loss, alpha, gamma, beta, variances
+    )
+    num_pos = jnp.maximum(positives, 1.0)
+    cls, box = cls_sum / num_pos, box_sum / num_pos
     total = cls + box_weight * box
-    return total, {"cls_loss": cls, "box_loss": box, "num_positives": jnp.sum(positive)}
+    return total, {"cls_loss": cls, "box_loss": box, "num_positives": jnp.sum(targets.positive)}

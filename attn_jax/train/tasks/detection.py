@@ -10,54 +10,15 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from attn_jax.detection import (
-    BOX_LOSSES,
-    assign_targets,
-    decode_boxes,
-    elementwise_giou,
-    focal_loss,
-    generate_anchors,
-    postprocess,
-    smooth_l1,
-)
+from attn_jax.detection import assign_targets, detection_loss_sums, generate_anchors, postprocess
 from attn_jax.metrics import DetectionEvaluator
 from attn_jax.models import AttentionDetector
 from attn_jax.train.builders import attention_kwargs, build_backbone, model_dtype
 from attn_jax.train.step import AXIS
 from attn_jax.train.tasks.base import Task, axis_size, global_sum
-
-
-def detection_loss_sums(cls_logits, box_deltas, anchors, targets, box_loss: str = "smooth_l1"):
-    """The sums inside attn_jax.detection.detection_loss (default alpha, gamma, beta, variances): focal loss
-    over positive and negative anchors, box loss over positives, and the number of positives, so that the
-    task can divide by the positives of the GLOBAL batch.
-
-    Args:
-      cls_logits: (b, n, C); box_deltas: (b, n, 4); anchors: (n, 4); targets: from assign_targets.
-      box_loss: "smooth_l1" or "giou".
-
-    Returns:
-      (cls_sum, box_sum, positives): float32 scalars. cls_sum is NaN when a positive anchor's label lies
-      outside [0, C), as in detection_loss.
-    """
-    if box_loss not in BOX_LOSSES:
-        raise ValueError(f"box_loss must be one of {BOX_LOSSES}; got {box_loss!r}")
-    c, positive = cls_logits.shape[-1], targets.positive
-    bad_label = positive & ~((targets.labels >= 0) & (targets.labels < c))
-    onehot = jax.nn.one_hot(targets.labels, c) * positive[..., None]
-    cls_sum = focal_loss(cls_logits, onehot, positive | targets.negative)
-    cls_sum = cls_sum + jnp.where(jnp.any(bad_label), jnp.nan, 0.0)
-    box_deltas = box_deltas.astype(jnp.float32)
-    if box_loss == "smooth_l1":
-        per = jnp.sum(smooth_l1(box_deltas, targets.box_targets), axis=-1)
-    else:
-        per = 1.0 - elementwise_giou(decode_boxes(box_deltas, anchors), targets.matched_boxes)
-    box_sum = jnp.sum(jnp.where(positive, per, 0.0))
-    return cls_sum, box_sum, jnp.sum(positive).astype(jnp.float32)
 
 
 class Detection(Task):
