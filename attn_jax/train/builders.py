@@ -49,7 +49,20 @@ def build_backbone(model_cfg, bn_axis_name: str | None = AXIS):
 
 
 def build_optimizer(config):
-    """The optax transformation of `config` (optimizer, lr, warmup, decay, clipping) for num_train_steps."""
+    """The optimizer of an experiment config, on a schedule of ``config.num_train_steps`` updates.
+
+    Args:
+      config: an experiment config (``experiments/configs/<task>.py``) with the fields ``optimizer``,
+        ``lr``, ``num_train_steps``, ``warmup_steps``, ``weight_decay`` and ``clip_norm`` (0 for no
+        clipping), and optionally ``momentum`` (default 0.9), ``skip_nonfinite`` (0) and
+        ``end_lr_factor`` (0.0).
+
+    Returns:
+      The ``optax.GradientTransformation`` of :func:`attn_jax.train.make_optimizer` for those fields.
+
+    Raises:
+      ValueError: naming the field and its value for an unknown optimizer or an out-of-range number.
+    """
     return make_optimizer(
         config.optimizer,
         lr=config.lr,

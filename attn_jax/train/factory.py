@@ -15,9 +15,23 @@ from attn_jax.train.tasks import make_task
 
 
 def build_model(config, meta=None, *, bn_axis_name: str | None = AXIS):
-    """The model of `config`'s task (AttentionClassifier / AttentionDetector / AttentionSegmenter) with
-    config.model's backbone and attention; BatchNorm statistics are averaged over `bn_axis_name` (the data
-    axis), so a data-parallel step equals one full-batch step. meta: dataset facts (default: looked up)."""
+    """The Flax model of an experiment config's task, with ``config.model``'s backbone and attention.
+
+    Args:
+      config: an experiment config; ``config.task`` picks the model (classification:
+        :class:`attn_jax.models.AttentionClassifier`, detection: :class:`attn_jax.models.AttentionDetector`,
+        segmentation: :class:`attn_jax.models.AttentionSegmenter`).
+      meta: the dataset's facts (image shape, classes); None to look them up from ``config.dataset``.
+      bn_axis_name: the device axis BatchNorm averages its batch statistics over, so that a data-parallel
+        step equals one full-batch step (default ``"data"``); None for per-device statistics.
+
+    Returns:
+      The unbound Flax module (initialise it with ``model.init`` or
+      :func:`attn_jax.train.create_train_state`).
+
+    Raises:
+      ValueError: an unknown task, backbone or dtype in the config.
+    """
     return make_task(config, meta).build_model(bn_axis_name)
 
 

@@ -37,12 +37,20 @@ from attn_jax.train.writers import MetricWriter, progress_bar
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN/Inf loss or parameters; the last good checkpoint is left as it was."""
+    """Training produced a NaN or Inf loss or parameters; raised before the bad state is saved, so the last
+    good checkpoint is left as it was. A subclass of ``FloatingPointError``; its message names the step and
+    the remedies (a lower ``config.lr``, ``config.clip_norm``, ``config.skip_nonfinite``)."""
 
 
 class RunEnd(NamedTuple):
-    """What an end-of-run callback receives: the config, the workdir, the task, its model, the final state
-    (replicated / on device), the runner (eval steps) and the summary so far."""
+    """What an end-of-run callback of :func:`attn_jax.train.train_and_evaluate` receives.
+
+    Its fields, in order: ``config`` (the experiment config), ``workdir`` (the run directory), ``task``
+    (the :class:`attn_jax.train.tasks.Task`), ``model`` (the task's Flax module), ``state`` (the final
+    :class:`attn_jax.train.TrainState`, on the devices as the runner places it), ``runner`` (the
+    :class:`attn_jax.train.Runner`, for further eval steps) and ``summary`` (the run's summary dict so
+    far, final test metrics included).
+    """
 
     config: Any
     workdir: str
@@ -87,8 +95,19 @@ def _check_finite(metrics: dict, step: int, manager) -> None:
 
 
 def evaluate(runner: Runner, state, config, split: str = "test") -> dict:
-    """The task's eval metrics over `split` (one ordered epoch, padding excluded; the first
-    config.eval_examples examples, rounded up to whole batches, when that is > 0)."""
+    """The task's eval metrics over one ordered epoch of a dataset split.
+
+    Args:
+      runner: the :class:`attn_jax.train.Runner` of the config (its eval step and task).
+      state: the train state as :meth:`attn_jax.train.Runner.place` gives it.
+      config: the experiment config (``dataset``, ``data_dir``, ``eval_batch_size`` and
+        ``eval_examples``: when > 0, only the first that many examples, rounded up to whole batches).
+      split: the dataset split to evaluate (default ``"test"``).
+
+    Returns:
+      A JSON-friendly dict of the task's eval metrics (e.g. ``loss`` and ``accuracy`` for
+      classification); padding examples count for nothing.
+    """
     loader = make_pipeline(
         config.dataset,
         split,
@@ -332,21 +351,26 @@ def train_and_evaluate(
     evaluating and checkpointing in `workdir`; resumes from the latest verified checkpoint there.
 
     Args:
-      config: the experiment config (experiments/configs/*.py).
-      workdir: the run directory (checkpoints/, config.json, metrics.jsonl, tb/, summary.json).
+      config: the experiment config (``experiments/configs/<task>.py``).
+      workdir: the run directory; it holds ``checkpoints/``, ``config.json``, ``metrics.jsonl``, ``tb/``
+        and ``summary.json``.
       model: overrides the config's model (tests, notebooks); its BatchNorm must average over the axis
-        "data" for exact data parallelism.
-      callbacks: each gets a RunEnd after a finished run; the dicts they return are added to the summary.
-      restart: start over in a workdir that holds a run: its files move to <workdir>/previous/<n>/ first.
+        ``"data"`` for exact data parallelism.
+      callbacks: each is called with a :class:`attn_jax.train.RunEnd` after a finished run; the dicts they
+        return are added to the summary.
+      restart: start over in a workdir that holds a run, whose files move to
+        ``<workdir>/previous/<n>/`` first.
 
     Returns:
-      The summary also written to <workdir>/summary.json: final test metrics (test_<name>), steps, training
-      time over all resumes, wall time of this call, stop reason ("done" or "sigterm": SIGTERM at any point
-      stops after the step in flight is saved and verified; run again to resume).
+      The summary dict, also written to ``<workdir>/summary.json``. It holds the final test metrics
+      (``test_<name>``), ``step``, ``resumed_from``, ``train_time_s`` (training time over all resumes),
+      ``wall_time_s`` (of this call), ``devices``, ``processes`` and ``stop_reason``, which is ``"done"``
+      or ``"sigterm"`` (SIGTERM at any point stops after the step in flight is saved and verified; run
+      again to resume).
 
     Raises:
       CheckpointMismatchError: the workdir holds a run of another config (before anything is compiled or
-        written; see check_workdir_config), or its checkpoint does not restore into this config.
+        written), or its checkpoint does not restore into this config.
       WorkdirInUseError: another live run holds the workdir.
       DiskFullError: the disk filled up; one line naming the verified steps kept.
       NonFiniteLossError: the loss or parameters became NaN / Inf (the last good checkpoint is kept).
@@ -476,11 +500,23 @@ def check_run_config(config, workdir: str) -> None:
 
 
 def evaluate_checkpoint(config, workdir: str, *, model=None, split: str = "test") -> dict:
-    """Eval metrics of the latest readable checkpoint in <workdir>/checkpoints (any device count).
+    """Eval metrics of the latest readable checkpoint of a run, on any device count.
 
-    CheckpointMismatchError when the run's saved config names another model (task, dataset, model.*) or
-    when checkpoints exist but none restores into this config's train state; FileNotFoundError when
-    there is no checkpoint."""
+    Args:
+      config: the run's experiment config.
+      workdir: the run directory; its checkpoints are read from ``<workdir>/checkpoints``.
+      model: overrides the config's model (then the run's saved config is not compared with ``config``).
+      split: the dataset split to evaluate (default ``"test"``).
+
+    Returns:
+      A dict with ``step`` (the checkpoint's step), ``split`` and the task's eval metrics of
+      :func:`attn_jax.train.evaluate`.
+
+    Raises:
+      CheckpointMismatchError: the run's saved ``config.json`` names another model (task, dataset or a
+        ``model`` field), or checkpoints exist but none restores into this config's train state.
+      FileNotFoundError: there is no checkpoint in the workdir.
+    """
     if model is None:
         check_run_config(config, workdir)
     runner = setup(config, model)

@@ -11,20 +11,22 @@ OPTIMIZERS = ("adamw", "sgd")
 
 
 def make_schedule(lr: float, total_steps: int, warmup_steps: int = 0, end_factor: float = 0.0):
-    """Linear warmup from 0 to `lr` over `warmup_steps`, then cosine decay to `lr * end_factor` at
-    `total_steps`.
+    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then cosine decay to ``lr * end_factor`` at
+    ``total_steps``.
 
     The schedule is indexed by the optimizer's update count (0 for the first update), so with a warmup the
-    first update uses lr 0 and update `warmup_steps` is the first at the full `lr`.
+    first update uses learning rate 0 and update ``warmup_steps`` is the first at the full ``lr``.
 
     Args:
       lr: peak learning rate, > 0.
       total_steps: length of the whole schedule (warmup included), >= 1.
-      warmup_steps: length of the linear warmup, 0 <= warmup_steps < total_steps (the decay needs a step).
-      end_factor: the schedule ends (and stays) at lr * end_factor, >= 0.
+      warmup_steps: length of the linear warmup, ``0 <= warmup_steps < total_steps`` (the decay needs a
+        step).
+      end_factor: the schedule ends (and stays) at ``lr * end_factor``, >= 0.
 
     Returns:
-      An optax schedule: update count -> learning rate.
+      An optax schedule, a function from the update count (an int or a scalar array) to the learning
+      rate.
 
     Raises:
       ValueError: naming the argument and its value when one is out of range.
@@ -67,23 +69,27 @@ def make_optimizer(
     skip_nonfinite: int = 0,
     end_factor: float = 0.0,
 ) -> optax.GradientTransformation:
-    """The optimizer of a training run: `name` on the `make_schedule` learning rate.
+    """The optimizer of a training run: ``name`` on the :func:`attn_jax.train.make_schedule` learning rate.
 
-    Order of the transformations: clip_by_global_norm(clip_norm) first, then (sgd) the L2 weight-decay
-    term added to the gradient and sgd with momentum, or (adamw) AdamW with decoupled weight decay; the
-    whole chain wrapped in optax.apply_if_finite when skip_nonfinite > 0.
+    Order of the transformations: ``optax.clip_by_global_norm(clip_norm)`` first, then (sgd) the L2
+    weight-decay term added to the gradient and SGD with momentum, or (adamw) AdamW with decoupled weight
+    decay; the whole chain wrapped in ``optax.apply_if_finite`` when ``skip_nonfinite > 0``.
 
     Args:
-      name: one of OPTIMIZERS ("adamw", "sgd").
-      lr, total_steps, warmup_steps, end_factor: the learning-rate schedule (see make_schedule).
-      weight_decay: sgd: added to the gradient as weight_decay * param (after clipping); adamw: decoupled.
+      name: ``"adamw"`` or ``"sgd"``.
+      lr: peak learning rate, > 0 (see :func:`attn_jax.train.make_schedule`).
+      total_steps: length of the schedule, >= 1.
+      warmup_steps: length of the linear warmup, ``0 <= warmup_steps < total_steps``.
+      weight_decay: for sgd, added to the gradient as ``weight_decay * param`` (after clipping); for adamw,
+        AdamW's decoupled weight decay. >= 0.
       momentum: sgd only; 0 or None for plain SGD.
       clip_norm: clip the gradient's global norm to this; None or 0 for no clipping.
-      skip_nonfinite: > 0: updates whose gradients hold NaN/Inf are skipped (parameters and optimizer
-        state unchanged), at most that many in a row.
+      skip_nonfinite: when > 0, updates whose gradients hold NaN or Inf are skipped (parameters and
+        optimizer state unchanged), at most that many in a row; 0 for no skipping.
+      end_factor: the schedule ends at ``lr * end_factor``, >= 0.
 
     Returns:
-      An optax.GradientTransformation.
+      An ``optax.GradientTransformation``.
 
     Raises:
       ValueError: naming the argument and its value for an unknown optimizer or an out-of-range number.

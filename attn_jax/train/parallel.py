@@ -21,7 +21,24 @@ from attn_jax.train.step import AXIS
 
 
 def make_mesh(num_devices: int | None = None, axis_name: str = AXIS) -> Mesh:
-    """A 1-D mesh over the first `num_devices` devices (default: all, across all processes)."""
+    """A 1-D mesh over the first ``num_devices`` devices, for data parallelism.
+
+    Args:
+      num_devices: how many of ``jax.devices()`` (all processes' devices, in their order) the mesh
+        holds; None for all of them.
+      axis_name: the name of the mesh's one axis; the steps' collectives use it (default ``"data"``).
+
+    Returns:
+      A ``jax.sharding.Mesh`` of shape ``(num_devices,)`` with the axis ``axis_name``.
+
+    Raises:
+      ValueError: ``num_devices`` is not in ``[1, len(jax.devices())]``.
+
+    Examples:
+      >>> mesh = make_mesh(1)
+      >>> mesh.axis_names, mesh.devices.shape
+      (('data',), (1,))
+    """
     devices = jax.devices()
     n = len(devices) if num_devices is None else num_devices
     if not 1 <= n <= len(devices):
@@ -30,12 +47,37 @@ def make_mesh(num_devices: int | None = None, axis_name: str = AXIS) -> Mesh:
 
 
 def replicate(tree, mesh: Mesh):
-    """Copy every leaf of `tree` to all devices of `mesh` (PartitionSpec())."""
+    """Copy every leaf of ``tree`` to all devices of ``mesh`` (sharding ``PartitionSpec()``).
+
+    Args:
+      tree: a pytree of arrays (e.g. a host :class:`attn_jax.train.TrainState`); leaves keep their shapes.
+      mesh: the mesh to replicate over.
+
+    Returns:
+      The same pytree with every leaf a ``jax.Array`` replicated over ``mesh``.
+    """
     return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
 def shard_batch(batch: dict, mesh: Mesh):
-    """Per-process NumPy batch -> global jax.Arrays split along axis 0 over the mesh's single axis."""
+    """Assemble this process's batch into global arrays split along axis 0 over the mesh's one axis.
+
+    Every process passes its own share of the global batch; the global batch is the processes' shares
+    concatenated in process order.
+
+    Args:
+      batch: dict of per-process arrays, each ``(b, ...)`` with ``b`` divisible by the number of this
+        process's devices in ``mesh``.
+      mesh: a 1-D mesh (e.g. from :func:`attn_jax.train.make_mesh`).
+
+    Returns:
+      A dict with the same keys of global ``jax.Array`` values, each ``(b * process_count, ...)``, sharded
+      along axis 0 (``PartitionSpec(axis)``).
+
+    Raises:
+      ValueError: an entry has no first axis, or its first axis does not divide by the mesh's local device
+        count.
+    """
     sharding = NamedSharding(mesh, P(mesh.axis_names[0]))
     local = len(mesh.local_devices)
     for key, value in batch.items():
@@ -48,10 +90,25 @@ def shard_batch(batch: dict, mesh: Mesh):
 
 
 def shard_map_step(step_fn, mesh: Mesh, *, donate: bool = True):
-    """jit(shard_map(step_fn)): (state replicated, batch sharded) -> (state, metrics) replicated,
-    compiled with `train_compiler_options(mesh)` (the CPU tuning of attn_jax.train.cpu).
+    """A per-device train step run over ``mesh``: ``jax.jit(jax.shard_map(step_fn))``.
 
-    step_fn(state, batch) must use the mesh's axis name for its collectives."""
+    The state goes in and out replicated (``PartitionSpec()``), the batch is split along its first axis
+    (``PartitionSpec(axis)``), the metrics come out replicated. The step is compiled with the CPU compile
+    options of ``attn_jax.train.cpu.train_compiler_options(mesh)`` (None, XLA's defaults, off a
+    one-CPU-device process).
+
+    Args:
+      step_fn: ``step_fn(state, batch) -> (state, metrics)`` for one device's share of the batch, using
+        the mesh's axis name for its collectives, e.g. :func:`attn_jax.train.train_step` with its keyword
+        arguments bound by ``functools.partial``.
+      mesh: a 1-D mesh (:func:`attn_jax.train.make_mesh`).
+      donate: donate the state argument's buffers to the result (the caller must not reuse the state it
+        passed in).
+
+    Returns:
+      The jitted function ``(state, batch) -> (state, metrics)``, taking a replicated state
+      (:func:`attn_jax.train.replicate`) and a global batch (:func:`attn_jax.train.shard_batch`).
+    """
     axis = mesh.axis_names[0]
     mapped = jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(axis)), out_specs=(P(), P()))
     options = train_compiler_options(mesh)
@@ -59,22 +116,62 @@ def shard_map_step(step_fn, mesh: Mesh, *, donate: bool = True):
 
 
 def shard_map_eval(eval_fn, mesh: Mesh):
-    """jit(shard_map(eval_fn)): (state replicated, batch sharded) -> metrics replicated."""
+    """A per-device eval step run over ``mesh``: ``jax.jit(jax.shard_map(eval_fn))``.
+
+    Args:
+      eval_fn: ``eval_fn(state, batch) -> metrics`` for one device's share of the batch; the metrics must
+        be equal on every device (e.g. summed with ``lax.psum`` over the mesh's axis).
+      mesh: a 1-D mesh (:func:`attn_jax.train.make_mesh`).
+
+    Returns:
+      The jitted function ``(state, batch) -> metrics``: state replicated, batch split along axis 0,
+      metrics replicated.
+    """
     axis = mesh.axis_names[0]
     return jax.jit(jax.shard_map(eval_fn, mesh=mesh, in_specs=(P(), P(axis)), out_specs=P()))
 
 
 def pmap_step(step_fn, *, axis_name: str = AXIS, devices=None):
-    """pmap(step_fn) over local devices: state broadcast (in_axes None, unstacked), batch split by
-    `split_for_pmap`; returns unstacked (state, metrics). Compiled with `train_compiler_options(devices)`
-    as shard_map_step is (see attn_jax.train.cpu)."""
+    """A per-device train step run with ``jax.pmap`` over this process's devices.
+
+    The state is broadcast (``in_axes=None``: passed and returned unstacked), the batch carries a leading
+    device axis (:func:`attn_jax.train.split_for_pmap`), and the metrics come back unstacked. Compiled
+    with the same CPU compile options as :func:`attn_jax.train.shard_map_step`.
+
+    Args:
+      step_fn: ``step_fn(state, batch) -> (state, metrics)`` for one device's share of the batch, using
+        ``axis_name`` for its collectives (e.g. a bound :func:`attn_jax.train.train_step`).
+      axis_name: the pmapped axis's name (default ``"data"``).
+      devices: the devices to map over; None for ``jax.local_devices()``.
+
+    Returns:
+      The function ``(state, batch) -> (state, metrics)``, where each batch entry is
+      ``(num_devices, b, ...)``.
+    """
     devices = list(devices) if devices is not None else jax.local_devices()
     mapped = jax.pmap(step_fn, axis_name=axis_name, in_axes=(None, 0), out_axes=(None, None), devices=devices)
     return with_compiler_options(mapped, train_compiler_options(devices))
 
 
 def split_for_pmap(batch: dict, num_devices: int | None = None) -> dict:
-    """(b, ...) -> (num_devices, b / num_devices, ...) for every array of the per-process batch."""
+    """Give every array of a per-process batch a leading device axis, for :func:`attn_jax.train.pmap_step`.
+
+    Args:
+      batch: dict (or pytree) of arrays, each ``(b, ...)`` with ``b`` divisible by ``num_devices``.
+      num_devices: the number of devices; None or 0 for ``jax.local_device_count()``.
+
+    Returns:
+      The same structure of NumPy arrays, each ``(num_devices, b // num_devices, ...)``.
+
+    Raises:
+      ValueError: an array's first axis does not divide by ``num_devices``.
+
+    Examples:
+      >>> import numpy as np
+      >>> out = split_for_pmap({"image": np.zeros((8, 32, 32, 3)), "label": np.zeros(8)}, 4)
+      >>> out["image"].shape, out["label"].shape
+      ((4, 2, 32, 32, 3), (4, 2))
+    """
     n = num_devices or jax.local_device_count()
 
     def split(x):

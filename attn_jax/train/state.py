@@ -11,7 +11,15 @@ import optax
 
 
 class TrainState(flax.struct.PyTreeNode):
-    """step () int32; params and batch_stats (Flax variable trees); opt_state (optax); rng (2,) uint32."""
+    """The state of a training run: a pytree of arrays only, so it jits, shards and checkpoints as-is.
+
+    Its fields: ``step``, ``()`` int32, the number of optimizer updates taken; ``params``, the model's
+    Flax ``params`` variable tree; ``batch_stats``, its BatchNorm statistics (``{}`` for a model without);
+    ``opt_state``, the optax transformation's state; ``rng``, the ``(2,)`` uint32 PRNG key of the training
+    randomness (dropout), folded with the step and the device index in each step.
+
+    It is immutable: ``state.replace(step=...)`` returns a new state.
+    """
 
     step: jax.Array
     params: Any
@@ -23,10 +31,20 @@ class TrainState(flax.struct.PyTreeNode):
 def create_train_state(
     model, tx: optax.GradientTransformation, rng: jax.Array, sample_images, init_params=None
 ) -> TrainState:
-    """Initialise `model` on `sample_images` (B, H, W, C) and the optimizer; rng is a raw PRNGKey.
+    """Initialise a model's variables and the optimizer's state.
 
-    The init key and the training key are split from `rng`, so a seed fixes both. init_params: optional
-    params -> params applied before the optimizer state is made (e.g. a task's prior on a bias).
+    The init key and the training key are split from ``rng``, so a seed fixes both.
+
+    Args:
+      model: a Flax module called as ``model(images, train=False)``.
+      tx: the optax transformation whose state is created for the params.
+      rng: a raw PRNG key, ``(2,)`` uint32 (``jax.random.PRNGKey(seed)``).
+      sample_images: ``(B, H, W, C)`` images of the training shape (only the shape and dtype matter).
+      init_params: optional ``params -> params`` applied before the optimizer state is made (e.g. a task's
+        prior on a bias).
+
+    Returns:
+      A host :class:`attn_jax.train.TrainState` at step 0.
     """
     init_rng, train_rng = jax.random.split(rng)
     variables = model.init({"params": init_rng, "dropout": init_rng}, sample_images, train=False)
@@ -44,7 +62,15 @@ def create_train_state(
 
 
 def abstract_train_state(model, tx, sample_images, init_params=None) -> TrainState:
-    """Shapes and dtypes of `create_train_state` without computing it (a restore target)."""
+    """The shapes and dtypes of :func:`attn_jax.train.create_train_state`, without computing it.
+
+    Args:
+      model, tx, sample_images, init_params: as for :func:`attn_jax.train.create_train_state`.
+
+    Returns:
+      A :class:`attn_jax.train.TrainState` of ``jax.ShapeDtypeStruct`` leaves (e.g. a checkpoint's restore
+      target).
+    """
     return jax.eval_shape(
         lambda: create_train_state(model, tx, jax.random.PRNGKey(0), sample_images, init_params)
     )

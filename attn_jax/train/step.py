@@ -19,18 +19,24 @@ AXIS = "data"
 
 
 def loss_and_updates(params, batch_stats, batch, rng, *, model, loss_fn, axis_name=None):
-    """This device's loss of `batch` and (new batch_stats, metric sums).
+    """This device's loss of ``batch``, the updated BatchNorm statistics and the metric sums.
+
+    The function :func:`attn_jax.train.train_step` differentiates with respect to ``params``.
 
     Args:
-      params, batch_stats: the model's variables (batch_stats may be empty).
-      batch: dict with "image" and the task's labels.
-      rng: dropout key.
-      model: the Flax model, called with train=True.
-      loss_fn: loss_fn(outputs, batch, axis_name) -> (loss, sums), e.g. a task's `loss`.
-      axis_name: the device axis (None outside shard_map / pmap).
+      params: the model's ``params`` variable tree.
+      batch_stats: the model's BatchNorm statistics; empty (``{}``) for a model without BatchNorm.
+      batch: dict with ``"image"`` ``(b, H, W, C)`` float and the task's labels (e.g. ``"label"``
+        ``(b,)`` int), ``b`` this device's share of the batch.
+      rng: the dropout PRNG key.
+      model: the Flax module, called as ``model.apply(variables, batch["image"], train=True)``.
+      loss_fn: ``loss_fn(outputs, batch, axis_name) -> (loss, sums)``, e.g.
+        :func:`attn_jax.train.classification_loss` or a task's ``loss``.
+      axis_name: the device axis; None outside ``shard_map`` / ``pmap``.
 
     Returns:
-      (loss, (batch_stats, sums)).
+      The pair ``(loss, (batch_stats, sums))``, the scalar loss, the new BatchNorm statistics (the old
+      ones when the model has none) and the dict of metric sums that ``loss_fn`` returned.
     """
     variables = {"params": params}
     mutable = []
@@ -54,15 +60,24 @@ def train_step(
     gives each device its local gradient, and the explicit pmean then averages exactly once, as under pmap
     (where the cast is a no-op). Equal local batch sizes make this the full-batch mean gradient.
 
+    Run it under ``shard_map`` or ``pmap`` (:func:`attn_jax.train.shard_map_step`,
+    :func:`attn_jax.train.pmap_step`) with the keyword arguments bound by ``functools.partial``.
+
     Args:
-      state: the replicated train state.
-      batch: this device's share of the batch.
-      model, tx: the Flax model and the optax transformation.
-      loss_fn: loss_fn(outputs, batch, axis_name) -> (loss, sums) (see loss_and_updates).
-      axis_name: the device axis.
+      state: the replicated :class:`attn_jax.train.TrainState`.
+      batch: this device's share of the batch, a dict with ``"image"`` ``(b, H, W, C)`` and the task's
+        labels.
+      model: the Flax module (its BatchNorm averaging over ``axis_name`` for an exact full-batch step).
+      tx: the optax transformation.
+      loss_fn: ``loss_fn(outputs, batch, axis_name) -> (loss, sums)`` (see
+        :func:`attn_jax.train.loss_and_updates`).
+      axis_name: the device axis (default ``"data"``).
 
     Returns:
-      (new state, metrics): the task's sums added over devices, plus grad_norm and param_norm.
+      The pair ``(new_state, metrics)``. The new state has ``step + 1`` and the updated params,
+      BatchNorm statistics and optimizer state; ``metrics`` holds the task's sums added over devices
+      (``lax.psum``) plus the scalars ``grad_norm`` (global norm of the averaged gradient) and
+      ``param_norm`` (of the new params).
     """
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(axis_name))
     local_params = lax.pcast(state.params, axis_name, to="varying")
@@ -82,9 +97,20 @@ def train_step(
 
 
 def eval_step(state: TrainState, batch: dict, *, model, outputs_fn, axis_name: str = AXIS):
-    """What the task evaluates on this device's batch: outputs_fn(model outputs, batch, axis_name) (e.g. a
-    task's `eval_outputs`), the model called with train=False. Padded examples (batch["valid"] False)
-    must count for nothing in what outputs_fn returns."""
+    """What the task evaluates on this device's batch, the model called with ``train=False``.
+
+    Args:
+      state: the :class:`attn_jax.train.TrainState` to evaluate (its params and BatchNorm statistics).
+      batch: this device's share of an eval batch, a dict with ``"image"`` ``(b, H, W, C)``, the task's
+        labels and ``"valid"`` ``(b,)`` bool (False for padding examples).
+      model: the Flax module.
+      outputs_fn: ``outputs_fn(outputs, batch, axis_name)``, e.g. a task's ``eval_outputs``; padding
+        examples (``batch["valid"]`` False) must count for nothing in what it returns.
+      axis_name: the device axis (default ``"data"``).
+
+    Returns:
+      Whatever ``outputs_fn`` returns for the model's outputs on ``batch["image"]``.
+    """
     variables = {"params": state.params}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats

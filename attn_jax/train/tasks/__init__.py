@@ -16,19 +16,52 @@ TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Detection, S
 
 
 def task_name(config) -> str:
-    """config.task, "classification" when absent."""
+    """The task an experiment config names.
+
+    Args:
+      config: an experiment config.
+
+    Returns:
+      ``config.task``, or ``"classification"`` when the config has no ``task`` field.
+    """
     return config.get("task", "classification")
 
 
 def get_task(name: str) -> type[Task]:
-    """The Task class registered as `name`; ValueError listing the known tasks otherwise."""
+    """The task class registered under a name in :data:`attn_jax.train.tasks.TASKS`.
+
+    Args:
+      name: ``"classification"``, ``"detection"`` or ``"segmentation"``.
+
+    Returns:
+      The :class:`attn_jax.train.tasks.Task` subclass (not an instance).
+
+    Raises:
+      ValueError: ``name`` is not registered; the message lists the known tasks.
+
+    Examples:
+      >>> get_task("detection").best_metric
+      'AP50_voc'
+    """
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
     return TASKS[name]
 
 
 def make_task(config, meta=None) -> Task:
-    """The task of `config` for the dataset facts `meta` (default: dataset_info of config.dataset)."""
+    """The task of an experiment config, for a dataset.
+
+    Args:
+      config: an experiment config; ``config.task`` (default ``"classification"``) picks the task.
+      meta: the dataset's facts (image shape, number of classes); None for
+        :func:`attn_jax.data.dataset_info` of ``config.dataset`` (and ``config.data_dir``).
+
+    Returns:
+      An instance of the task's :class:`attn_jax.train.tasks.Task` subclass.
+
+    Raises:
+      ValueError: an unknown task or dataset.
+    """
     cls = get_task(task_name(config))
     if meta is None:
         meta = dataset_info(config.dataset, task=cls.name, data_dir=config.get("data_dir"))

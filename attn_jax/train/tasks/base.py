@@ -31,8 +31,14 @@ def global_sum(x, axis_name: str | None):
 class Task:
     """One task of the training loop; subclasses set the class attributes and the methods below.
 
-    name: registry key (config.task). best_metric: eval metric kept by the best-k checkpoint policy
-    (higher is better). headline: eval metrics printed at the end of a run.
+    The class attributes: ``name``, the registry key (``config.task``); ``best_metric``, the eval metric
+    the best-k checkpoint policy keeps (higher is better); ``headline``, the eval metrics printed at the
+    end of a run.
+
+    Args:
+      config: the experiment config.
+      meta: the dataset's facts (e.g. from :func:`attn_jax.data.dataset_info`): image shape, number of
+        classes.
     """
 
     name: ClassVar[str] = ""
@@ -43,32 +49,83 @@ class Task:
         self.config, self.meta = config, meta
 
     def pipeline_kwargs(self) -> dict:
-        """Extra make_pipeline arguments (task, max_boxes ...)."""
+        """The keyword arguments this task adds to :func:`attn_jax.data.make_pipeline` (``task``, and for
+        detection ``max_boxes``)."""
         return {"task": self.name}
 
     def build_model(self, bn_axis_name: str | None = AXIS):
-        """The Flax model of the config; BatchNorm statistics averaged over `bn_axis_name`."""
+        """The Flax model of the config.
+
+        Args:
+          bn_axis_name: the device axis BatchNorm averages its statistics over (default ``"data"``); None
+            for per-device statistics.
+
+        Returns:
+          The unbound Flax module, called as ``model(images, train=...)`` on ``(B, H, W, C)`` images.
+        """
         raise NotImplementedError
 
     def init_params(self, params):
-        """Adjust freshly initialised parameters (e.g. a prior on the class bias); default unchanged."""
+        """Adjust freshly initialised parameters (e.g. a prior on the class bias).
+
+        Args:
+          params: the model's ``params`` variable tree from ``model.init``.
+
+        Returns:
+          The adjusted tree; the default returns ``params`` unchanged.
+        """
         return params
 
     def loss(self, outputs, batch: dict, axis_name: str | None):
-        """(this device's loss, metric sums): the mean over devices of the loss gradients must be the
-        full-batch gradient. Sums are added over devices and steps, then `train_metrics` divides."""
+        """This device's loss and metric sums: a step's ``loss_fn``.
+
+        The mean over devices of the loss gradients must be the full-batch gradient. The sums are added
+        over devices and steps, then :meth:`train_metrics` divides them.
+
+        Args:
+          outputs: the model's outputs on ``batch["image"]`` (``train=True``).
+          batch: this device's share of the batch (the image, the task's labels and ``"valid"``).
+          axis_name: the device axis; None outside ``shard_map`` / ``pmap``.
+
+        Returns:
+          The pair ``(loss, sums)``, a scalar loss and a dict of scalar metric sums.
+        """
         raise NotImplementedError
 
     def train_metrics(self, sums: dict) -> dict:
-        """Host: summed train metrics -> means; must contain "loss"."""
+        """Turn the train metric sums, added over devices and steps on the host, into means.
+
+        Args:
+          sums: dict of the sums :meth:`loss` returned, added up (NumPy or float values).
+
+        Returns:
+          A dict of floats that contains ``"loss"``.
+        """
         raise NotImplementedError
 
     def eval_outputs(self, outputs, batch: dict, axis_name: str | None):
-        """(sums over devices (replicated), per-example arrays (split over devices like the batch))."""
+        """What the eval step returns for one device's batch: an eval step's ``outputs_fn``.
+
+        Args:
+          outputs: the model's outputs on ``batch["image"]`` (``train=False``).
+          batch: this device's share of an eval batch, with ``"valid"`` ``(b,)`` bool (False for padding,
+            which must count for nothing).
+          axis_name: the device axis.
+
+        Returns:
+          The pair ``(sums, per_example)``, a dict of sums over all devices (replicated) and a dict of
+          per-example arrays, each ``(b, ...)``, split over the devices like the batch (may be empty).
+        """
         raise NotImplementedError
 
     def evaluator(self):
-        """Host accumulator with add(sums, per_example) and result() -> dict of floats / lists."""
+        """A fresh host-side accumulator of eval results.
+
+        Returns:
+          An object with ``add(sums, per_example)``, called with each batch's NumPy results of
+          :meth:`eval_outputs` (per-example arrays of the global batch), and ``result()``, returning a
+          dict of floats or lists (the eval metrics).
+        """
         raise NotImplementedError
 
 

@@ -23,16 +23,24 @@ def classification_sums(logits, labels, weights=None, label_smoothing: float = 0
     """Summed cross-entropy, correct predictions and examples of a batch.
 
     Args:
-      logits: (B, K) float.
-      labels: (B,) int.
-      weights: (B,) example weights (e.g. batch["valid"]), None for all ones.
-      label_smoothing: optax.smooth_labels' alpha for the targets.
+      logits: ``(B, K)`` float class scores.
+      labels: ``(B,)`` int class indices in ``[0, K)``.
+      weights: ``(B,)`` example weights (e.g. ``batch["valid"]``, bool or float); None for all ones.
+      label_smoothing: the ``alpha`` of ``optax.smooth_labels`` for the targets (0 for one-hot).
 
     Returns:
-      {"loss", "correct", "count"}: float32 scalars, each a weighted sum over the batch.
+      A dict of float32 scalars, each a weighted sum over the batch, with the keys ``"loss"`` (the
+      softmax cross-entropy against the smoothed targets), ``"correct"`` (argmax equals the label) and
+      ``"count"`` (the sum of the weights).
 
     Raises:
-      ValueError: logits not (B, K) or labels not (B,).
+      ValueError: ``logits`` is not ``(B, K)`` or ``labels`` is not ``(B,)``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> sums = classification_sums(jnp.array([[2.0, 0.0], [0.0, 1.0]]), jnp.array([0, 0]))
+      >>> float(sums["correct"]), float(sums["count"])
+      (1.0, 2.0)
     """
     if logits.ndim != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"need logits (B, K) and labels (B,), got {logits.shape} and {labels.shape}")
@@ -45,10 +53,24 @@ def classification_sums(logits, labels, weights=None, label_smoothing: float = 0
 
 
 def classification_loss(logits, batch, axis_name=None, *, label_smoothing: float = 0.0):
-    """A step's loss_fn: (mean cross-entropy of this device's examples, their classification_sums).
+    """The classification loss in the form of a step's ``loss_fn``.
 
-    axis_name is unused: with equal local batch sizes the mean of the devices' gradients is the full-batch
-    gradient.
+    With equal local batch sizes the mean of the devices' gradients (what
+    :func:`attn_jax.train.train_step` takes) is the full-batch gradient, so no collective is needed.
+
+    Args:
+      logits: ``(b, K)`` float, the model's outputs on this device's share of the batch.
+      batch: dict with ``"label"`` ``(b,)`` int and optionally ``"valid"`` ``(b,)`` bool (padding
+        excluded).
+      axis_name: the device axis; unused.
+      label_smoothing: the ``alpha`` of ``optax.smooth_labels`` for the targets.
+
+    Returns:
+      The pair ``(loss, sums)``, the mean cross-entropy of this device's valid examples and their
+      :func:`attn_jax.train.classification_sums`.
+
+    Raises:
+      ValueError: ``logits`` is not ``(b, K)`` or ``batch["label"]`` is not ``(b,)``.
 
     Examples:
       >>> step_fn = functools.partial(train_step, model=model, tx=tx, loss_fn=classification_loss)
