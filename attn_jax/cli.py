@@ -24,15 +24,31 @@ def _usage() -> str:
 
 
 def train_callbacks() -> tuple:
-    """End-of-run hooks of `attn-jax train`: the attention-map PNG (attn_jax.viz draws it; the train
-    package itself never imports viz)."""
+    """The end-of-run hooks of ``attn-jax train``.
+
+    Returns:
+      A tuple of callbacks for ``attn_jax.train.train_and_evaluate``; today the attention-map PNG of
+      ``attn_jax.viz.hooks.attention_png`` (the train package itself never imports viz).
+    """
     from attn_jax.viz.hooks import attention_png
 
     return (attention_png,)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Dispatch argv[1] (argv defaults to sys.argv); everything after the subcommand is passed untouched."""
+    """The ``attn-jax`` console entry: run the subcommand ``argv[1]``.
+
+    ``train`` and ``eval`` go to ``attn_jax.train.main.run``, ``visualize`` to ``python -m attn_jax.viz``;
+    everything after the subcommand is passed on untouched.
+
+    Args:
+      argv: the command line, program name first; None for ``sys.argv``.
+
+    Raises:
+      SystemExit: status 0 after ``-h`` / ``--help`` (the usage on stdout); status 2 without a subcommand,
+        for an unknown one (the usage on stderr) or for the removed ``bench``; the subcommand's own exit
+        status when it ends with one (e.g. 75 after a preemption or a stall).
+    """
     argv = list(sys.argv if argv is None else argv)
     if len(argv) >= 2 and argv[1] in REMOVED:
         print(f"attn-jax: error: no command {argv[1]!r}: {REMOVED[argv[1]]}", file=sys.stderr)

@@ -73,7 +73,15 @@ class DiskFullError(OSError):
 
 
 def is_disk_full(err: BaseException | None) -> bool:
-    """Whether `err` (or an exception it was raised from) says the disk or the quota is full."""
+    """Whether an exception, or one in its chain of causes and contexts, says the disk or quota is full.
+
+    Args:
+      err: the exception (None gives False).
+
+    Returns:
+      True for an ``OSError`` with errno ENOSPC or EDQUOT, or a message holding "No space left on device"
+      or "Disk quota exceeded", anywhere along ``__cause__`` / ``__context__``.
+    """
     seen = set()
     while err is not None and id(err) not in seen:
         seen.add(id(err))
@@ -87,8 +95,17 @@ def is_disk_full(err: BaseException | None) -> bool:
 
 
 def disk_full_error(err: BaseException, doing: str) -> DiskFullError:
-    """A DiskFullError for `err` (a disk-full OSError) raised while `doing` (e.g. "writing checksums of
-    step 8"), naming the file when the OSError names one."""
+    """The one-line :class:`DiskFullError` for a disk-full error.
+
+    Args:
+      err: the disk-full exception (an ``OSError``, or one whose message says so); a ``DiskFullError`` is
+        returned as it is.
+      doing: what was being done, e.g. ``"writing the checksums of step 8"``.
+
+    Returns:
+      A ``DiskFullError`` whose message reads "<reason> while <doing> (<file>)", the file when ``err``
+      names one, and whose errno is ENOSPC or EDQUOT.
+    """
     if isinstance(err, DiskFullError):
         return err
     where = getattr(err, "filename", None)
@@ -119,8 +136,18 @@ def _sha256(path: str) -> str:
 
 
 def write_text_atomically(path: str, text: str) -> None:
-    """Write `text` to `path` through "<path>.tmp" and a rename: `path` is either the old file or the whole
-    new one. On failure (e.g. disk full) the temporary file is removed and the error re-raised."""
+    """Write a text file atomically, through ``<path>.tmp`` and a rename.
+
+    Readers see either the old file or the whole new one. On failure (e.g. a full disk) the temporary file
+    is removed and the error re-raised.
+
+    Args:
+      path: the file to write.
+      text: its new content.
+
+    Raises:
+      OSError: writing or renaming failed (e.g. ENOSPC).
+    """
     tmp = path + ".tmp"
     try:
         with open(tmp, "w") as fh:
@@ -133,8 +160,18 @@ def write_text_atomically(path: str, text: str) -> None:
 
 
 def write_checksums(step_dir: str) -> None:
-    """Write {relative path: [size, sha256]} of every file of a finalised step to CHECKSUM_FILE (atomically;
-    a failed write leaves no file). Raises DiskFullError when the disk is full."""
+    """Write the size and SHA-256 of every file of a finalised step to its ``CHECKSUM_FILE``.
+
+    The file maps each path relative to ``step_dir`` to ``[size, sha256]``; it is written atomically, so a
+    failed write leaves no file.
+
+    Args:
+      step_dir: a finalised step directory (``<workdir>/checkpoints/<step>``).
+
+    Raises:
+      DiskFullError: the disk or quota is full.
+      OSError: another failure reading the files or writing the table.
+    """
     table = {
         f: [os.path.getsize(os.path.join(step_dir, f)), _sha256(os.path.join(step_dir, f))]
         for f in _step_files(step_dir)
@@ -148,9 +185,19 @@ def write_checksums(step_dir: str) -> None:
 
 
 def verify_checksums(step_dir: str) -> bool:
-    """True when every file listed in CHECKSUM_FILE has its size and SHA-256; False when there is no
-    CHECKSUM_FILE (a step saved before checksums, or stopped before it was written). Raises
-    DamagedCheckpointError naming the first file that is missing, unreadable or changed."""
+    """Check a step's files against its ``CHECKSUM_FILE``.
+
+    Args:
+      step_dir: a step directory (``<workdir>/checkpoints/<step>``).
+
+    Returns:
+      True when every file listed has its saved size and SHA-256; False when there is no
+      ``CHECKSUM_FILE`` (a step saved before checksums, or stopped before it was written).
+
+    Raises:
+      DamagedCheckpointError: naming the first listed file that is missing, unreadable or changed, or the
+        checksum file itself when it is unreadable.
+    """
     path = os.path.join(step_dir, CHECKSUM_FILE)
     if not os.path.exists(path):
         return False
@@ -361,7 +408,16 @@ def make_manager(
 
 
 def report_unfinished(directory: str, removed: bool = True) -> list[str]:
-    """Names of leftover temporary step directories (an interrupted save); each is logged and skipped."""
+    """Report the leftover temporary step directories of interrupted saves (each is skipped by restore).
+
+    Args:
+      directory: the checkpoint directory.
+      removed: whether the report says "(removed)" (the caller removes them with
+        :func:`remove_unfinished`).
+
+    Returns:
+      The directories' names, sorted; ``[]`` when ``directory`` does not exist.
+    """
     if not os.path.isdir(directory):
         return []
     names = sorted(n for n in os.listdir(directory) if TMP_MARK in n)
@@ -372,8 +428,17 @@ def report_unfinished(directory: str, removed: bool = True) -> list[str]:
 
 
 def remove_unfinished(directory: str) -> list[str]:
-    """Remove the temporary directories of saves that did not finish (e.g. the disk filled up); their
-    names. Only for the process that owns the run (it holds the workdir lock)."""
+    """Remove the temporary directories of saves that did not finish (e.g. the disk filled up).
+
+    Only for the process that owns the run (it holds the workdir lock); other processes than process 0
+    remove nothing.
+
+    Args:
+      directory: the checkpoint directory.
+
+    Returns:
+      The names of the removed directories, sorted (``[]`` on processes other than 0).
+    """
     if not os.path.isdir(directory) or jax.process_index() != 0:
         return []
     names = sorted(n for n in os.listdir(directory) if TMP_MARK in n)
@@ -383,7 +448,14 @@ def remove_unfinished(directory: str) -> list[str]:
 
 
 def checksummed_steps(directory: str) -> list[int]:
-    """Steps in a checkpoint directory that have a CHECKSUM_FILE (not re-hashed), ascending."""
+    """The steps of a checkpoint directory that have a ``CHECKSUM_FILE`` (their files are not re-hashed).
+
+    Args:
+      directory: the checkpoint directory.
+
+    Returns:
+      The step numbers, ascending; ``[]`` when ``directory`` does not exist.
+    """
     if not os.path.isdir(directory):
         return []
     return sorted(
@@ -422,7 +494,11 @@ def save(
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator=None):
-    """(state, step) from the latest verified step, or (None, None) when there is none.
+    """Restore the latest verified step of a manager's directory.
+
+    A damaged step is reported and moved to ``<directory>.damaged/``, a step without checksum to
+    ``<directory>.unverified/`` (a read-only manager only reports and skips them); then the next older
+    step is tried, so the run trains and saves those steps again.
 
     Args:
       manager: from make_manager.
@@ -430,16 +506,12 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator=None
       iterator: when given, moved to the saved position.
 
     Returns:
-      (state, step) or (None, None).
+      The pair ``(state, step)``, or ``(None, None)`` when no step restores.
 
     Raises:
       CheckpointMismatchError: (writable manager) a step whose checksums match does not restore into
         `abstract_state` (written by another config); nothing is moved. A read-only manager skips it.
       DiskFullError: the disk filled while restoring or reporting.
-
-    A damaged step is reported and moved to <directory>.damaged/, a step without checksum to
-    <directory>.unverified/ (a read-only manager only reports and skips them); then the next older step is
-    tried, so the run trains and saves those steps again.
     """
     read_only = getattr(manager, "attn_read_only", False)
     for step in sorted(manager.all_steps(), reverse=True):
@@ -478,7 +550,21 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_state, iterator=None
 
 
 def error_summary(err: BaseException, limit: int = 300) -> str:
-    """`Type: first non-empty line of the message`, shortened at a word boundary (never mid-word)."""
+    """A one-line summary of an exception: ``"<Type>: <first non-empty line of its message>"``.
+
+    Args:
+      err: the exception.
+      limit: the longest message part kept; a longer one is cut at a word boundary and ends in "...".
+
+    Returns:
+      The summary (only the type's name when the message is empty).
+
+    Examples:
+      >>> error_summary(ValueError("bad shape (2, 3)"))
+      'ValueError: bad shape (2, 3)'
+      >>> error_summary(OSError("no space left on the device"), limit=12)
+      'OSError: no space ...'
+    """
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     if len(text) > limit:
@@ -503,8 +589,16 @@ def _set_aside(manager, step: int, suffix: str, what: str, why: str) -> None:
 
 
 def quarantine(step_dir: str, suffix: str = DAMAGED_SUFFIX) -> str:
-    """Move a step directory to <checkpoints><suffix>/<step>[-k] (a rename: no copy, no space needed);
-    returns the new path."""
+    """Move a step directory aside, with a rename (no copy, no space needed).
+
+    Args:
+      step_dir: the step directory, ``<checkpoints>/<step>``.
+      suffix: the suffix of the directory it moves to, ``<checkpoints><suffix>/`` (default
+        ``".damaged"``).
+
+    Returns:
+      The new path, ``<checkpoints><suffix>/<step>``, or ``<step>-<k>`` when that exists already.
+    """
     parent = os.path.dirname(os.path.abspath(step_dir)) + suffix
     os.makedirs(parent, exist_ok=True)
     name = os.path.basename(step_dir)
@@ -516,7 +610,15 @@ def quarantine(step_dir: str, suffix: str = DAMAGED_SUFFIX) -> str:
 
 
 def with_shardings(abstract_tree, sharding):
-    """ShapeDtypeStructs of `abstract_tree` carrying `sharding` (e.g. replicated over the current mesh)."""
+    """Give every leaf of an abstract tree a sharding (a restore target's shardings).
+
+    Args:
+      abstract_tree: a pytree of arrays or ``jax.ShapeDtypeStruct`` (only shapes and dtypes are read).
+      sharding: the ``jax.sharding.Sharding`` of every leaf (e.g. replicated over the current mesh).
+
+    Returns:
+      The same pytree of ``jax.ShapeDtypeStruct`` with ``sharding``.
+    """
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract_tree)
 
 

@@ -51,11 +51,11 @@ def train_compiler_options(devices) -> dict | None:
     docs/cpu.md ("One CPU device").
 
     Args:
-      devices: a jax.sharding.Mesh (its local devices count) or a sequence of devices (those of this
+      devices: a ``jax.sharding.Mesh`` (its local devices count) or a sequence of devices (those of this
         process count).
 
     Returns:
-      {YNN_FLAG: value} or None.
+      The dict ``{YNN_FLAG: value}`` for ``jax.jit``'s ``compiler_options``, or None for XLA's defaults.
     """
     if isinstance(devices, jax.sharding.Mesh):
         local = list(devices.local_devices)
@@ -68,10 +68,18 @@ def train_compiler_options(devices) -> dict | None:
 
 
 def with_compiler_options(pmapped, options: dict | None):
-    """`pmapped` (a jax.pmap function, which takes no compiler_options) compiled with `options` on the
-    first call per input signature; `pmapped` itself when options is None. Under a trace (jax.jit,
-    jax.export) the call goes to `pmapped`, and `.lower` is pmapped's; `.compile(*args)` gives the
-    executable.
+    """A ``jax.pmap`` function (which takes no ``compiler_options``) compiled with XLA compile options.
+
+    The wrapper compiles ``pmapped`` with ``options`` on the first call per input signature (shapes,
+    dtypes, tree structure) and runs the executable. Under a trace (``jax.jit``, ``jax.export``) the call
+    goes to ``pmapped`` itself; ``.lower`` is pmapped's and ``.compile(*args)`` gives the executable.
+
+    Args:
+      pmapped: the function ``jax.pmap`` returned.
+      options: XLA compile options (e.g. :func:`train_compiler_options`); None or empty for none.
+
+    Returns:
+      A callable with the signature of ``pmapped``; ``pmapped`` itself when there are no options.
 
     Examples:
       >>> step = with_compiler_options(jax.pmap(fn, axis_name="data"), train_compiler_options(devices))
