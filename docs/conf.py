@@ -50,20 +50,3 @@ nitpick_ignore = [
     ("py:exc", "WorkdirInUseError"),  # attn_jax.train.workdir_lock
     ("py:exc", "DiskFullError"),  # attn_jax.train.checkpoint
 ]
-
-# Docstrings written as plain text, where docutils reads |x| as an undefined substitution and *.py as an
-# unclosed emphasis ('Undefined substitution referenced: "x"', 'Inline emphasis start-string without
-# end-string'). Those characters are escaped here, for these objects only, until the docstrings
-# themselves are rewritten.
-_PLAIN_TEXT = {
-    "attn_jax.train.loop.train_and_evaluate",
-}
-
-
-def _escape_plain_text(app, what, name, obj, options, lines):
-    if f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}" in _PLAIN_TEXT:
-        lines[:] = [line.replace("|", "\\|").replace("*", "\\*") for line in lines]
-
-
-def setup(app):
-    app.connect("autodoc-process-docstring", _escape_plain_text)
