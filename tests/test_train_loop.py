@@ -47,12 +47,16 @@ def _final_state(workdir, step=STEPS):
     return ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
 
 
-def test_run_writes_metrics_events_png_summary_and_checkpoints(finished_run):
+def test_run_writes_metrics_events_png_summary_and_checkpoints(finished_run, data_dir):
     task, workdir, summary = finished_run
     assert summary["task"] == task and summary["stop_reason"] == "done"
     assert summary["step"] == STEPS and summary["devices"] == 8
     headline = get_task(task).headline
     assert all(0.0 <= summary[f"test_{k}"] <= 1.0 for k in headline if k not in ("loss",)), summary
+    # the summary's test metrics are those of the saved final state, not of some other state in memory
+    again = loop.evaluate_checkpoint(tiny_config(task, data_dir), workdir)
+    assert again["step"] == STEPS
+    assert {k: again[k] for k in headline} == pytest.approx({k: summary[f"test_{k}"] for k in headline})
     with open(os.path.join(workdir, "summary.json")) as f:
         saved = json.load(f)
     assert all(saved[f"test_{k}"] == summary[f"test_{k}"] for k in headline)
