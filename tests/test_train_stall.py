@@ -171,6 +171,6 @@ def test_a_step_that_never_finishes_ends_the_run_with_status_75_and_its_checkpoi
     stalled = [line for line in proc.stderr.splitlines() if line.startswith("attn-jax: stalled:")]
     assert len(stalled) == 1, proc.stderr[-3000:]
     assert "(stall_timeout_s=20;" in stalled[0]
-    assert f"checkpoint steps [2, 4] in {workdir}/checkpoints are kept" in stalled[0]
+    assert f"verified checkpoint steps [2, 4] in {workdir}/checkpoints are kept" in stalled[0]
     assert stalled[0].endswith("; run the same command again to resume")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]

@@ -188,11 +188,16 @@ def _train(config, runner, state, start, iterator, manager, writer, sigterm, tra
     return state, last_eval, "done"
 
 
+def _kept_checkpoints(directory) -> str:
+    """What a stopped run leaves: its verified checkpoint steps (those with a checksum) in `directory`."""
+    directory = os.path.abspath(str(directory))
+    steps = ckpt.checksummed_steps(directory)
+    return f"verified checkpoint steps {steps} in {directory} are kept" if steps else "no checkpoint yet"
+
+
 def _stall_note(manager) -> str:
     """Where a stalled run stands: its checkpoints and how to resume."""
-    steps = sorted(manager.all_steps())
-    kept = f"checkpoint steps {steps} in {manager.directory} are kept" if steps else "no checkpoint yet"
-    return f"{kept}; run the same command again to resume"
+    return f"{_kept_checkpoints(manager.directory)}; run the same command again to resume"
 
 
 def setup(config, model=None) -> Runner:
@@ -330,9 +335,7 @@ def _close_quietly(*closers) -> None:
 
 def _disk_full(err: BaseException, workdir: str) -> DiskFullError:
     """One line: what filled up, which verified checkpoints are kept, what to do."""
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    steps = ckpt.checksummed_steps(directory)
-    kept = f"verified checkpoint steps {steps} in {directory} are kept" if steps else "no checkpoint yet"
+    kept = _kept_checkpoints(os.path.join(workdir, "checkpoints"))
     first = ckpt.disk_full_error(err, f"writing the run in {workdir}")
     return DiskFullError(
         f"{first}; {kept}; free space (or pass another --workdir), then run the same command to resume",
