@@ -47,3 +47,23 @@ def data_dir(tmp_path_factory):
     """A TFDS directory for the tiny datasets (cluttered_digits/tiny*), built on first use and shared by
     the session's training tests."""
     return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _flip_a_checkpoint_byte(step_dir):
+    """Flip one bit of the middle byte of the largest file of a checkpoint step (its checksum file
+    aside): damage that the file sizes do not show."""
+    from attn_jax.train.checkpoint import CHECKSUM_FILE
+
+    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != CHECKSUM_FILE]
+    path = max(files, key=os.path.getsize)
+    with open(path, "r+b") as f:
+        f.seek(os.path.getsize(path) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+@pytest.fixture
+def flip_a_checkpoint_byte():
+    """The damage above, for the checkpoint tests."""
+    return _flip_a_checkpoint_byte

@@ -39,19 +39,6 @@ def _abstract():
     return {k: np.zeros_like(v) for k, v in _state(1).items()}
 
 
-def _largest_file(step_dir):
-    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != ckpt.CHECKSUM_FILE]
-    return max(files, key=os.path.getsize)
-
-
-def _flip_byte(path):
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x10]))
-
-
 @pytest.mark.parametrize("async_save", [False, True])
 def test_every_saved_step_gets_a_checksum_file_that_verifies(tmp_path, async_save):
     directory = str(tmp_path / "checkpoints")
@@ -60,10 +47,10 @@ def test_every_saved_step_gets_a_checksum_file_that_verifies(tmp_path, async_sav
         assert ckpt.verify_checksums(os.path.join(directory, str(step)))
 
 
-def test_bit_flipped_checkpoint_is_reported_and_skipped(tmp_path, capsys):
+def test_bit_flipped_checkpoint_is_reported_and_skipped(tmp_path, capsys, flip_a_checkpoint_byte):
     directory = str(tmp_path / "checkpoints")
     manager = _save_steps(directory, [1, 2])
-    _flip_byte(_largest_file(os.path.join(directory, "2")))
+    flip_a_checkpoint_byte(os.path.join(directory, "2"))
     state, step = ckpt.restore_latest(manager, _abstract())
     out = capsys.readouterr().out
     assert step == 1 and float(state["w"][0, 0]) == 1.0
@@ -75,12 +62,14 @@ def test_bit_flipped_checkpoint_is_reported_and_skipped(tmp_path, capsys):
     "damage, aside",
     [("flip", ".damaged"), ("delete_manifest", ".damaged"), ("delete_manifest_and_checksums", ".unverified")],
 )
-def test_damaged_latest_step_is_moved_aside_so_the_run_can_save_it_again(tmp_path, capsys, damage, aside):
+def test_damaged_latest_step_is_moved_aside_so_the_run_can_save_it_again(
+    tmp_path, capsys, damage, aside, flip_a_checkpoint_byte
+):
     directory = str(tmp_path / "checkpoints")
     manager = _save_steps(directory, [1, 2])
     step_dir = os.path.join(directory, "2")
     if damage == "flip":
-        _flip_byte(_largest_file(step_dir))
+        flip_a_checkpoint_byte(step_dir)
     else:
         os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
         if damage == "delete_manifest_and_checksums":  # no checksum: never restored, set aside unverified
@@ -97,10 +86,10 @@ def test_damaged_latest_step_is_moved_aside_so_the_run_can_save_it_again(tmp_pat
     manager.close()
 
 
-def test_read_only_manager_skips_a_damaged_step_without_moving_it(tmp_path):
+def test_read_only_manager_skips_a_damaged_step_without_moving_it(tmp_path, flip_a_checkpoint_byte):
     directory = str(tmp_path / "checkpoints")
     _save_steps(directory, [1, 2]).close()
-    _flip_byte(_largest_file(os.path.join(directory, "2")))
+    flip_a_checkpoint_byte(os.path.join(directory, "2"))
     manager = ckpt.make_manager(directory, async_save=False, read_only=True)
     assert ckpt.restore_latest(manager, _abstract())[1] == 1
     assert os.path.isdir(os.path.join(directory, "2"))

@@ -42,19 +42,6 @@ def _files(root):
     return sorted(os.path.relpath(os.path.join(r, f), root) for r, _, fs in os.walk(root) for f in fs)
 
 
-def _largest_file(step_dir):
-    files = [os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs if f != ckpt.CHECKSUM_FILE]
-    return max(files, key=os.path.getsize)
-
-
-def _flip_byte(path):
-    with open(path, "r+b") as f:
-        f.seek(os.path.getsize(path) // 2)
-        byte = f.read(1)
-        f.seek(-1, os.SEEK_CUR)
-        f.write(bytes([byte[0] ^ 0x10]))
-
-
 class _FullDiskFile:
     """A file opened for writing on a full disk: it is created, every write raises ENOSPC."""
 
@@ -132,7 +119,7 @@ def test_best_step_saved_without_metadata_is_ranked_by_the_runs_metrics_log(tmp_
     assert _steps(directory) == [1, 3]
 
 
-def test_a_step_without_checksum_is_set_aside_not_restored(tmp_path, capsys):
+def test_a_step_without_checksum_is_set_aside_not_restored(tmp_path, capsys, flip_a_checkpoint_byte):
     """A byte flipped in a step that never got its checksum used to restore silently."""
     directory = str(tmp_path / "checkpoints")
     manager = _manager(directory)
@@ -141,7 +128,7 @@ def test_a_step_without_checksum_is_set_aside_not_restored(tmp_path, capsys):
     manager.close()
     step_dir = os.path.join(directory, "2")
     os.remove(os.path.join(step_dir, ckpt.CHECKSUM_FILE))
-    _flip_byte(_largest_file(step_dir))
+    flip_a_checkpoint_byte(step_dir)
     files = _files(step_dir)
 
     reader = ckpt.make_manager(directory, async_save=False, read_only=True)  # eval beside the run
