@@ -1,6 +1,7 @@
 """Evaluation metrics: COCO / VOC detection AP (NumPy), segmentation IoU (confusion matrix) and attention
 localisation (pointing game, energy inside the object), and the faithfulness of saliency maps (deletion /
-insertion curves, Average Drop / Increase in Confidence, randomization checks)."""
+insertion curves, Average Drop / Increase in Confidence, randomization checks), and Student-t intervals of a
+metric over training seeds."""
 
 from attn_jax.metrics.detection import (
     DetectionEvaluator,
@@ -20,6 +21,7 @@ from attn_jax.metrics.faithfulness import (
     randomization_check,
     spearman,
 )
+from attn_jax.metrics.intervals import PairedDifference, SeedInterval, paired_difference, seed_interval
 from attn_jax.metrics.localization import (
     LocalizationStats,
     boxes_to_mask,
@@ -33,6 +35,8 @@ __all__ = [
     "DetectionEvaluator",
     "ImageRecord",
     "LocalizationStats",
+    "PairedDifference",
+    "SeedInterval",
     "SegmentationEvaluator",
     "average_drop",
     "boxes_to_mask",
@@ -46,8 +50,10 @@ __all__ = [
     "insertion_auc",
     "insertion_curve",
     "iou_from_confusion",
+    "paired_difference",
     "pointing_game",
     "randomization_check",
+    "seed_interval",
     "spearman",
     "uniform_chance",
     "voc_ap",
