@@ -1,10 +1,12 @@
-"""`attn-jax` console entry: train / eval / visualize.
+"""`attn-jax` console entry: train / eval / visualize / compare.
 
 attn-jax train --config experiments/configs/{classification,detection,segmentation}.py[:ATTENTION]
                [--config.lr=...] [--workdir DIR]
 attn-jax eval --config experiments/configs/<task>.py[:ATTENTION] --workdir DIR
 attn-jax train --help [--config FILE]    # the flags; with --config, every --config.<field> and its default
 attn-jax visualize ...   # = python -m attn_jax.viz ...   (arguments passed through verbatim)
+attn-jax compare RUN_A RUN_B ... [--baseline RUN] [--metrics m1,m2] [--output table.md] [--json out.json]
+                         # test metrics over seeds with 95% intervals, paired differences vs the baseline
 
 Benchmarks live in the repository, not in the installed package: from a checkout, run
 `python benchmarks/run.py ...` (see docs/benchmarks.md).
@@ -15,7 +17,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-COMMANDS = ("train", "eval", "visualize")
+COMMANDS = ("train", "eval", "visualize", "compare")
 REMOVED = {"bench": "benchmarks live in the repository: from a checkout, run `python benchmarks/run.py ...`"}
 
 
@@ -38,8 +40,8 @@ def train_callbacks() -> tuple:
 def main(argv: list[str] | None = None) -> None:
     """The ``attn-jax`` console entry: run the subcommand ``argv[1]``.
 
-    ``train`` and ``eval`` go to ``attn_jax.train.main.run``, ``visualize`` to ``python -m attn_jax.viz``;
-    everything after the subcommand is passed on untouched.
+    ``train`` and ``eval`` go to ``attn_jax.train.main.run``, ``visualize`` to ``python -m attn_jax.viz``,
+    ``compare`` to ``attn_jax.compare.main``; everything after the subcommand is passed on untouched.
 
     Args:
       argv: the command line, program name first; None for ``sys.argv``.
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> None:
         from attn_jax.train.main import run
 
         run(command, [f"attn-jax {command}", *rest], callbacks=train_callbacks())
+    elif command == "compare":
+        from attn_jax.compare import main as compare
+
+        compare(rest)
     else:
         sys.argv = ["attn_jax.viz", *rest]
         runpy.run_module("attn_jax.viz", run_name="__main__", alter_sys=True)
