@@ -328,7 +328,7 @@ def _traced_predict(calls):
         (dict(labels=np.array([0, 3, 1])), r"labels must be in \[0, 3\) \(predict's K\); labels\[1\] = 3"),
         (dict(steps=0), r"steps must be an integer >= 1; got 0"),
         (dict(steps=2.5), r"steps must be an integer >= 1; got 2.5"),
-        (dict(baseline="gauss"), r"baseline must be one of \('zero', 'mean', 'blur'\); got 'gauss'"),
+        (dict(baseline="gauss"), r"baseline must be one of \('zero', 'mean', 'blur', 'road'\); got 'gauss'"),
         (dict(blur_sigma=0.0), r"blur_sigma must be a number > 0; got 0.0"),
         (dict(chunk_size=0), r"chunk_size must be an integer >= 1; got 0"),
         (dict(predict=lambda x: x.sum(axis=(1, 2, 3))), r"logits \(B, K\) with B = 3; got \(3,\)"),
