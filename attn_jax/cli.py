@@ -1,7 +1,7 @@
 """`attn-jax` console entry: train / eval / visualize / compare.
 
 attn-jax train --config experiments/configs/{classification,detection,segmentation}.py[:ATTENTION]
-               [--config.lr=...] [--workdir DIR]
+               [--config.optim.lr=...] [--workdir DIR]
 attn-jax eval --config experiments/configs/<task>.py[:ATTENTION] --workdir DIR
 attn-jax train --help [--config FILE]    # the flags; with --config, every --config.<field> and its default
 attn-jax visualize ...   # = python -m attn_jax.viz ...   (arguments passed through verbatim)

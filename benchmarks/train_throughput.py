@@ -10,7 +10,7 @@
 The model is the one `attn-jax train --config experiments/configs/classification.py` trains (SmallCNN
 (24, 48, 96, 128), stride 8, spatial gate, 64x64x1 images, global batch 128, AdamW with the config's
 warmup / clipping, label smoothing 0.1). Variants:
-    jax-N          attn_jax.train.build_steps(config) on N simulated CPU devices (config.cpu_devices = N):
+    jax-N          attn_jax.train.build_steps(config) on N simulated CPU devices (config.cpu.devices = N):
                    the training step (the state fed back, donated, as in the loop) and, for N = 1, the
                    jitted inference forward
     torch-eager    the PyTorch twin (benchmarks/torch_models.py): forward, backward, clip, AdamW
@@ -70,16 +70,16 @@ def _host_batch(batch: int, image: int, seed: int = 0) -> dict:
 def jax_steps(devices: int, batch: int, image: int, overrides: dict | None = None):
     """(train_call, infer_call or None) for the library's step on `devices` CPU devices, with the config's
     dotted-path `overrides` (e.g. {"model.dtype": "bfloat16"}); call it before JAX starts its backends
-    (it sets config.cpu_devices as the CLI does)."""
+    (it sets config.cpu.devices as the CLI does)."""
     from attn_jax.data.pipeline import DatasetMeta
     from attn_jax.train.distributed import configure_cpu_devices
     from attn_jax.train.parallel import make_mesh
     from attn_jax.train.runner import build_steps
 
     config = main_job_config()
-    config.cpu_devices, config.batch_size = devices, batch
+    config.cpu.devices, config.data.batch_size = devices, batch
     config.update_from_flattened_dict(overrides or {})
-    configure_cpu_devices(config.cpu_devices)
+    configure_cpu_devices(config.cpu.devices)
     import jax
 
     meta = DatasetMeta(
@@ -117,7 +117,7 @@ def torch_steps(compiled: bool, batch: int, image: int):
     torch.manual_seed(config.seed)
     model = TorchClassifier(config.model.features, config.model.stride, NUM_CLASSES, in_channels=1)
     net = torch.compile(model) if compiled else model
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     host = _host_batch(batch, image)
     images = torch.from_numpy(host["image"].transpose(0, 3, 1, 2).copy())
     labels = torch.from_numpy(host["label"]).long()
@@ -125,9 +125,11 @@ def torch_steps(compiled: bool, batch: int, image: int):
     def train():
         model.train()
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(images), labels, label_smoothing=config.label_smoothing)
+        loss = torch.nn.functional.cross_entropy(
+            net(images), labels, label_smoothing=config.classification.label_smoothing
+        )
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.clip_norm)
         opt.step()
 
     def infer():

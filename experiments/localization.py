@@ -55,10 +55,10 @@ def family_config(config, family: str) -> ml_collections.ConfigDict:
     """The library's classification config (attn_jax.train.config vocabulary) of one family's run:
     AdamW on a cosine schedule, no warmup, no clipping, no label smoothing, evaluated only at the end."""
     c = classifier_config(family, widths=config.widths, stride=config.stride, dataset=config.dataset)
-    c.seed, c.batch_size, c.num_train_steps = config.seed, config.batch_size, config.steps
-    c.lr, c.weight_decay, c.warmup_steps, c.clip_norm = config.learning_rate, config.weight_decay, 0, 0.0
-    c.label_smoothing = 0.0
-    c.eval_batch_size, c.eval_examples = config.eval_batch_size, config.eval_examples
+    c.seed, c.data.batch_size, c.num_train_steps = config.seed, config.batch_size, config.steps
+    c.optim.lr, c.optim.weight_decay, c.optim.clip_norm = config.learning_rate, config.weight_decay, 0.0
+    c.schedule.warmup_steps, c.classification.label_smoothing = 0, 0.0
+    c.data.eval_batch_size, c.data.eval_examples = config.eval_batch_size, config.eval_examples
     c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 50, 0, 0
     c.keep_latest, c.keep_best = 1, 0
     c.progress, c.png_examples = False, 0

@@ -58,10 +58,10 @@ def small_config(task: str, optimizer: str = "adamw", **overrides):
     """The task's tiny experiment config with a 4-8 channel SmallCNN and the given optimizer."""
     c = load_experiment_config(task)
     c.model.features = (4, 8)
-    c.optimizer, c.lr = optimizer, (0.1 if optimizer == "sgd" else 1e-2)
-    c.warmup_steps, c.num_train_steps, c.clip_norm, c.momentum = 1, 10, 10.0, 0.9
+    c.optim.name, c.optim.lr = optimizer, (0.1 if optimizer == "sgd" else 1e-2)
+    c.schedule.warmup_steps, c.num_train_steps, c.optim.clip_norm, c.optim.momentum = 1, 10, 10.0, 0.9
     if task == "detection":
-        c.pre_nms_top_k, c.max_detections = 20, 5
+        c.detection.pre_nms_top_k, c.detection.max_detections = 20, 5
     c.update(overrides)
     return c
 

@@ -46,7 +46,7 @@ def test_main_job_config_is_the_classification_experiment():
     assert (c.task, c.model.attention, tuple(c.model.features), c.model.stride) == (
         "classification", "spatial", (24, 48, 96, 128), 8,
     )  # fmt: skip
-    assert (c.batch_size, c.label_smoothing, c.optimizer) == (128, 0.1, "adamw")
+    assert (c.data.batch_size, c.classification.label_smoothing, c.optim.name) == (128, 0.1, "adamw")
 
 
 def test_quick_command_writes_the_table_json(tmp_path, capsys):

@@ -51,7 +51,7 @@ def test_help_lists_the_commands_flags_and_how_to_see_every_config_field(entry):
 def test_help_with_a_config_lists_its_fields_and_defaults():
     code, out, err = _cli("--config", f"{CONFIG}:cbam,tiny", "--help")
     assert code == 0, err
-    assert "--config.lr=0.003  (float)" in out, out
+    assert "--config.optim.lr=0.003  (float)" in out, out
     assert "--config.model.attention='cbam'  (str)" in out, out
     assert "--config.model.features=(8, 16)  (tuple)" in out, out
 
@@ -77,7 +77,7 @@ def test_misspelt_config_field_suggests_the_close_names():
 
 
 def test_bad_config_value_type_is_one_line_naming_it():
-    _one_line_usage_error(["--config", CONFIG, "--config.lr=abc"], "--config.lr=abc", "'abc'")
+    _one_line_usage_error(["--config", CONFIG, "--config.optim.lr=abc"], "--config.optim.lr=abc", "'abc'")
 
 
 def test_missing_config_file_is_one_line_naming_it():
@@ -86,7 +86,7 @@ def test_missing_config_file_is_one_line_naming_it():
 
 
 def test_unknown_config_argument_is_one_line_naming_it(tmp_path):
-    args = ["--config", f"{CONFIG}:nosuchfamily,tiny", f"--config.data_dir={tmp_path}"]
+    args = ["--config", f"{CONFIG}:nosuchfamily,tiny", f"--config.data.dir={tmp_path}"]
     _one_line_usage_error(args, "unknown attention 'nosuchfamily'", "spatial")
     _one_line_usage_error(["--config", f"{CONFIG}:spatial,huge"], "'spatial,huge'", "got extra ['huge']")
 
@@ -94,11 +94,11 @@ def test_unknown_config_argument_is_one_line_naming_it(tmp_path):
 @pytest.mark.parametrize(
     "field, value, wanted",
     [
-        ("features", ("abc",), "SmallCNN features must be positive ints"),
-        ("stride", 3, "stride must be a power of 2 with log2(stride) <= 2 (2 stages); got 3"),
-        ("backbone", "nope", "unknown backbone 'nope'"),
+        ("model.features", ("abc",), "SmallCNN features must be positive ints"),
+        ("model.stride", 3, "stride must be a power of 2 with log2(stride) <= 2 (2 stages); got 3"),
+        ("model.backbone", "nope", "unknown backbone 'nope'"),
         (
-            "matmul_grad",
+            "cpu.matmul_grad",
             "sometimes",
             "matmul_grad must be one of ['none', 'strided', 'all'] or a bool; got 'sometimes'",
         ),
@@ -108,7 +108,7 @@ def test_model_fields_are_checked_before_training(field, value, wanted):
     spec = f"{CONFIG}:spatial,tiny"
     config = load_experiment_config("classification", "spatial,tiny")
     cl.check_model(config, spec)  # the family's own model builds
-    config.model[field] = value
+    config.update_from_flattened_dict({field: value})
     with pytest.raises(cl.UsageFailure) as err:
         cl.check_model(config, spec)
     assert wanted in str(err.value) and len(str(err.value).splitlines()) == 1, err.value
@@ -130,9 +130,9 @@ def test_stray_argument_is_one_line_naming_it(tmp_path):
 
 def _tiny(data_dir, arg="spatial,tiny", **overrides):
     c = load_experiment_config("classification", arg)
-    c.update(dict(data_dir=data_dir, num_train_steps=2, warmup_steps=0, checkpoint_every_steps=2))
-    c.update(dict(eval_examples=32))
-    c.update(dict(progress=False, png_examples=0, tensorboard=False, cpu_devices=0, num_devices=1))
+    c.update(dict(data=dict(dir=data_dir, eval_examples=32), num_train_steps=2, checkpoint_every_steps=2))
+    c.update(dict(schedule=dict(warmup_steps=0), cpu=dict(devices=0)))
+    c.update(dict(progress=False, png_examples=0, tensorboard=False, num_devices=1))
     c.update(overrides)
     return c
 
@@ -145,7 +145,7 @@ def spatial_run(data_dir, tmp_path_factory):
 
 
 def test_eval_with_another_models_config_says_the_checkpoint_differs(spatial_run, data_dir):
-    args = ["--config", f"{CONFIG}:cbam,tiny", "--workdir", spatial_run, f"--config.data_dir={data_dir}"]
+    args = ["--config", f"{CONFIG}:cbam,tiny", "--workdir", spatial_run, f"--config.data.dir={data_dir}"]
     code, out, err = _cli(*args, entry="attn-jax eval")
     assert code == 1 and len(err) == 1, (code, out, err)
     assert "was written by a different model/config" in err[0] and spatial_run in err[0], err
@@ -158,7 +158,7 @@ def test_compute_only_fields_are_not_model_differences():
     saved = json.loads(load_experiment_config("classification", "additive,tiny").to_json_best_effort())
     given = load_experiment_config("classification", "additive,tiny")
     given.model.dtype, given.model.attention_kwargs.implementation = "bfloat16", "pallas"
-    given.model.matmul_grad = "all"
+    given.cpu.matmul_grad = "all"
     assert model_differences(saved, given) == []
     given.model.features = (8, 32)
     assert [d.split(":")[0] for d in model_differences(saved, given)] == ["model.features"]
@@ -177,7 +177,7 @@ def test_eval_of_a_run_without_saved_config_under_another_model_says_so(spatial_
 def test_sigterm_stop_exits_with_the_resumable_status(data_dir, tmp_path):
     workdir = str(tmp_path / "run")
     overrides = dict(num_train_steps=1000, log_every_steps=1, checkpoint_every_steps=1000, eval_every_steps=0)
-    args = [f"--config={CONFIG}:spatial,tiny", f"--workdir={workdir}", f"--config.data_dir={data_dir}"]
+    args = [f"--config={CONFIG}:spatial,tiny", f"--workdir={workdir}", f"--config.data.dir={data_dir}"]
     args += [f"--config.{k}={v}" for k, v in dict(overrides, progress=False, png_examples=0).items()]
     proc = subprocess.Popen(
         [*ENTRY_POINTS["experiments/run.py"], *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,

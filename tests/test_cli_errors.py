@@ -79,25 +79,25 @@ def _one_line_error(capsys, entered, args, *wanted):
 @pytest.mark.parametrize(
     "override, shown",
     [
-        ("batch_size=0", None),
-        ("batch_size=-4", None),
+        ("data.batch_size=0", None),
+        ("data.batch_size=-4", None),
         ("num_train_steps=0", None),
         ("num_train_steps=-1", None),
-        ("lr=-0.001", None),
-        ("lr=0", "lr=0.0"),
-        ("lr=nan", None),
-        ("optimizer=lamb", "optimizer='lamb'"),
+        ("optim.lr=-0.001", None),
+        ("optim.lr=0", "optim.lr=0.0"),
+        ("optim.lr=nan", None),
+        ("optim.name=lamb", "optim.name='lamb'"),
         ("parallel=pjit", "parallel='pjit'"),
         ("keep_latest=0", None),
         ("keep_best=-1", None),
-        ("eval_batch_size=0", None),
+        ("data.eval_batch_size=0", None),
         ("checkpoint_every_steps=-4", None),
         ("eval_every_steps=-1", None),
-        ("cpu_devices=-1", None),
+        ("cpu.devices=-1", None),
         ("num_devices=-2", None),
         ("stall_timeout_s=-1", "stall_timeout_s=-1.0"),
-        ("clip_norm=-1", "clip_norm=-1.0"),
-        ("weight_decay=-1e-4", "weight_decay=-0.0001"),
+        ("optim.clip_norm=-1", "optim.clip_norm=-1.0"),
+        ("optim.weight_decay=-1e-4", "optim.weight_decay=-0.0001"),
     ],
 )
 def test_out_of_range_config_value_is_one_line_naming_it(capsys, entered, tmp_path, override, shown):
@@ -108,21 +108,23 @@ def test_out_of_range_config_value_is_one_line_naming_it(capsys, entered, tmp_pa
 
 
 def test_unknown_augmentation_is_one_line_naming_it(capsys, entered, tmp_path):
-    args = ["--config", TINY, "--config.augment=('crop', 'zoom')", f"--workdir={tmp_path / 'run'}"]
-    _one_line_error(capsys, entered, args, "--config.augment=('crop', 'zoom')", "'zoom'", "'affine'")
+    args = ["--config", TINY, "--config.data.augment=('crop', 'zoom')", f"--workdir={tmp_path / 'run'}"]
+    _one_line_error(capsys, entered, args, "--config.data.augment=('crop', 'zoom')", "'zoom'", "'affine'")
 
 
 def test_warmup_given_on_the_command_line_past_the_run_is_one_line(capsys, entered, tmp_path):
-    args = ["--config", TINY, "--config.warmup_steps=16", "--config.num_train_steps=16"]
-    _one_line_error(capsys, entered, [*args, f"--workdir={tmp_path}"], "--config.warmup_steps=16", "=16")
+    args = ["--config", TINY, "--config.schedule.warmup_steps=16", "--config.num_train_steps=16"]
+    _one_line_error(
+        capsys, entered, [*args, f"--workdir={tmp_path}"], "--config.schedule.warmup_steps=16", "=16"
+    )
 
 
-@pytest.mark.parametrize("field", ["batch_size", "eval_batch_size"])
+@pytest.mark.parametrize("field", ["data.batch_size", "data.eval_batch_size"])
 def test_batch_that_does_not_divide_over_the_devices_is_one_line(capsys, entered, tiny_data, tmp_path, field):
     args = [
         "--config",
         TINY,
-        f"--config.data_dir={tiny_data}",
+        f"--config.data.dir={tiny_data}",
         "--config.num_devices=4",
         f"--workdir={tmp_path}",
     ]
@@ -130,14 +132,14 @@ def test_batch_that_does_not_divide_over_the_devices_is_one_line(capsys, entered
 
 
 def test_more_devices_than_there_are_is_one_line(capsys, entered, tiny_data, tmp_path):
-    args = ["--config", TINY, f"--config.data_dir={tiny_data}", "--config.num_devices=4096"]
+    args = ["--config", TINY, f"--config.data.dir={tiny_data}", "--config.num_devices=4096"]
     _one_line_error(capsys, entered, [*args, f"--workdir={tmp_path}"], "--config.num_devices=4096")
 
 
 def test_workdir_that_is_a_file_is_one_line(capsys, entered, tiny_data, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("mine")
-    args = ["--config", TINY, f"--config.data_dir={tiny_data}"]
+    args = ["--config", TINY, f"--config.data.dir={tiny_data}"]
     _one_line_error(capsys, entered, [*args, f"--workdir={path}"], f"--workdir {path} is a file")
     _one_line_error(capsys, entered, [*args, f"--workdir={path}/run"], f"{path} is a file")
     assert path.read_text() == "mine"
@@ -148,7 +150,7 @@ def test_workdir_in_use_by_a_live_process_is_one_line_before_compiling(capsys, e
     try:
         lock = tmp_path / f"{LOCK_PREFIX}0"
         lock.write_text(json.dumps({"host": socket.gethostname(), "pid": owner.pid}))
-        args = ["--config", TINY, f"--config.data_dir={tiny_data}", f"--workdir={tmp_path}"]
+        args = ["--config", TINY, f"--config.data.dir={tiny_data}", f"--workdir={tmp_path}"]
         _one_line_error(capsys, entered, args, f"workdir {tmp_path} is in use by process {owner.pid}")
         assert lock.exists()
     finally:
@@ -192,7 +194,7 @@ def _truncate_test_column(version):
 def test_damaged_data_is_one_line_naming_the_directory_to_delete(capsys, entered, tiny_data, tmp_path, damage,
                                                                   where):  # fmt: skip
     data, version = _damaged_copy(tiny_data, tmp_path, damage)
-    args = ["--config", TINY, f"--config.data_dir={data}", f"--workdir={tmp_path / 'run'}"]
+    args = ["--config", TINY, f"--config.data.dir={data}", f"--workdir={tmp_path / 'run'}"]
     _one_line_error(capsys, entered, args, "damaged", f"rm -r {version}{where})", "on next use")
     shutil.rmtree(version + where)  # what the message says: then the run goes on
     code, _, err = _train(capsys, *args)
@@ -200,14 +202,14 @@ def test_damaged_data_is_one_line_naming_the_directory_to_delete(capsys, entered
 
 
 def test_a_config_warmup_past_a_short_run_is_halved_with_a_note(capsys, entered, tiny_data, tmp_path):
-    args = ["--config", TINY, f"--config.data_dir={tiny_data}", "--config.num_train_steps=4"]  # warmup 5
+    args = ["--config", TINY, f"--config.data.dir={tiny_data}", "--config.num_train_steps=4"]  # warmup 5
     code, out, err = _train(capsys, *args, f"--workdir={tmp_path}")
     assert code is None, (out, err)
     assert err == [
-        "attn-jax train: note: the config's warmup_steps=5 is not below num_train_steps=4: warming up over 2 "
-        "steps instead (half the run); set --config.warmup_steps to choose"
+        "attn-jax train: note: the config's schedule.warmup_steps=5 is not below num_train_steps=4: warming "
+        "up over 2 steps instead (half the run); set --config.schedule.warmup_steps to choose"
     ]
-    assert entered[0][0].warmup_steps == 2
+    assert entered[0][0].schedule.warmup_steps == 2
 
 
 def test_the_readme_short_detection_run_gets_a_schedule():
@@ -217,24 +219,26 @@ def test_the_readme_short_detection_run_gets_a_schedule():
     config = load_experiment_config("detection", "spatial")
     config.num_train_steps = 200
     note = cl.resolve_warmup(config, ["--config.num_train_steps=200"], "detection.py")
-    assert "warmup_steps=200" in note and config.warmup_steps == 100
+    assert "warmup_steps=200" in note and config.schedule.warmup_steps == 100
     build_optimizer(config)
-    config.warmup_steps = 300
-    with pytest.raises(cl.UsageFailure, match=r"--config.warmup_steps=300 must be below num_train_steps=200"):
-        cl.resolve_warmup(config, ["--config.warmup_steps=300"], "detection.py")
+    config.schedule.warmup_steps = 300
+    with pytest.raises(
+        cl.UsageFailure, match=r"--config.schedule.warmup_steps=300 must be below num_train_steps=200"
+    ):
+        cl.resolve_warmup(config, ["--config.schedule.warmup_steps=300"], "detection.py")
 
 
 def test_default_workdir_is_named_by_the_config_and_the_fields_given():
     config = load_experiment_config("classification", "cbam,tiny")
     assert cl.default_workdir(config, f"{CONFIG}:cbam,tiny", []) == "runs/classification-cbam-tiny"
-    config.lr, config.model.features, config.progress = 0.01, (8, 32), False
+    config.optim.lr, config.model.features, config.progress = 0.01, (8, 32), False
     argv = [
-        "--config.lr=0.01",
+        "--config.optim.lr=0.01",
         "--config.model.features=(8, 32)",
         "--noconfig.progress",
-        "--config.cpu_devices=1",
+        "--config.cpu.devices=1",
     ]
-    want = "runs/classification-cbam-tiny-lr=0.01-model.features=8,32"
+    want = "runs/classification-cbam-tiny-optim.lr=0.01-model.features=8,32"
     assert cl.default_workdir(config, f"{CONFIG}:cbam,tiny", argv) == want
     mine = load_experiment_config("classification", "spatial")
     assert cl.default_workdir(mine, "my_configs/base.py", []) == "runs/base-classification-spatial"
@@ -247,7 +251,7 @@ def test_the_same_command_without_workdir_uses_the_same_run_directory_and_prints
     capsys, entered, tiny_data, tmp_path, monkeypatch
 ):
     monkeypatch.chdir(tmp_path)
-    args = ["--config", TINY, f"--config.data_dir={tiny_data}", "--config.num_train_steps=8"]
+    args = ["--config", TINY, f"--config.data.dir={tiny_data}", "--config.num_train_steps=8"]
     outs = []
     for _ in range(2):
         code, out, err = _train(capsys, *args)
@@ -271,7 +275,7 @@ def test_a_stop_prints_the_command_that_resumes(capsys, tiny_data, tmp_path, mon
         return {"stop_reason": "sigterm", "step": 3, "workdir": os.path.abspath(workdir)}
 
     monkeypatch.setattr(loop, "train_and_evaluate", stopped)
-    args = ["--config", TINY, f"--config.data_dir={tiny_data}", f"--workdir={tmp_path}"]
+    args = ["--config", TINY, f"--config.data.dir={tiny_data}", f"--workdir={tmp_path}"]
     code, out, err = _train(capsys, *args)
     command = "attn-jax train " + " ".join(args)
     if stop == "sigterm":
@@ -288,7 +292,7 @@ def test_another_config_in_the_workdir_is_one_line_and_restart_starts_over(
 ):
     other = load_experiment_config("classification", "cbam,tiny")
     (tmp_path / "config.json").write_text(other.to_json_best_effort())
-    args = ["--config", TINY, f"--config.data_dir={tiny_data}", f"--workdir={tmp_path}"]
+    args = ["--config", TINY, f"--config.data.dir={tiny_data}", f"--workdir={tmp_path}"]
     _one_line_error(capsys, entered, args, f"workdir {tmp_path} holds a run of another config", "'cbam'")
     code, out, err = _train(capsys, *args, "--restart")
     assert code is None and entered[0][1] == str(tmp_path), (out, err)
@@ -307,7 +311,7 @@ def test_a_failed_run_is_one_line_with_status_1(capsys, tiny_data, tmp_path, mon
 
     monkeypatch.setattr(loop, "train_and_evaluate", failing)
     code, out, err = _train(
-        capsys, "--config", TINY, f"--config.data_dir={tiny_data}", f"--workdir={tmp_path}"
+        capsys, "--config", TINY, f"--config.data.dir={tiny_data}", f"--workdir={tmp_path}"
     )
     assert code == 1 and len(err) == 1, (code, out, err)
     assert err[0].startswith(f"attn-jax train: error: {error}: what happened and what to do"), err
@@ -330,9 +334,9 @@ def test_the_config_file_is_loaded_once_and_its_overrides_reach_the_loop(
         "        f.write('x')\n"
         "    return base.get_config(arg)\n"
     )
-    args = ["--config", f"{path}:spatial,tiny", f"--config.data_dir={tiny_data}", "--config.lr=0.25"]
+    args = ["--config", f"{path}:spatial,tiny", f"--config.data.dir={tiny_data}", "--config.optim.lr=0.25"]
     code, out, err = _train(capsys, *args, f"--workdir={tmp_path / 'run'}")
     assert code is None, (out, err)
     assert calls.read_text() == "x"
     ((config, workdir),) = entered
-    assert config.lr == 0.25 and config.data_dir == tiny_data and config.model.features == (8, 16)
+    assert config.optim.lr == 0.25 and config.data.dir == tiny_data and config.model.features == (8, 16)

@@ -47,7 +47,9 @@ def runner_and_batch(task, dtype, mode):
     """(the library's Runner of the task over the 8-device mesh, one global NumPy batch)."""
     config = export_config(task, dtype, mode)
     runner = build_steps(config, parallel.make_mesh(DEVICES), meta=synthetic_meta(task))
-    (batch,) = synthetic_batches(task, 1, size=BATCH, max_boxes=config.get("max_boxes", 4))
+    (batch,) = synthetic_batches(
+        task, 1, size=BATCH, max_boxes=config.detection.max_boxes if task == "detection" else 4
+    )
     batch["valid"] = np.ones(BATCH, bool)  # eval batches say which examples are padding
     return runner, batch
 

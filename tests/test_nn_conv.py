@@ -114,8 +114,8 @@ def test_main_job_classifier_trains_its_strided_convs_as_products():
     from tests._train_models import load_experiment_config
 
     config = load_experiment_config("classification", "spatial")
-    assert config.model.matmul_grad == "strided"
-    assert _matmul_convs(build_backbone(config.model, bn_axis_name=None), jnp.ones((2, 64, 64, 1))) == 3
+    assert config.cpu.matmul_grad == "strided"
+    assert _matmul_convs(build_backbone(config, bn_axis_name=None), jnp.ones((2, 64, 64, 1))) == 3
 
 
 def test_small_cnn_rejects_an_unknown_matmul_grad():

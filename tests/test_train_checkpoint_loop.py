@@ -18,9 +18,9 @@ from tests._train_models import load_experiment_config
 def _config(data_dir=None, **overrides):
     c = load_experiment_config("classification")
     c.model.features = (4, 8)
-    c.data_dir = data_dir
-    c.num_train_steps, c.warmup_steps, c.checkpoint_every_steps = 4, 1, 2
-    c.log_every_steps, c.eval_every_steps, c.eval_examples = 2, 4, 32
+    c.data.dir = data_dir
+    c.num_train_steps, c.schedule.warmup_steps, c.checkpoint_every_steps = 4, 1, 2
+    c.log_every_steps, c.eval_every_steps, c.data.eval_examples = 2, 4, 32
     c.num_devices, c.progress, c.tensorboard, c.png_examples = 1, False, False, 0
     c.update(overrides)
     return c
@@ -58,13 +58,17 @@ def test_another_config_on_an_existing_workdir_is_refused_before_anything_is_tou
     before = _listing(workdir)
     monkeypatch.setattr(loop, "setup", _no_compile)
     monkeypatch.setattr(loop, "build_steps", _no_compile)
-    other = _config(seed=1, batch_size=8)
+    other = _config(seed=1, data={"batch_size": 8})
     other.model.attention = "gate"
     with pytest.raises(ValueError) as err:
         loop.train_and_evaluate(other, workdir)
     message = str(err.value)
     assert "\n" not in message and "another --workdir" in message and "--restart" in message, message
-    for field in ("seed: 0 (run) != 1 (given)", "batch_size: 32 (run) != 8 (given)", "model.attention: "):
+    for field in (
+        "seed: 0 (run) != 1 (given)",
+        "data.batch_size: 32 (run) != 8 (given)",
+        "model.attention: ",
+    ):
         assert field in message, message
     assert _listing(workdir) == before  # nothing written, moved or locked
 
@@ -73,19 +77,21 @@ def test_what_may_change_on_resume_and_what_defines_the_experiment(tmp_path):
     workdir = str(tmp_path)
     _old_run(workdir, _config())
     resumed = _config(
-        data_dir="/elsewhere", num_train_steps=100, eval_every_steps=3, checkpoint_every_steps=7,
-        keep_latest=5, keep_best=0, log_every_steps=1, progress=True, num_devices=2, cpu_devices=4,
-        eval_examples=0,
+        data={"dir": "/elsewhere", "eval_examples": 0}, num_train_steps=100, eval_every_steps=3,
+        checkpoint_every_steps=7, keep_latest=5, keep_best=0, log_every_steps=1, progress=True,
+        num_devices=2, cpu={"devices": 4, "matmul_grad": "all"},
     )  # fmt: skip
     resumed.model.dtype = "bfloat16"
     loop.check_workdir_config(resumed, workdir)  # no error
     for field, value in [
-        ("seed", 3), ("batch_size", 16), ("lr", 0.1), ("optimizer", "sgd"), ("warmup_steps", 2),
-        ("clip_norm", 0.0), ("augment", ("affine",)), ("dataset", "cluttered_digits"),
-        ("label_smoothing", 0.1),
+        ("seed", 3), ("data.batch_size", 16), ("optim.lr", 0.1), ("optim.name", "sgd"),
+        ("schedule.warmup_steps", 2), ("optim.clip_norm", 0.0), ("data.augment", ("affine",)),
+        ("data.dataset", "cluttered_digits"), ("classification.label_smoothing", 0.1),
     ]:  # fmt: skip
+        changed = _config()
+        changed.update_from_flattened_dict({field: value})
         with pytest.raises(loop.CheckpointMismatchError, match=rf"\({field}: "):
-            loop.check_workdir_config(_config(**{field: value}), workdir)
+            loop.check_workdir_config(changed, workdir)
     with pytest.raises(
         loop.CheckpointMismatchError, match=r"\(model.features: \[4, 8\] \(run\) != \[4, 16\]"
     ):

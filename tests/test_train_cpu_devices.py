@@ -1,4 +1,4 @@
-"""config.cpu_devices: the host CPU split into several XLA devices before JAX starts; later, a warning."""
+"""config.cpu.devices: the host CPU split into several XLA devices before JAX starts; later, a warning."""
 
 import re
 import subprocess

@@ -38,13 +38,15 @@ def _random_state(runner, seed=0):
 def _evaluate(task, data_dir, **overrides):
     """(the loop's eval result, the model's outputs on the 64 test examples alone, those examples)."""
     config = load_experiment_config(task)
-    config.update(dict(data_dir=data_dir, eval_batch_size=EVAL_BATCH, eval_examples=0, num_devices=DEVICES))
+    config.update(
+        dict(data=dict(dir=data_dir, eval_batch_size=EVAL_BATCH, eval_examples=0), num_devices=DEVICES)
+    )
     config.update(overrides)
     runner = build_steps(config)
     state = runner.place(_random_state(runner))
     got = loop.evaluate(runner, state, config)
     everything = make_pipeline(
-        config.dataset, "test", batch_size=EXAMPLES, train=False, data_dir=data_dir, num_devices=1,
+        config.data.dataset, "test", batch_size=EXAMPLES, train=False, data_dir=data_dir, num_devices=1,
         **runner.task.pipeline_kwargs(),
     )  # fmt: skip
     (batch,) = list(everything)
@@ -89,9 +91,9 @@ def test_detection_eval_counts_only_the_real_examples(data_dir):
     from attn_jax.metrics import DetectionEvaluator
 
     # score threshold 0: every image, a padded one too, yields max_detections detections
-    got, outputs, batch, runner = _evaluate("detection", data_dir, score_threshold=0.0)
+    got, outputs, batch, runner = _evaluate("detection", data_dir, detection={"score_threshold": 0.0})
     assert got["num_images"] == EXAMPLES
-    task, c = runner.task, runner.task.config
+    task, c = runner.task, runner.task.config.detection
     cls_logits, box_deltas = task._flat(outputs)
     dets = jax.device_get(
         postprocess(

@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from attn_jax.train import loop
-from attn_jax.train.config import base_config
+from attn_jax.train.config import base_config, flat_fields
 from attn_jax.train.tasks import get_task
 from attn_jax.viz.hooks import attention_png
 from tests._train_models import TASKS, load_experiment_config
@@ -27,7 +27,7 @@ def _read_jsonl(path):
 
 def tiny_config(task, data_dir, **overrides):
     c = load_experiment_config(task)
-    c.data_dir = data_dir
+    c.data.dir = data_dir
     c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps, c.log_every_steps = STEPS, 8, 4, 4
     c.progress = False
     c.png_examples = 4
@@ -119,11 +119,8 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoin
     cfg = tiny_config(
         "classification",
         data_dir,
-        optimizer="sgd",
-        lr=1e38,
-        clip_norm=0.0,
-        warmup_steps=0,
-        momentum=0.0,
+        optim=dict(name="sgd", lr=1e38, clip_norm=0.0, momentum=0.0),
+        schedule=dict(warmup_steps=0),
         checkpoint_every_steps=1,
         log_every_steps=1,
         keep_latest=50,
@@ -140,14 +137,18 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_good_checkpoin
 def test_main_job_config_is_unchanged():
     """The classification defaults behind the README's figure (3,200 steps, one CPU device)."""
     c = load_experiment_config("classification", "spatial")
-    got = {k: c[k] for k in ("task", "dataset", "seed", "optimizer", "lr", "weight_decay", "warmup_steps",
-                             "end_lr_factor", "clip_norm", "label_smoothing", "augment", "batch_size",
-                             "num_train_steps", "eval_every_steps", "cpu_devices", "parallel")}  # fmt: skip
+    got = {k: flat_fields(c.to_dict())[k] for k in (
+        "task", "data.dataset", "seed", "optim.name", "optim.lr", "optim.weight_decay",
+        "schedule.warmup_steps", "schedule.end_lr_factor", "optim.clip_norm",
+        "classification.label_smoothing", "data.augment", "data.batch_size", "num_train_steps",
+        "eval_every_steps", "cpu.devices", "parallel",
+    )}  # fmt: skip
     assert got == {
-        "task": "classification", "dataset": "cluttered_digits", "seed": 0, "optimizer": "adamw",
-        "lr": 5e-3, "weight_decay": 1e-4, "warmup_steps": 100, "end_lr_factor": 0.0, "clip_norm": 1.0,
-        "label_smoothing": 0.1, "augment": ("crop",), "batch_size": 128, "num_train_steps": 3200,
-        "eval_every_steps": 500, "cpu_devices": 0, "parallel": "shard_map",
+        "task": "classification", "data.dataset": "cluttered_digits", "seed": 0, "optim.name": "adamw",
+        "optim.lr": 5e-3, "optim.weight_decay": 1e-4, "schedule.warmup_steps": 100,
+        "schedule.end_lr_factor": 0.0, "optim.clip_norm": 1.0, "classification.label_smoothing": 0.1,
+        "data.augment": ("crop",), "data.batch_size": 128, "num_train_steps": 3200,
+        "eval_every_steps": 500, "cpu.devices": 0, "parallel": "shard_map",
     }  # fmt: skip
     m = c.model
     assert (m.backbone, tuple(m.features), m.stride, m.blocks_per_stage, m.attention, m.dtype) == (
@@ -157,11 +158,16 @@ def test_main_job_config_is_unchanged():
 
 @pytest.mark.parametrize("task", TASKS)
 def test_configs_share_one_vocabulary_and_reject_unknown_names(task, data_dir):
-    base = base_config(task).to_dict()
+    base = flat_fields(base_config(task).to_dict())
     for arg in ("spatial", "cbam,tiny"):
-        c = load_experiment_config(task, arg).to_dict()
-        assert set(base) <= set(c) and set(base["model"]) <= set(c["model"]), arg
-        assert c["task"] == task and c["model"]["attention"] == arg.split(",")[0]
+        config = load_experiment_config(task, arg)
+        c = flat_fields(config.to_dict())
+        assert set(c) == set(base), (arg, set(c) ^ set(base))  # every field's default lives in base_config
+        assert c["task"] == task and c["model.attention"] == arg.split(",")[0]
+        with pytest.raises(AttributeError, match="lr"):
+            config.lr = 0.1  # a flat name of older configs (now optim.lr): locked configs refuse it
+        with pytest.raises(AttributeError, match="label_smoothin"):
+            config[task].label_smoothin = 0.1
     from attn_jax.train.factory import build_model
 
     with pytest.raises(ValueError, match="backbone"):

@@ -52,7 +52,7 @@ def _start(task, workdir, data_dir):
         RUN,
         f"--config={config}:spatial,tiny",
         f"--workdir={workdir}",
-        f"--config.data_dir={data_dir}",
+        f"--config.data.dir={data_dir}",
         *(f"--config.{k}={v}" for k, v in FLAGS.items()),
     ]
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -84,7 +84,7 @@ def test_sigterm_then_sigkill_then_restart_equals_uninterrupted_run(task, data_d
 
     reference = str(tmp_path / "reference")
     cfg = load_experiment_config(task)
-    cfg.data_dir = data_dir
+    cfg.data.dir = data_dir
     cfg.update(FLAGS)
     loop.train_and_evaluate(cfg, reference)
 

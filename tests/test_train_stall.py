@@ -132,7 +132,7 @@ _STALLED_RUN = textwrap.dedent(
     spec.loader.exec_module(module)
     config = module.get_config("spatial,tiny")
     config.update(dict(
-        data_dir=sys.argv[2], num_train_steps=8, checkpoint_every_steps=2, log_every_steps=1,
+        data={"dir": sys.argv[2]}, num_train_steps=8, checkpoint_every_steps=2, log_every_steps=1,
         eval_every_steps=0, png_examples=0, progress=False, async_checkpoints=False, stall_timeout_s=20,
     ))
     init = runner.Runner.__init__

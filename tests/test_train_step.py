@@ -239,7 +239,7 @@ def test_task_step_is_bitwise_the_classification_step_it_replaced():
     """The main job's numbers must not move: the task path (Runner, loss_fn=Classification.loss) gives
     exactly the parameters of the classification step with label smoothing that train_step once held
     (written out above)."""
-    config = small_config("classification", "adamw", label_smoothing=0.1)
+    config = small_config("classification", "adamw", classification={"label_smoothing": 0.1})
     mesh = parallel.make_mesh(4)
     runner = build_steps(config, mesh, meta=synthetic_meta("classification"))
     legacy = parallel.shard_map_step(
@@ -266,7 +266,7 @@ def test_matmul_grad_strided_trains_like_xla_convolutions(num_devices):
 
     def run(matmul_grad):
         config = small_config("classification", "adamw")
-        config.model.matmul_grad = matmul_grad
+        config.cpu.matmul_grad = matmul_grad
         runner = build_steps(config, parallel.make_mesh(num_devices), meta=synthetic_meta("classification"))
         state = runner.place(runner.init_state(0))
         for batch in synthetic_batches("classification", 3):

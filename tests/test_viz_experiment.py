@@ -57,7 +57,7 @@ def test_cli_draws_an_attn_jax_train_run(tmp_path, capsys):
     model = build_model(config, bn_axis_name=None)
     state = create_train_state(model, build_optimizer(config), jax.random.key(7), np.zeros((1, 32, 32, 1)))
     state = state.replace(params=jax.tree.map(lambda p: p + 0.5, state.params))
-    iterator = iter(make_pipeline(config.dataset, "train", batch_size=16, train=True, num_devices=1))
+    iterator = iter(make_pipeline(config.data.dataset, "train", batch_size=16, train=True, num_devices=1))
     manager = ckpt.make_manager(str(tmp_path / "checkpoints"), async_save=False)
     ckpt.save(manager, 3, state, iterator)
     manager.close()

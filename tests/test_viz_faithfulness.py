@@ -203,8 +203,8 @@ def tiny_run(data_dir, tmp_path_factory):
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     config = load_config(os.path.join(root, "experiments", "configs", "classification.py") + ":spatial,tiny")
-    config.data_dir, config.progress, config.png_examples = data_dir, False, 0
-    config.num_train_steps, config.warmup_steps, config.num_devices = 2, 0, 1
+    config.data.dir, config.progress, config.png_examples = data_dir, False, 0
+    config.num_train_steps, config.schedule.warmup_steps, config.num_devices = 2, 0, 1
     config.log_every_steps = config.eval_every_steps = config.checkpoint_every_steps = 2
     workdir = str(tmp_path_factory.mktemp("faithfulness_run"))
     loop.train_and_evaluate(config, workdir)

@@ -1,7 +1,7 @@
 """The backbone, compute dtype and optimizer of an experiment config: the pieces every task's model is
 built from (the tasks sit above this module; attn_jax.train.factory.build_model picks the task).
 
-backbone = build_backbone(config.model)   # SmallCNN or a ResNet, BatchNorm over the axis "data"
+backbone = build_backbone(config)   # SmallCNN or a ResNet of config.model, BatchNorm over the axis "data"
 tx = build_optimizer(config)
 """
 
@@ -26,12 +26,14 @@ def model_dtype(model_cfg):
 
 def attention_kwargs(model_cfg) -> dict:
     """model_cfg.attention_kwargs as a plain dict (empty when absent): extra attention arguments."""
-    kwargs = model_cfg.get("attention_kwargs") or {}
+    kwargs = model_cfg.attention_kwargs
     return dict(kwargs.to_dict() if hasattr(kwargs, "to_dict") else kwargs)
 
 
-def build_backbone(model_cfg, bn_axis_name: str | None = AXIS):
-    """SmallCNN(features, stride, blocks_per_stage) or a ResNet (small stem) of model_cfg."""
+def build_backbone(config, bn_axis_name: str | None = AXIS):
+    """SmallCNN(features, stride, blocks_per_stage) or a ResNet (small stem) of config.model; a SmallCNN
+    trains the convs config.cpu.matmul_grad names as matrix products (CPU tuning, same model)."""
+    model_cfg = config.model
     if model_cfg.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {model_cfg.backbone!r}; known: {list(BACKBONES)}")
     dtype = model_dtype(model_cfg)
@@ -40,7 +42,7 @@ def build_backbone(model_cfg, bn_axis_name: str | None = AXIS):
             features=tuple(model_cfg.features),
             stride=model_cfg.stride,
             blocks_per_stage=model_cfg.blocks_per_stage,
-            matmul_grad=model_cfg.get("matmul_grad", "none"),
+            matmul_grad=config.cpu.matmul_grad,
             dtype=dtype,
             bn_axis_name=bn_axis_name,
         )
@@ -64,13 +66,13 @@ def build_optimizer(config):
       ValueError: naming the field and its value for an unknown optimizer or an out-of-range number.
     """
     return make_optimizer(
-        config.optimizer,
-        lr=config.lr,
+        config.optim.name,
+        lr=config.optim.lr,
         total_steps=config.num_train_steps,
-        warmup_steps=config.warmup_steps,
-        weight_decay=config.weight_decay,
-        momentum=config.get("momentum", 0.9),
-        clip_norm=config.clip_norm or None,
-        skip_nonfinite=config.get("skip_nonfinite", 0),
-        end_factor=config.get("end_lr_factor", 0.0),
+        warmup_steps=config.schedule.warmup_steps,
+        weight_decay=config.optim.weight_decay,
+        momentum=config.optim.momentum,
+        clip_norm=config.optim.clip_norm or None,
+        skip_nonfinite=config.optim.skip_nonfinite,
+        end_factor=config.schedule.end_lr_factor,
     )

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from attn_jax.data.pipeline import AUGMENTATIONS
 from attn_jax.nn import available_attention
+from attn_jax.train.config import TASK_FIELDS, base_config
 from attn_jax.train.optim import OPTIMIZERS
 from attn_jax.train.preemption import EXIT_PREEMPTED
 from attn_jax.train.runner import PARALLEL_MODES
@@ -160,89 +161,96 @@ def _number(low: float, high: float = math.inf, *, open_low: bool = False, open_
     return ok
 
 
-# field: (check, what the field must be). Fields a config does not have are skipped.
+# field path: (check, what the field must be). Fields a config does not have are skipped.
 VALUE_RULES = {
-    "batch_size": (_int_at_least(1), "an integer >= 1 (the global batch, over all devices and processes)"),
-    "eval_batch_size": (_int_at_least(1), "an integer >= 1"),
+    "data.batch_size": (
+        _int_at_least(1),
+        "an integer >= 1 (the global batch, over all devices and processes)",
+    ),
+    "data.eval_batch_size": (_int_at_least(1), "an integer >= 1"),
     "num_train_steps": (_int_at_least(1), "an integer >= 1"),
-    "lr": (_number(0.0, open_low=True), "a finite number > 0"),
-    "weight_decay": (_number(0.0), "a finite number >= 0"),
-    "momentum": (_number(0.0), "a finite number >= 0"),
-    "warmup_steps": (_int_at_least(0), "an integer >= 0"),
-    "end_lr_factor": (_number(0.0), "a finite number >= 0"),
-    "clip_norm": (_number(0.0), "a finite number >= 0 (0: no clipping)"),
-    "skip_nonfinite": (_int_at_least(0), "an integer >= 0 (0: off)"),
-    "label_smoothing": (_number(0.0, 1.0, open_high=True), "a number in [0, 1)"),
+    "num_seeds": (_int_at_least(1), "an integer >= 1 (replicas trained in one program)"),
+    "optim.lr": (_number(0.0, open_low=True), "a finite number > 0"),
+    "optim.weight_decay": (_number(0.0), "a finite number >= 0"),
+    "optim.momentum": (_number(0.0), "a finite number >= 0"),
+    "schedule.warmup_steps": (_int_at_least(0), "an integer >= 0"),
+    "schedule.end_lr_factor": (_number(0.0), "a finite number >= 0"),
+    "optim.clip_norm": (_number(0.0), "a finite number >= 0 (0: no clipping)"),
+    "optim.skip_nonfinite": (_int_at_least(0), "an integer >= 0 (0: off)"),
+    "classification.label_smoothing": (_number(0.0, 1.0, open_high=True), "a number in [0, 1)"),
     "log_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end)"),
     "eval_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end)"),
     "checkpoint_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end and on SIGTERM)"),
     "keep_latest": (_int_at_least(1), "an integer >= 1 (the resume point is the latest step)"),
     "keep_best": (_int_at_least(0), "an integer >= 0 (0: keep no best step)"),
-    "eval_examples": (_int_at_least(0), "an integer >= 0 (0: the whole test split)"),
-    "cpu_devices": (_int_at_least(0), "an integer >= 0 (0: JAX's default)"),
+    "data.eval_examples": (_int_at_least(0), "an integer >= 0 (0: the whole test split)"),
+    "cpu.devices": (_int_at_least(0), "an integer >= 0 (0: JAX's default)"),
     "num_devices": (_int_at_least(0), "an integer >= 0 (0: all devices)"),
     "preemption_check_every_steps": (_int_at_least(1), "an integer >= 1"),
     "stall_timeout_s": (_number(0.0), "a finite number of seconds >= 0 (0: no stall watchdog)"),
     "png_examples": (_int_at_least(0), "an integer >= 0"),
-    "max_boxes": (_int_at_least(1), "an integer >= 1"),
+    "detection.max_boxes": (_int_at_least(1), "an integer >= 1"),
 }
 
 
 def _choices() -> dict:
     """field: allowed values, for the fields that name one of a few things."""
-    return {"optimizer": OPTIMIZERS, "parallel": PARALLEL_MODES}
+    return {"optim.name": OPTIMIZERS, "parallel": PARALLEL_MODES}
 
 
 def check_values(config, spec: str) -> None:
     """UsageFailure naming the first field of `config` whose value is out of range (VALUE_RULES), not one
-    of its choices (optimizer, parallel) or an unknown augmentation: one line `--config.<field>=<value>
+    of its choices (optim.name, parallel) or an unknown augmentation: one line `--config.<field>=<value>
     must be ...`, before anything is compiled."""
+    values = field_paths(config)
     for field, (ok, what) in VALUE_RULES.items():
-        if field in config and not ok(config[field]):
-            raise UsageFailure(f"--config.{field}={config[field]!r} must be {what} (--config {spec})")
+        if field in values and not ok(values[field]):
+            raise UsageFailure(f"--config.{field}={values[field]!r} must be {what} (--config {spec})")
     for field, known in _choices().items():
-        if field in config and config[field] not in known:
+        if field in values and values[field] not in known:
             raise UsageFailure(
-                f"--config.{field}={config[field]!r} must be one of {list(known)} (--config {spec})"
+                f"--config.{field}={values[field]!r} must be one of {list(known)} (--config {spec})"
             )
-    if config.get("augment") is not None:
-        augment = config.augment
+    if config.data.augment is not None:
+        augment = config.data.augment
         names = (augment,) if isinstance(augment, str) else tuple(augment)
         unknown = [a for a in names if a not in AUGMENTATIONS]
         if unknown:
             raise UsageFailure(
-                f"--config.augment={augment!r}: unknown augmentation {unknown[0]!r}; known: "
+                f"--config.data.augment={augment!r}: unknown augmentation {unknown[0]!r}; known: "
                 f"{list(AUGMENTATIONS)} (--config {spec})"
             )
 
 
 def resolve_warmup(config, argv: list[str], spec: str) -> str | None:
-    """Make config.warmup_steps < config.num_train_steps (the cosine decay needs a step).
+    """Make config.schedule.warmup_steps < config.num_train_steps (the cosine decay needs a step).
 
     A warmup the config FILE sets at or past the run's length (a short run of a long recipe, e.g.
     `--config.num_train_steps=200` of a config warming up over 200) becomes num_train_steps // 2; the
     returned note says so (None when nothing changed). A warmup given on the command line is the user's
     choice: UsageFailure naming both values."""
-    warmup, steps = config.get("warmup_steps"), config.get("num_train_steps")
+    warmup, steps = config.schedule.warmup_steps, config.num_train_steps
     if warmup is None or steps is None or warmup < steps:
         return None
-    if "warmup_steps" in override_paths(argv):
+    if "schedule.warmup_steps" in override_paths(argv):
         raise UsageFailure(
-            f"--config.warmup_steps={warmup} must be below num_train_steps={steps} (the cosine decay needs "
-            f"at least one step) (--config {spec})"
+            f"--config.schedule.warmup_steps={warmup} must be below num_train_steps={steps} (the cosine "
+            f"decay needs at least one step) (--config {spec})"
         )
-    config.warmup_steps = steps // 2
+    config.schedule.warmup_steps = steps // 2
     return (
-        f"note: the config's warmup_steps={warmup} is not below num_train_steps={steps}: warming up over "
-        f"{config.warmup_steps} steps instead (half the run); set --config.warmup_steps to choose"
+        f"note: the config's schedule.warmup_steps={warmup} is not below num_train_steps={steps}: warming "
+        f"up over {config.schedule.warmup_steps} steps instead (half the run); set "
+        "--config.schedule.warmup_steps to choose"
     )
 
 
 # Fields left out of the default workdir's name: where the data is read, how the run is shown and on which
 # devices it runs (a run resumes under any of them: checkpoints restore onto any device count).
 NOT_IN_WORKDIR_NAME = (
-    "name", "data_dir", "progress", "tensorboard", "png_examples", "async_checkpoints", "cpu_devices",
-    "num_devices", "parallel", "coordinator", "preemption_check_every_steps", "stall_timeout_s",
+    "name", "data.dir", "progress", "tensorboard", "png_examples", "async_checkpoints", "cpu.devices",
+    "cpu.matmul_grad", "num_devices", "parallel", "coordinator", "preemption_check_every_steps",
+    "stall_timeout_s",
 )  # fmt: skip
 
 
@@ -265,7 +273,7 @@ def default_workdir(config, spec: str, argv: list[str]) -> str:
       -> runs/detection-spatial-num_train_steps=200
     """
     stem = os.path.splitext(os.path.basename(spec.split(":", 1)[0]))[0]
-    name = str(config.get("name") or stem).replace(",", "-")
+    name = str(config.name or stem).replace(",", "-")
     if not name.startswith(stem):
         name = f"{stem}-{name}"
     known = field_paths(config)
@@ -299,8 +307,25 @@ def validate(argv: list[str], required: bool = True):
             )
         return None
     config = load_config(spec)
+    check_fields(config, spec)
     check_overrides(config, argv, spec)
     return config
+
+
+def check_fields(config, spec: str) -> None:
+    """UsageFailure when the config of `spec` lacks a field of attn_jax.train.config.base_config of its task
+    (a config file written without base_config): the loop reads every one of them."""
+    task = config.get("task") if hasattr(config, "get") else None
+    if task not in TASK_FIELDS:
+        raise UsageFailure(f"config {spec!r}: config.task={task!r} must be one of {sorted(TASK_FIELDS)}")
+    have = field_paths(config)
+    missing = [path for path in field_paths(base_config(task, "spatial")) if path not in have]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise UsageFailure(
+            f"config {spec!r} lacks the fields {shown}: build it on "
+            f"attn_jax.train.config.base_config({task!r}, ...), which holds every field and its default"
+        )
 
 
 def _type_name(config, key: str) -> str:
@@ -358,7 +383,7 @@ def help_text(command: str, program: str, argv: list[str]) -> str:
         "flags:",
         "  --config FILE[:ARG]   experiment config file, e.g. experiments/configs/classification.py:cbam",
         f"{pad}ARG: '<attention>[,tiny]', <attention> in attn_jax.nn.available_attention()",
-        "  --config.<field>=V    override one config field, e.g. --config.lr=3e-3",
+        "  --config.<field>=V    override one config field, e.g. --config.optim.lr=3e-3",
         f"{pad}or --config.model.features='(8, 16)'",
         *workdir,
         "  -v N, --verbosity N   also log orbax / tfds INFO messages (default: warnings only)",

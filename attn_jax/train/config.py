@@ -1,6 +1,7 @@
 """The config vocabulary shared by every task's experiment config (experiments/configs/*.py).
 
-    c = base_config("detection", "spatial,tiny")   # common fields; the config file sets its numbers
+    c = base_config("detection", "spatial,tiny")   # every field and its default; the file sets numbers
+    c.optim.lr = 2e-3                              # groups: model, data, optim, schedule, cpu, <task>
 
 Argument strings are "<attention>[,tiny]" with <attention> an attention registry name
 (attn_jax.nn.available_attention()); "tiny" selects the 32x32 test datasets and small models.
@@ -24,24 +25,49 @@ def parse_arg(arg: str | None, default: str = "spatial") -> tuple[str, bool]:
 
 
 def base_config(task: str, arg: str | None = "spatial") -> ml_collections.ConfigDict:
-    """Fields every task's config has, with their defaults; the task's file overrides the numbers.
+    """Every field of a task's experiment config, with its default: the one place defaults live.
 
-    Vocabulary: model.{backbone, features, stride, blocks_per_stage, attention, attention_kwargs, dtype,
-    matmul_grad};
-    optimizer, lr, weight_decay, momentum, warmup_steps, end_lr_factor, clip_norm, skip_nonfinite, augment;
-    batch_size (global), eval_batch_size, eval_examples, num_train_steps, log_every_steps, eval_every_steps,
-    checkpoint_every_steps, keep_latest, keep_best; cpu_devices, num_devices, parallel, coordinator,
-    preemption_check_every_steps, stall_timeout_s; progress, tensorboard, png_examples.
+    The config is locked: a task's file (experiments/configs/<task>.py) sets values of these fields and
+    cannot add others, so a misspelt field fails at once. Groups:
+
+    - top level: ``task``, ``name``, ``seed``, ``num_seeds``, the loop's ``num_train_steps``,
+      ``log_every_steps``, ``eval_every_steps``, ``checkpoint_every_steps``, ``keep_latest``, ``keep_best``,
+      ``async_checkpoints``, the devices' ``num_devices``, ``parallel``, ``coordinator``,
+      ``preemption_check_every_steps``, ``stall_timeout_s``, and the display's ``progress``,
+      ``tensorboard``, ``png_examples``;
+    - ``model.*``: the trained model (backbone, widths, attention family and its arguments, dtype);
+    - ``data.*``: dataset, data directory, augmentations, batch sizes, eval examples;
+    - ``optim.*``: optimizer name, learning rate, weight decay, momentum, clipping, non-finite skips;
+    - ``schedule.*``: warmup and the cosine schedule's end;
+    - ``cpu.*``: CPU-only tuning (XLA CPU device count, matrix-product convolutions);
+    - ``<task>.*``: the task's own fields (``classification``, ``detection`` or ``segmentation``).
+
+    Args:
+      task: ``"classification"``, ``"detection"`` or ``"segmentation"``.
+      arg: ``"<attention>[,tiny]"`` (:func:`parse_arg`).
+
+    Returns:
+      A locked ``ml_collections.ConfigDict`` (``model.attention_kwargs`` stays open for the attention
+      module's extra arguments).
+
+    Raises:
+      ValueError: an unknown task or a malformed ``arg``.
+
+    Examples:
+      >>> c = base_config("segmentation", "cbam,tiny")
+      >>> c.model.attention, c.optim.lr, c.segmentation.dice_weight
+      ('cbam', 0.001, 0.5)
     """
+    if task not in TASK_FIELDS:
+        raise ValueError(f"task must be one of {sorted(TASK_FIELDS)}, got {task!r}")
     attention, tiny = parse_arg(arg)
     c = ml_collections.ConfigDict()
     c.task = task
     c.name = f"{task}-{attention}" + ("-tiny" if tiny else "")
-    c.dataset = ""
-    c.data_dir = ml_collections.config_dict.placeholder(
-        str
-    )  # None: $ATTN_JAX_DATA_DIR or ~/tensorflow_datasets
     c.seed = 0
+    # train this many independent replicas in one program, replica i with seed + i (attn_jax.train.seeds);
+    # the summary then gives each test metric's per-seed values, mean and 95% interval
+    c.num_seeds = 1
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "small_cnn"  # or resnet18 / resnet34 / resnet50 (small stem)
@@ -50,28 +76,44 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.model.blocks_per_stage = 1
     c.model.attention = attention
     c.model.dtype = "float32"  # or "bfloat16" (compute; parameters stay float32)
-    # small_cnn: which convs train as matrix products over 3x3 patches (attn_jax.nn.conv.MatmulGradConv):
-    # "none", "strided" (the stride-2 convs) or "all"; same model, gradients equal up to rounding; CPU
-    # only: lowered for GPU / TPU the convs are XLA's whatever this says
-    c.model.matmul_grad = "none"
     # extra arguments of the attention module, e.g. {"implementation": "auto"} for additive attention's
     # fused kernel on GPU / TPU (attn_jax.nn.AdditiveAttention)
     c.model.attention_kwargs = ml_collections.ConfigDict()
+    c.model.update(TASK_MODEL_FIELDS.get(task, {}))
 
-    c.optimizer = "adamw"  # or "sgd"
-    c.lr = 1e-3
-    c.weight_decay = 1e-4
-    c.momentum = 0.9  # sgd only
-    c.warmup_steps = 0
-    c.end_lr_factor = 0.0  # the cosine schedule ends at lr * end_lr_factor
-    c.clip_norm = 0.0  # 0: no global-norm clipping
-    c.skip_nonfinite = 0  # > 0: optax.apply_if_finite with that many consecutive skips
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = ""
+    c.data.dir = ml_collections.config_dict.placeholder(
+        str
+    )  # None: $ATTN_JAX_DATA_DIR or ~/tensorflow_datasets
     # training augmentations (attn_jax.data.AUGMENTATIONS): pad-and-crop; "affine" adds zoom and rotation
-    c.augment = ("crop",)
+    c.data.augment = ("crop",)
+    c.data.batch_size = 32  # global, over all devices and processes
+    c.data.eval_batch_size = 32
+    c.data.eval_examples = 0  # 0: the whole test split
 
-    c.batch_size = 32  # global, over all devices and processes
-    c.eval_batch_size = 32
-    c.eval_examples = 0  # 0: the whole test split
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "adamw"  # or "sgd"
+    c.optim.lr = 1e-3
+    c.optim.weight_decay = 1e-4
+    c.optim.momentum = 0.9  # sgd only
+    c.optim.clip_norm = 0.0  # 0: no global-norm clipping
+    c.optim.skip_nonfinite = 0  # > 0: optax.apply_if_finite with that many consecutive skips
+
+    c.schedule = ml_collections.ConfigDict()
+    c.schedule.warmup_steps = 0  # linear warmup, then cosine decay over num_train_steps
+    c.schedule.end_lr_factor = 0.0  # the cosine schedule ends at optim.lr * end_lr_factor
+
+    c.cpu = ml_collections.ConfigDict()
+    # split the host into this many XLA CPU devices, one data-parallel shard each; 0 = JAX's default (1)
+    c.cpu.devices = 0
+    # small_cnn: which convs train as matrix products over 3x3 patches (attn_jax.nn.conv.MatmulGradConv):
+    # "none", "strided" (the stride-2 convs) or "all"; same model, gradients equal up to rounding; lowered
+    # for GPU / TPU the convs are XLA's whatever this says
+    c.cpu.matmul_grad = "none"
+
+    c[task] = ml_collections.ConfigDict(TASK_FIELDS[task])
+
     c.num_train_steps = 8
     c.log_every_steps = 4
     c.eval_every_steps = 0  # 0: only at the end
@@ -80,8 +122,6 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.keep_best = 1  # by the task's eval metric (accuracy, AP50_voc, mIoU)
     c.async_checkpoints = True
 
-    # CPU only: split the host into this many XLA devices, one data-parallel shard each; 0 = JAX's default
-    c.cpu_devices = 0
     c.num_devices = 0  # 0: all devices
     c.parallel = "shard_map"  # or "pmap"
     c.preemption_check_every_steps = 10  # multi-process: how often processes agree on a SIGTERM
@@ -91,14 +131,96 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     c.progress = True
     c.tensorboard = True
     c.png_examples = 8  # test images in attention_maps.png (drawn by the CLI's hook)
+    c.lock()
+    c.model.attention_kwargs.unlock()
     return c
+
+
+# Each task's own fields and their defaults (the group config.<task>).
+TASK_FIELDS = {
+    "classification": {
+        "label_smoothing": 0.0,
+    },
+    "detection": {
+        "max_boxes": 8,  # ground-truth boxes per image in a batch (padded)
+        "positive_threshold": 0.5,  # anchor IoU for a positive; below negative_threshold a negative
+        "negative_threshold": 0.4,
+        "box_loss": "smooth_l1",  # or "giou"
+        "box_weight": 1.0,
+        "score_threshold": 0.05,  # postprocess: sigmoid score, per-class NMS at nms_iou_threshold
+        "nms_iou_threshold": 0.5,
+        "pre_nms_top_k": 300,
+        "max_detections": 100,
+    },
+    "segmentation": {
+        "ignore_index": 255,  # mask value that counts for nothing (loss and metrics)
+        "dice_weight": 0.5,  # loss = pixel cross-entropy + dice_weight x soft Dice
+    },
+}
+# Each task's own model fields (config.model.*) and their defaults.
+TASK_MODEL_FIELDS = {
+    "detection": {
+        "anchor_sizes": (12.0, 16.0),  # pixels
+        "aspect_ratios": (1.33, 2.0),  # height / width
+        "prior_probability": 0.01,  # RetinaNet: class-head bias so the focal loss starts small
+    },
+    "segmentation": {
+        "decoder_features": (32, 16),  # log2(stride) 2x upsamplings
+    },
+}
+
+# Where each field of the flat configs of attn_jax before config groups now lives: a run's saved
+# config.json is read through upgrade_saved_config, so older runs resume and compare field by field.
+RENAMED_FIELDS = {
+    "dataset": "data.dataset",
+    "data_dir": "data.dir",
+    "augment": "data.augment",
+    "batch_size": "data.batch_size",
+    "eval_batch_size": "data.eval_batch_size",
+    "eval_examples": "data.eval_examples",
+    "optimizer": "optim.name",
+    "lr": "optim.lr",
+    "weight_decay": "optim.weight_decay",
+    "momentum": "optim.momentum",
+    "clip_norm": "optim.clip_norm",
+    "skip_nonfinite": "optim.skip_nonfinite",
+    "warmup_steps": "schedule.warmup_steps",
+    "end_lr_factor": "schedule.end_lr_factor",
+    "cpu_devices": "cpu.devices",
+    "model.matmul_grad": "cpu.matmul_grad",
+    **{field: f"{task}.{field}" for task, fields in TASK_FIELDS.items() for field in fields},
+}
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A run's saved config (the dict of <workdir>/config.json) with the flat field names of attn_jax before
+    config groups moved to their groups (RENAMED_FIELDS); a grouped config comes back unchanged.
+
+    Args:
+      saved: the parsed config.json.
+
+    Returns:
+      A new nested dict.
+
+    Examples:
+      >>> upgrade_saved_config({"task": "segmentation", "lr": 0.1, "dice_weight": 0.5})
+      {'task': 'segmentation', 'optim': {'lr': 0.1}, 'segmentation': {'dice_weight': 0.5}}
+    """
+    out: dict = {}
+    for key, value in flat_fields(saved).items():
+        node = out
+        *parents, leaf = RENAMED_FIELDS.get(key, key).split(".")
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[leaf] = value
+    return out
 
 
 # Fields that define the trained model and its data: a checkpoint restored under a config that differs in
 # any of them is another model. COMPUTE_FIELDS only choose how the same model is computed (precision,
 # attention kernel): the parameters fit either way.
-MODEL_FIELDS = ("task", "dataset")  # and every model.* field but COMPUTE_FIELDS
-COMPUTE_FIELDS = ("model.dtype", "model.matmul_grad", "model.attention_kwargs.implementation")
+MODEL_FIELDS = ("task", "data.dataset")  # and every model.* field but COMPUTE_FIELDS
+COMPUTE_FIELDS = ("model.dtype", "model.attention_kwargs.implementation")
 
 
 def flat_fields(tree: dict, prefix: str = "") -> dict:
@@ -116,7 +238,7 @@ def model_differences(saved: dict, config) -> list[str]:
     """'field: saved value (run) != given value' for each model-defining field (MODEL_FIELDS, model.*) where
     the run's saved config (the dict of <workdir>/config.json) and `config` differ; [] when they agree."""
     given = flat_fields(json.loads(config.to_json_best_effort()))
-    saved = flat_fields(saved)
+    saved = flat_fields(upgrade_saved_config(saved))
     defines_model = lambda k: k in MODEL_FIELDS or (k.startswith("model.") and k not in COMPUTE_FIELDS)  # noqa: E731
     keys = sorted(filter(defines_model, set(saved) | set(given)))
     missing = "<absent>"

@@ -21,7 +21,7 @@ def build_model(config, meta=None, *, bn_axis_name: str | None = AXIS):
       config: an experiment config; ``config.task`` picks the model (classification:
         :class:`attn_jax.models.AttentionClassifier`, detection: :class:`attn_jax.models.AttentionDetector`,
         segmentation: :class:`attn_jax.models.AttentionSegmenter`).
-      meta: the dataset's facts (image shape, classes); None to look them up from ``config.dataset``.
+      meta: the dataset's facts (image shape, classes); None to look them up from ``config.data.dataset``.
       bn_axis_name: the device axis BatchNorm averages its batch statistics over, so that a data-parallel
         step equals one full-batch step (default ``"data"``); None for per-device statistics.
 

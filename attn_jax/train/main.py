@@ -1,6 +1,6 @@
 """`attn-jax train` / `python experiments/run.py`: absl flags around `train_and_evaluate`, any task.
 
-attn-jax train --config experiments/configs/classification.py:spatial --config.lr=3e-3 --workdir runs/x
+attn-jax train --config experiments/configs/classification.py:spatial --config.optim.lr=3e-3 --workdir runs/x
 attn-jax train --config experiments/configs/detection.py:spatial --workdir runs/det
 attn-jax eval  --config experiments/configs/segmentation.py --workdir runs/seg   # latest checkpoint
 attn-jax train --config experiments/configs/classification.py --help            # every --config. field
@@ -34,9 +34,10 @@ from attn_jax.train import command_line as cl
 from attn_jax.train import loop
 from attn_jax.train.checkpoint import DiskFullError
 from attn_jax.train.distributed import configure_cpu_devices, maybe_initialize
-from attn_jax.train.loop import CheckpointMismatchError, NonFiniteLossError, check_workdir_config
+from attn_jax.train.loop import CheckpointMismatchError, NonFiniteLossError
 from attn_jax.train.preemption import EXIT_PREEMPTED
-from attn_jax.train.tasks import get_task, task_name
+from attn_jax.train.tasks import get_task
+from attn_jax.train.workdir import check_workdir_config
 from attn_jax.train.workdir_lock import WorkdirInUseError, acquire, release
 
 _WORKDIR = flags.DEFINE_string(
@@ -44,6 +45,9 @@ _WORKDIR = flags.DEFINE_string(
 )
 _RESTART = flags.DEFINE_bool(
     "restart", False, "train: start over in a --workdir that holds a run (its files move to previous/<n>/)"
+)
+_REPLICA = flags.DEFINE_integer(
+    "replica", None, "eval: only replica N of a run of config.num_seeds > 1 seeds (seed config.seed + N)"
 )
 EXIT_INTERRUPTED = 130  # Ctrl-C, the shell's 128 + SIGINT
 EXIT_FAILED = 1  # the run failed (disk full, non-finite loss): one line on stderr
@@ -93,22 +97,23 @@ def _check_run_config(config, workdir: str) -> None:
 
 
 def _check_devices(config, fields=("batch_size", "eval_batch_size")) -> None:
-    """Start the devices as training will (CPU device count, multi-host) and check the batch sizes divide
-    over them: UsageFailure naming the field. Starts the backend; compiles nothing."""
-    configure_cpu_devices(config.get("cpu_devices", 0))
+    """Start the devices as training will (CPU device count, multi-host) and check the batch sizes
+    (config.data.<field>) divide over them: UsageFailure naming the field. Starts the backend; compiles
+    nothing."""
+    configure_cpu_devices(config.cpu.devices)
     try:
-        maybe_initialize(config.get("coordinator") or None)
+        maybe_initialize(config.coordinator or None)
     except ValueError as err:
         raise cl.UsageFailure(str(err)) from None
     available, processes = jax.device_count(), jax.process_count()
-    devices = config.get("num_devices") or available
+    devices = config.num_devices or available
     if devices > available:
         raise cl.UsageFailure(f"--config.num_devices={devices} but {available} device(s) available")
     for field in fields:
-        size = config.get(field)
-        if size is not None and (size % devices or size % processes):
+        size = config.data[field]
+        if size % devices or size % processes:
             raise cl.UsageFailure(
-                f"--config.{field}={size} must divide by the {devices} devices"
+                f"--config.data.{field}={size} must divide by the {devices} devices"
                 + (f" and {processes} processes" if processes > 1 else "")
                 + f" (a multiple of {devices * processes // math.gcd(devices, processes)})"
             )
@@ -117,10 +122,10 @@ def _check_devices(config, fields=("batch_size", "eval_batch_size")) -> None:
 def _check_data(config, splits=("train", "test")) -> None:
     """Open the train and test splits as training will (cluttered_digits is built on first use), so a
     damaged or missing dataset is reported now rather than after compiling or at the first evaluation."""
-    adapter = get_adapter(config.dataset, task_name(config))
+    adapter = get_adapter(config.data.dataset, config.task)
     for split in splits:
         try:
-            load_source(adapter, split, config.get("data_dir"))
+            load_source(adapter, split, config.data.dir)
         except (DamagedCacheError, FileNotFoundError) as err:
             raise cl.UsageFailure(str(err)) from None
 
@@ -205,9 +210,11 @@ def eval_main(invocation: Invocation, argv) -> None:
     except cl.UsageFailure as err:
         _exit_with_error(argv[0], str(err))
     try:
-        result = loop.evaluate_checkpoint(_config(), _WORKDIR.value)
+        result = loop.evaluate_checkpoint(_config(), _WORKDIR.value, replica=_REPLICA.value)
     except (CheckpointMismatchError, FileNotFoundError) as err:
         _exit_with_error(argv[0], str(err), 1)
+    except ValueError as err:  # --replica out of range: before anything is compiled
+        _exit_with_error(argv[0], str(err))
     print(json.dumps(result, indent=2))
 
 
@@ -268,7 +275,7 @@ def _flags_parser(command: str):
             _define_config(cl.validate(rest), argv)
             try:
                 remaining = flags.FLAGS(argv)
-            except flags.Error as err:  # e.g. --config.lr=abc, an unknown flag
+            except flags.Error as err:  # e.g. --config.optim.lr=abc, an unknown flag
                 raise cl.UsageFailure(str(err).strip().splitlines()[0]) from None
             if len(remaining) > 1:
                 raise cl.UsageFailure(f"unexpected arguments {remaining[1:]} (flags are --name=value)")

@@ -6,13 +6,15 @@
     state, metrics = step(state, shard_batch(host_batch, mesh))
 
 Each process passes its own (per-process) share of the global batch; `shard_batch` assembles the global
-array. State is replicated (PartitionSpec()), the batch is split along its first axis.
+array. State is replicated (PartitionSpec()), the batch is split along its first axis. `ShardMapPlacement`
+and `PmapPlacement` bundle each mode's compiling and placing behind the same methods, for the Runner.
 """
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -181,3 +183,95 @@ def split_for_pmap(batch: dict, num_devices: int | None = None) -> dict:
         return x.reshape((n, x.shape[0] // n) + x.shape[1:])
 
     return jax.tree.map(split, batch)
+
+
+class ShardMapPlacement:
+    """How the shard_map steps take and give arrays: the state replicated over the mesh, batches as global
+    arrays split along axis 0, per-example eval outputs gathered over processes.
+
+    :class:`attn_jax.train.Runner` holds one placement (this or :class:`PmapPlacement`, by
+    ``config.parallel``) and calls the same five methods in either mode.
+
+    Args:
+      mesh: a 1-D mesh (:func:`attn_jax.train.make_mesh`).
+    """
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+
+    def train_step(self, step_fn):
+        """``step_fn(state, batch) -> (state, metrics)`` compiled over the mesh (:func:`shard_map_step`)."""
+        return shard_map_step(step_fn, self.mesh)
+
+    def eval_step(self, eval_fn):
+        """``eval_fn(state, batch) -> (sums, per_example)`` over the mesh: sums replicated, per-example
+        outputs split like the batch. No autodiff here, so the step may use loops with plain carries
+        (detection's NMS)."""
+        axis = self.mesh.axis_names[0]
+        specs = (P(), P(axis))
+        return jax.jit(
+            jax.shard_map(eval_fn, mesh=self.mesh, in_specs=specs, out_specs=specs, check_vma=False)
+        )
+
+    def batch(self, batch: dict):
+        """This process's batch as global arrays (:func:`shard_batch`)."""
+        return shard_batch(batch, self.mesh)
+
+    def place(self, state):
+        """A host state replicated over the mesh (:func:`replicate`)."""
+        return replicate(state, self.mesh)
+
+    def from_restored(self, state):
+        """A state restored with replicated shardings: already placed."""
+        return state
+
+    def per_example_to_host(self, per_example):
+        """The eval step's per-example outputs of the global batch as NumPy (gathered over processes)."""
+        if jax.process_count() > 1 and jax.tree.leaves(per_example):
+            return multihost_utils.process_allgather(per_example, tiled=True)
+        return jax.device_get(per_example)
+
+
+class PmapPlacement:
+    """How the pmap steps take and give arrays: the state as host arrays (broadcast by ``in_axes=None``),
+    batches with a leading device axis, per-example eval outputs flattened back to one batch axis. Same
+    methods as :class:`ShardMapPlacement`; one process only.
+
+    Args:
+      mesh: a 1-D mesh of this process's devices (mapped over in mesh order).
+
+    Raises:
+      ValueError: the run has several processes.
+    """
+
+    def __init__(self, mesh: Mesh):
+        if jax.process_count() > 1:
+            raise ValueError("parallel='pmap' runs on the local devices of one process; use 'shard_map'")
+        self.mesh, self.devices = mesh, list(mesh.devices.flat)
+
+    def train_step(self, step_fn):
+        """``step_fn(state, batch) -> (state, metrics)`` pmapped over the devices (:func:`pmap_step`)."""
+        return pmap_step(step_fn, devices=self.devices)
+
+    def eval_step(self, eval_fn):
+        """``eval_fn(state, batch) -> (sums, per_example)`` pmapped: sums unstacked, per-example stacked."""
+        return jax.pmap(eval_fn, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, 0), devices=self.devices)
+
+    def batch(self, batch: dict):
+        """This process's batch with a leading device axis (:func:`split_for_pmap`)."""
+        return split_for_pmap(batch, self.mesh.size)
+
+    def place(self, state):
+        """A host state: pmap broadcasts it as it is."""
+        return state
+
+    def from_restored(self, state):
+        """A restored state fetched to the host."""
+        return jax.device_get(state)
+
+    def per_example_to_host(self, per_example):
+        """``(devices, b, ...)`` per-example outputs as NumPy ``(devices * b, ...)``."""
+        return jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), per_example)
+
+
+PLACEMENTS = {"shard_map": ShardMapPlacement, "pmap": PmapPlacement}

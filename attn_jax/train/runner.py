@@ -16,17 +16,17 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from attn_jax.train import parallel
 from attn_jax.train.builders import build_optimizer
+from attn_jax.train.seeds import eval_over_seeds, over_seeds, replica_seeds, stack_states
 from attn_jax.train.state import abstract_train_state, create_train_state
-from attn_jax.train.step import AXIS, eval_step, train_step
+from attn_jax.train.step import eval_step, train_step
 from attn_jax.train.tasks import make_task
 
-PARALLEL_MODES = ("shard_map", "pmap")
+PARALLEL_MODES = tuple(parallel.PLACEMENTS)
 
 
 class Runner:
@@ -37,10 +37,13 @@ class Runner:
     :func:`attn_jax.train.shard_map_step` (``config.parallel = "shard_map"``, the default) or
     :func:`attn_jax.train.pmap_step` (``"pmap"``); ``runner.eval(state, batch) -> (sums, per_example)``
     is :func:`attn_jax.train.eval_step` with the task's ``eval_outputs``. Both take the state and the
-    batch as :meth:`place` and :meth:`batch` make them.
+    batch as :meth:`place` and :meth:`batch` make them. What differs between the modes (how steps are
+    compiled, states and batches placed, results gathered) is the ``placement``'s:
+    :class:`attn_jax.train.parallel.ShardMapPlacement` or :class:`attn_jax.train.parallel.PmapPlacement`.
 
     Args:
-      config: the experiment config (``config.parallel`` picks the mode).
+      config: the experiment config (``config.parallel`` picks the mode; ``config.num_seeds`` K > 1 makes
+        the steps vmapped over K stacked replicas, :mod:`attn_jax.train.seeds`).
       task: the :class:`attn_jax.train.tasks.Task` supplying the loss and the eval outputs.
       model: the task's Flax module.
       tx: the optax transformation.
@@ -52,28 +55,18 @@ class Runner:
     """
 
     def __init__(self, config, task, model, tx, mesh):
-        self.config, self.task, self.model, self.tx = config, task, model, tx
-        self.mesh, self.mode = mesh, config.get("parallel", "shard_map")
+        self.config, self.task, self.model, self.tx, self.mesh = config, task, model, tx, mesh
+        self.mode = config.parallel
+        if self.mode not in parallel.PLACEMENTS:
+            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.mode!r}")
+        self.placement = parallel.PLACEMENTS[self.mode](mesh)
+        self.seeds = replica_seeds(config)
         step_fn = functools.partial(train_step, model=model, tx=tx, loss_fn=task.loss)
         eval_fn = functools.partial(eval_step, model=model, outputs_fn=task.eval_outputs)
-        if self.mode == "shard_map":
-            self.train = parallel.shard_map_step(step_fn, mesh)
-            axis = mesh.axis_names[0]  # state replicated, batch split; sums replicated, per-example split
-            specs = (P(), P(axis))
-            # no autodiff here, so the eval step may use loops with plain carries (detection's NMS)
-            self.eval = jax.jit(
-                jax.shard_map(eval_fn, mesh=mesh, in_specs=specs, out_specs=specs, check_vma=False)
-            )
-        elif self.mode == "pmap":
-            if jax.process_count() > 1:
-                raise ValueError("parallel='pmap' runs on the local devices of one process; use 'shard_map'")
-            devices = list(mesh.devices.flat)
-            self.train = parallel.pmap_step(step_fn, devices=devices)
-            self.eval = jax.pmap(
-                eval_fn, axis_name=AXIS, in_axes=(None, 0), out_axes=(None, 0), devices=devices
-            )
-        else:
-            raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.mode!r}")
+        if len(self.seeds) > 1:  # K replicas in one program: states (K, ...), batches (b, K, ...)
+            step_fn, eval_fn = over_seeds(step_fn), eval_over_seeds(eval_fn)
+        self.train = self.placement.train_step(step_fn)
+        self.eval = self.placement.eval_step(eval_fn)
 
     def sample_images(self, n: int = 2):
         """``(n, H, W, C)`` float32 zeros of the task's image shape (the shape to initialise on)."""
@@ -83,25 +76,35 @@ class Runner:
         """A fresh train state on the host, the task's parameter adjustments applied.
 
         Args:
-          seed: the PRNG seed of the initialisation and of the training randomness.
+          seed: the PRNG seed of the initialisation and of the training randomness; with
+            ``config.num_seeds`` K > 1, replica i is initialised with ``seed + i``.
 
         Returns:
-          A :class:`attn_jax.train.TrainState` at step 0 (pass it through :meth:`place`).
+          A :class:`attn_jax.train.TrainState` at step 0 (pass it through :meth:`place`); with K > 1 the
+          K replicas' states stacked on a leading axis.
         """
-        return create_train_state(
-            self.model, self.tx, jax.random.PRNGKey(seed), self.sample_images(), self.task.init_params
-        )
+        states = [
+            create_train_state(
+                self.model, self.tx, jax.random.PRNGKey(seed + i), self.sample_images(), self.task.init_params
+            )
+            for i in range(len(self.seeds))
+        ]
+        return states[0] if len(states) == 1 else stack_states(states)
 
     def abstract_state(self):
         """The train state's shapes, dtypes and shardings, without computing it.
 
         Returns:
           A :class:`attn_jax.train.TrainState` of ``jax.ShapeDtypeStruct`` leaves replicated over the mesh
-          (a checkpoint's restore target; the argument of ``jax.export``).
+          (a checkpoint's restore target; the argument of ``jax.export``); with K > 1 seeds each leaf has
+          the leading seed axis ``K``.
         """
         abstract = abstract_train_state(self.model, self.tx, self.sample_images(), self.task.init_params)
         sharding = NamedSharding(self.mesh, P())
-        return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+        lead = (len(self.seeds),) if len(self.seeds) > 1 else ()
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(lead + x.shape, x.dtype, sharding=sharding), abstract
+        )
 
     def batch(self, batch: dict):
         """This process's batch as the steps take it.
@@ -117,19 +120,17 @@ class Runner:
         Raises:
           ValueError: an entry's first axis does not divide by the device count.
         """
-        if self.mode == "pmap":
-            return parallel.split_for_pmap(batch, self.mesh.size)
-        return parallel.shard_batch(batch, self.mesh)
+        return self.placement.batch(batch)
 
     def place(self, state):
         """A host train state as the train step's state argument: replicated over the mesh in shard_map
         mode, unchanged in pmap mode."""
-        return parallel.replicate(state, self.mesh) if self.mode == "shard_map" else state
+        return self.placement.place(state)
 
     def from_restored(self, state):
         """A state restored with the shardings of :meth:`abstract_state` as the train step's state
         argument (fetched to the host in pmap mode)."""
-        return state if self.mode == "shard_map" else jax.device_get(state)
+        return self.placement.from_restored(state)
 
     def eval_host(self, state, batch: dict):
         """Run the eval step on this process's batch and bring its results to the host.
@@ -140,17 +141,11 @@ class Runner:
 
         Returns:
           The pair ``(sums, per_example)`` as NumPy, the task's sums over the global batch and its
-          per-example arrays of the global batch, each ``(b * process_count, ...)``.
+          per-example arrays of the global batch, each ``(b * process_count, ...)``; with K > 1 seeds the
+          sums ``(K, ...)`` and the per-example arrays ``(b * process_count, K, ...)``.
         """
         sums, per_example = self.eval(state, self.batch(batch))
-        sums = jax.tree.map(_replicated_to_host, sums)
-        if self.mode == "pmap":
-            per_example = jax.tree.map(lambda x: np.asarray(x).reshape((-1,) + x.shape[2:]), per_example)
-        elif jax.process_count() > 1 and jax.tree.leaves(per_example):
-            per_example = multihost_utils.process_allgather(per_example, tiled=True)
-        else:
-            per_example = jax.device_get(per_example)
-        return sums, per_example
+        return jax.tree.map(_replicated_to_host, sums), self.placement.per_example_to_host(per_example)
 
 
 def _replicated_to_host(x):
@@ -167,7 +162,7 @@ def build_steps(config, mesh=None, *, meta=None, model=None, tx=None) -> Runner:
         fields).
       mesh: the 1-D device mesh; None for :func:`attn_jax.train.make_mesh` of ``config.num_devices``
         (all devices when absent or 0).
-      meta: the dataset's facts; None to look them up from ``config.dataset``.
+      meta: the dataset's facts; None to look them up from ``config.data.dataset``.
       model: overrides the task's model built from the config (tests, notebooks).
       tx: overrides :func:`attn_jax.train.build_optimizer` of the config.
 
@@ -184,7 +179,7 @@ def build_steps(config, mesh=None, *, meta=None, model=None, tx=None) -> Runner:
       >>> state, metrics = runner.train(state, runner.batch(host_batch))
     """
     task = make_task(config, meta)
-    mesh = mesh if mesh is not None else parallel.make_mesh(config.get("num_devices") or None)
+    mesh = mesh if mesh is not None else parallel.make_mesh(config.num_devices or None)
     model = model if model is not None else task.build_model()
     tx = tx if tx is not None else build_optimizer(config)
     return Runner(config, task, model, tx, mesh)

@@ -347,15 +347,17 @@ def _batches(config, examples: int, batch_size: int):
     from attn_jax.data import get_adapter, make_pipeline
     from attn_jax.viz.runs import eval_batches
 
-    data_dir = config.get("data_dir")
-    if "segmentation" in get_adapter(config.dataset).tasks:
-        it = eval_batches(config.dataset, "test", batch_size=batch_size, limit=examples, data_dir=data_dir)
+    data_dir = config.data.dir
+    if "segmentation" in get_adapter(config.data.dataset).tasks:
+        it = eval_batches(
+            config.data.dataset, "test", batch_size=batch_size, limit=examples, data_dir=data_dir
+        )
         for b in it:
             keep = np.asarray(b["valid"], bool)
             yield np.asarray(b["image"])[keep], np.asarray(b["label"])[keep], np.asarray(b["digit"])[keep]
         return
-    loader = make_pipeline(config.dataset, "test", batch_size=batch_size, data_dir=data_dir, num_devices=1,
-                           shard_index=0, shard_count=1)  # fmt: skip
+    loader = make_pipeline(config.data.dataset, "test", batch_size=batch_size, data_dir=data_dir,
+                           num_devices=1, shard_index=0, shard_count=1)  # fmt: skip
     seen = 0
     for b in loader:
         keep = np.asarray(b["valid"], bool) & (np.arange(seen, seen + len(b["valid"])) < examples)
@@ -507,7 +509,7 @@ def faithfulness_report(
             for metric, values in scores.items():
                 rows.setdefault(metric, []).append(values[:n])
     if seen == 0:
-        raise ValueError(f"the test split of {config.dataset!r} has no images")
+        raise ValueError(f"the test split of {config.data.dataset!r} has no images")
     methods = {}
     for name in METHODS:
         if name not in per_image:
@@ -527,7 +529,7 @@ def faithfulness_report(
         },
         "run": os.path.abspath(workdir),
         "family": config.model.attention,
-        "dataset": config.dataset,
+        "dataset": config.data.dataset,
         "examples": seen,
         "accuracy": correct / seen,
         "target": target,

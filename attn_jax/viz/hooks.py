@@ -19,11 +19,11 @@ def attention_png(run) -> dict:
     """<workdir>/attention_maps.png: config.png_examples test images with every sown "attention_map"
     overlaid (process 0; nothing when png_examples is 0). run: attn_jax.train.RunEnd."""
     config, task = run.config, run.task
-    n = config.get("png_examples", 8)
+    n = config.png_examples
     if not n or jax.process_index() != 0:
         return {"attention_png": None}
     loader = make_pipeline(
-        config.dataset, "test", batch_size=n, train=False, data_dir=config.data_dir, shard_index=0,
+        config.data.dataset, "test", batch_size=n, train=False, data_dir=config.data.dir, shard_index=0,
         shard_count=1, num_devices=1, **task.pipeline_kwargs(),
     )  # fmt: skip
     batch = next(iter(loader))

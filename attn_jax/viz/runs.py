@@ -20,7 +20,7 @@ import numpy as np
 
 from attn_jax.data import dataset_info, make_pipeline
 from attn_jax.train import checkpoint as ckpt
-from attn_jax.train.config import base_config
+from attn_jax.train.config import base_config, upgrade_saved_config
 from attn_jax.train.factory import build_model, build_optimizer
 from attn_jax.train.state import abstract_train_state
 from attn_jax.train.tasks import make_task
@@ -32,7 +32,7 @@ def classifier_config(
     """A classification config (attn_jax.train.config vocabulary) for a SmallCNN(widths, stride) classifier
     with attention `family`; its model is built by attn_jax.train.build_model."""
     c = base_config("classification", family)
-    c.dataset = dataset
+    c.data.dataset = dataset
     c.model.features, c.model.stride = tuple(widths), stride
     return c
 
@@ -53,16 +53,24 @@ def load_config(spec: str):
     return module.get_config(arg) if arg else module.get_config()
 
 
-def load_train_run(config, workdir: str, step: int | None = None):
+def load_train_run(config, workdir: str, step: int | None = None, replica: int = 0):
     """(model, variables, step) of the latest (or `step`) checkpoint an `attn-jax train` run of `config`
     wrote in workdir/checkpoints, opened read-only; FileNotFoundError when there is none. The model has
-    no BatchNorm axis (plain apply on one device)."""
+    no BatchNorm axis (plain apply on one device). A run of config.num_seeds K > 1 replicas gives replica
+    `replica`'s variables (seed config.seed + replica); ValueError when it is not in [0, K)."""
+    num_seeds = config.get("num_seeds", 1)
+    if not 0 <= replica < num_seeds:
+        raise ValueError(f"replica must be in [0, {num_seeds}) (the run's num_seeds), got {replica}")
     task = make_task(config)
     model = build_model(config, task.meta, bn_axis_name=None)
     sample = jnp.zeros((1, *task.meta.image_shape), jnp.float32)
     abstract = abstract_train_state(model, build_optimizer(config), sample, task.init_params)
+    if num_seeds > 1:  # the stacked replicas (attn_jax.train.seeds)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct((num_seeds, *x.shape), x.dtype), abstract)
     abstract = ckpt.with_shardings(abstract, jax.sharding.SingleDeviceSharding(jax.devices()[0]))
     state, step = ckpt.restore_read_only(os.path.join(workdir, "checkpoints"), abstract, step)
+    if num_seeds > 1:
+        state = jax.tree.map(lambda x: x[replica], state)
     return model, {"params": state.params, "batch_stats": state.batch_stats}, step
 
 
@@ -73,7 +81,7 @@ def load_run(run_dir: str):
     if not os.path.exists(path):
         raise FileNotFoundError(f"no run in {run_dir!r} (config.json missing)")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(upgrade_saved_config(json.load(f)))
     model, variables, _ = load_train_run(config, run_dir)
     return model, variables, config
 

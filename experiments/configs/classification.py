@@ -22,27 +22,27 @@ from attn_jax.train.config import base_config, parse_arg
 def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     _, tiny = parse_arg(arg)
     c = base_config("classification", arg)
-    c.dataset = "cluttered_digits/tiny" if tiny else "cluttered_digits"
+    c.data.dataset = "cluttered_digits/tiny" if tiny else "cluttered_digits"
+    c.data.batch_size = 32 if tiny else 128  # global
+    c.data.eval_batch_size = 32 if tiny else 500
+
     c.model.features = (8, 16) if tiny else (24, 48, 96, 128)  # receptive field 31 px at stride 8
     c.model.stride = 4 if tiny else 8
-    # the stride-2 convs train as matrix products (attn_jax.nn.conv.MatmulGradConv): their kernel and
-    # input gradients are XLA:CPU's slowest ops; same model, gradients equal up to rounding
-    c.model.matmul_grad = "none" if tiny else "strided"
 
-    c.lr = 3e-3 if tiny else 5e-3
-    c.warmup_steps = 5 if tiny else 100
-    c.clip_norm = 1.0
-    c.label_smoothing = 0.0 if tiny else 0.1
+    c.optim.lr = 3e-3 if tiny else 5e-3
+    c.optim.clip_norm = 1.0
+    c.schedule.warmup_steps = 5 if tiny else 100
+    c.classification.label_smoothing = 0.0 if tiny else 0.1
 
-    c.batch_size = 32 if tiny else 128  # global
-    c.eval_batch_size = 32 if tiny else 500
     c.num_train_steps = 16 if tiny else 3200
     c.log_every_steps = 4 if tiny else 100
     c.eval_every_steps = 8 if tiny else 500
     c.checkpoint_every_steps = 4 if tiny else 500
 
-    # CPU only: one XLA device. --config.cpu_devices=4 trains about 1.2x faster on 2 cores, but a
-    # 4-device CPU step can deadlock on a loaded machine (docs/cpu.md); the stall watchdog then stops
-    # the run (status 75, resumable)
-    c.cpu_devices = 0
+    # CPU only. The stride-2 convs train as matrix products (attn_jax.nn.conv.MatmulGradConv): their kernel
+    # and input gradients are XLA:CPU's slowest ops; same model, gradients equal up to rounding.
+    c.cpu.matmul_grad = "none" if tiny else "strided"
+    # One XLA device: --config.cpu.devices=4 trains faster on 2 idle cores, but a 4-device CPU step can
+    # deadlock on a loaded machine (docs/cpu.md); the stall watchdog then stops the run (status 75, resumable)
+    c.cpu.devices = 0
     return c

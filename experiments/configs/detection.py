@@ -21,32 +21,24 @@ from attn_jax.train.config import base_config, parse_arg
 def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     _, tiny = parse_arg(arg)
     c = base_config("detection", arg)
-    c.dataset = "cluttered_digits/tiny_detection" if tiny else "cluttered_digits/detection"
+    c.data.dataset = "cluttered_digits/tiny_detection" if tiny else "cluttered_digits/detection"
+    c.data.batch_size = 16 if tiny else 32
+    c.data.eval_batch_size = 32 if tiny else 500
+
     c.model.features = (8, 16) if tiny else (16, 32, 48, 64)  # 4 stages: 31 px receptive field
     c.model.stride = 4
     # pixels; digits are 13-24 px tall, 7-17 px wide: 99% of test boxes have an anchor at IoU >= 0.5
     c.model.anchor_sizes = (6.0, 8.0) if tiny else (12.0, 16.0)
-    c.model.aspect_ratios = (1.33, 2.0)  # height / width
-    c.model.prior_probability = 0.01  # RetinaNet: class-head bias so the focal loss starts small
-    c.max_boxes = 8  # ground-truth boxes per image in a batch (padded)
-    c.positive_threshold = 0.5  # anchor IoU for a positive; below negative_threshold a negative
-    c.negative_threshold = 0.4
-    c.box_loss = "smooth_l1"  # or "giou"
-    c.box_weight = 1.0
-    c.score_threshold = 0.05  # postprocess: sigmoid score, per-class NMS at nms_iou_threshold
-    c.nms_iou_threshold = 0.5
-    c.pre_nms_top_k = 50 if tiny else 300
-    c.max_detections = 20 if tiny else 100
+    c.detection.pre_nms_top_k = 50 if tiny else 300
+    c.detection.max_detections = 20 if tiny else 100
 
-    c.lr = 2e-3
-    c.warmup_steps = 1 if tiny else 200
-    c.end_lr_factor = 0.01
+    c.optim.lr = 2e-3
+    c.schedule.warmup_steps = 1 if tiny else 200
+    c.schedule.end_lr_factor = 0.01
 
-    c.batch_size = 16 if tiny else 32
-    c.eval_batch_size = 32 if tiny else 500
     c.num_train_steps = 8 if tiny else 2000
     c.log_every_steps = 4 if tiny else 100
     c.eval_every_steps = 0  # the test split once, at the end
     c.checkpoint_every_steps = 4 if tiny else 500
-    c.cpu_devices = 0  # one XLA device; 4 is faster on 2 cores but can deadlock under load (docs/cpu.md)
+    c.cpu.devices = 0  # one XLA device; 4 is faster on 2 cores but can deadlock under load (docs/cpu.md)
     return c

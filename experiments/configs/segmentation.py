@@ -9,7 +9,7 @@ Expected (spatial attention): mIoU about 0.82, pixel accuracy about 0.99 (one se
 on a 2-core CPU. Measured runs: experiments/results/detseg_loop_cpu.json and
 experiments/results/segmentation_families.json.
 
-Loss: pixel cross-entropy + dice_weight x soft Dice. Common fields: attn_jax.train.config.
+Loss: pixel cross-entropy + segmentation.dice_weight x soft Dice. Common fields: attn_jax.train.config.
 """
 
 import ml_collections
@@ -20,22 +20,21 @@ from attn_jax.train.config import base_config, parse_arg
 def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     _, tiny = parse_arg(arg)
     c = base_config("segmentation", arg)
-    c.dataset = "cluttered_digits/tiny_detection" if tiny else "cluttered_digits/detection"
+    c.data.dataset = "cluttered_digits/tiny_detection" if tiny else "cluttered_digits/detection"
+    c.data.batch_size = 16 if tiny else 32
+    c.data.eval_batch_size = 32 if tiny else 500
+
     c.model.features = (8, 16) if tiny else (16, 32, 48, 64)  # 4 stages: 31 px receptive field
     c.model.stride = 4
     c.model.decoder_features = (16, 8) if tiny else (32, 16)  # log2(stride) 2x upsamplings
-    c.ignore_index = 255
-    c.dice_weight = 0.5
 
-    c.lr = 2e-3
-    c.warmup_steps = 1 if tiny else 200
-    c.end_lr_factor = 0.01
+    c.optim.lr = 2e-3
+    c.schedule.warmup_steps = 1 if tiny else 200
+    c.schedule.end_lr_factor = 0.01
 
-    c.batch_size = 16 if tiny else 32
-    c.eval_batch_size = 32 if tiny else 500
     c.num_train_steps = 8 if tiny else 2000
     c.log_every_steps = 4 if tiny else 100
     c.eval_every_steps = 0  # the test split once, at the end
     c.checkpoint_every_steps = 4 if tiny else 500
-    c.cpu_devices = 0  # one XLA device; 4 is faster on 2 cores but can deadlock under load (docs/cpu.md)
+    c.cpu.devices = 0  # one XLA device; 4 is faster on 2 cores but can deadlock under load (docs/cpu.md)
     return c

@@ -1,6 +1,6 @@
 """Tasks of the training loop by name: classification, detection, segmentation.
 
-task = make_task(config, meta)          # config.task, default "classification"
+task = make_task(config, meta)          # config.task
 model = task.build_model()              # BatchNorm over the axis "data"
 """
 
@@ -22,9 +22,9 @@ def task_name(config) -> str:
       config: an experiment config.
 
     Returns:
-      ``config.task``, or ``"classification"`` when the config has no ``task`` field.
+      ``config.task``.
     """
-    return config.get("task", "classification")
+    return config.task
 
 
 def get_task(name: str) -> type[Task]:
@@ -52,9 +52,9 @@ def make_task(config, meta=None) -> Task:
     """The task of an experiment config, for a dataset.
 
     Args:
-      config: an experiment config; ``config.task`` (default ``"classification"``) picks the task.
+      config: an experiment config; ``config.task`` picks the task.
       meta: the dataset's facts (image shape, number of classes); None for
-        :func:`attn_jax.data.dataset_info` of ``config.dataset`` (and ``config.data_dir``).
+        :func:`attn_jax.data.dataset_info` of ``config.data.dataset`` (and ``config.data.dir``).
 
     Returns:
       An instance of the task's :class:`attn_jax.train.tasks.Task` subclass.
@@ -64,7 +64,7 @@ def make_task(config, meta=None) -> Task:
     """
     cls = get_task(task_name(config))
     if meta is None:
-        meta = dataset_info(config.dataset, task=cls.name, data_dir=config.get("data_dir"))
+        meta = dataset_info(config.data.dataset, task=cls.name, data_dir=config.data.dir)
     return cls(config, meta)
 
 

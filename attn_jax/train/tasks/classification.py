@@ -104,7 +104,7 @@ class Classification(Task):
 
     def build_model(self, bn_axis_name: str | None = AXIS):
         m = self.config.model
-        backbone = build_backbone(m, bn_axis_name)
+        backbone = build_backbone(self.config, bn_axis_name)
         return AttentionClassifier(
             backbone,
             self.meta.num_classes,
@@ -114,7 +114,7 @@ class Classification(Task):
         )
 
     def loss(self, outputs, batch, axis_name):
-        return classification_loss(outputs, batch, label_smoothing=self.config.get("label_smoothing", 0.0))
+        return classification_loss(outputs, batch, label_smoothing=self.config.classification.label_smoothing)
 
     def train_metrics(self, sums):
         return means_from_sums(sums)

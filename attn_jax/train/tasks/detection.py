@@ -34,7 +34,7 @@ class Detection(Task):
         self._anchors = None
 
     def pipeline_kwargs(self):
-        return {"task": "detection", "max_boxes": self.config.get("max_boxes", 8)}
+        return {"task": "detection", "max_boxes": self.config.detection.max_boxes}
 
     @property
     def num_anchors(self) -> int:
@@ -44,7 +44,7 @@ class Detection(Task):
     def anchors(self):
         """(h * w * A, 4) normalised anchors on the backbone's output grid (row, column, anchor order)."""
         if self._anchors is None:
-            stride = build_backbone(self.config.model, None).stride
+            stride = build_backbone(self.config, None).stride
             h, w = self.meta.image_shape[:2]
             m = self.config.model
             grid = (h // stride, w // stride)
@@ -53,7 +53,7 @@ class Detection(Task):
 
     def build_model(self, bn_axis_name: str | None = AXIS):
         m = self.config.model
-        backbone = build_backbone(m, bn_axis_name)
+        backbone = build_backbone(self.config, bn_axis_name)
         return AttentionDetector(
             backbone,
             self.meta.num_classes,
@@ -64,7 +64,7 @@ class Detection(Task):
         )
 
     def init_params(self, params):
-        pi = self.config.model.get("prior_probability", 0.01)
+        pi = self.config.model.prior_probability
         if not pi:
             return params
         head = dict(params["cls_head"])
@@ -77,12 +77,12 @@ class Detection(Task):
         return cls_logits.reshape(b, -1, self.meta.num_classes), box_deltas.reshape(b, -1, 4)
 
     def loss(self, outputs, batch, axis_name):
-        c = self.config
+        c = self.config.detection
         cls_logits, box_deltas = self._flat(outputs)
         anchors = self.anchors()
         targets = assign_targets(
-            anchors, batch["boxes"], batch["box_labels"], batch["box_valid"],
-            c.positive_threshold, c.negative_threshold,
+            anchors, batch["boxes"], batch["box_labels"], batch["box_valid"], c.positive_threshold,
+            c.negative_threshold,
         )  # fmt: skip
         cls_sum, box_sum, positives = detection_loss_sums(
             cls_logits, box_deltas, anchors, targets, box_loss=c.box_loss
@@ -104,11 +104,11 @@ class Detection(Task):
         }
 
     def eval_outputs(self, outputs, batch, axis_name):
-        c = self.config
+        c = self.config.detection
         cls_logits, box_deltas = self._flat(outputs)
         dets = postprocess(
-            cls_logits, box_deltas, self.anchors(), c.score_threshold, c.nms_iou_threshold,
-            c.pre_nms_top_k, c.max_detections,
+            cls_logits, box_deltas, self.anchors(), c.score_threshold, c.nms_iou_threshold, c.pre_nms_top_k,
+            c.max_detections,
         )  # fmt: skip
         per_example = {
             "boxes": dets.boxes, "scores": dets.scores, "classes": dets.classes, "valid": dets.valid,

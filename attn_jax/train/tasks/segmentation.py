@@ -36,7 +36,7 @@ class Segmentation(Task):
     def build_model(self, bn_axis_name: str | None = AXIS):
         m = self.config.model
         dtype = model_dtype(m)
-        backbone = build_backbone(m, bn_axis_name)
+        backbone = build_backbone(self.config, bn_axis_name)
         decoder = Decoder(features=tuple(m.decoder_features), dtype=dtype, bn_axis_name=bn_axis_name)
         return AttentionSegmenter(
             backbone,
@@ -48,7 +48,7 @@ class Segmentation(Task):
         )
 
     def loss(self, outputs, batch, axis_name):
-        ignore = self.config.get("ignore_index", 255)
+        ignore = self.config.segmentation.ignore_index
         labels = batch["mask"]
         valid = labels != ignore
         ce_sum, pixels = cross_entropy_sums(outputs, labels, valid)
@@ -56,7 +56,7 @@ class Segmentation(Task):
         n = axis_size(axis_name)
         loss = n * ce_sum / jnp.maximum(global_sum(pixels, axis_name), 1.0)
         inter, denom = dice_sums(outputs, labels, valid)
-        weight = self.config.get("dice_weight", 0.0)
+        weight = self.config.segmentation.dice_weight
         if weight > 0:
             g_inter, g_denom = global_sum(inter, axis_name), global_sum(denom, axis_name)
             d_inter, d_denom = jax.grad(dice_from_sums, argnums=(0, 1))(g_inter, g_denom)
@@ -71,19 +71,19 @@ class Segmentation(Task):
         ce = float(np.asarray(sums["ce_loss"])) / max(float(np.asarray(sums["pixels"])), 1.0)
         inter, denom = np.asarray(sums["dice_inter"], np.float64), np.asarray(sums["dice_denom"], np.float64)
         dice = float(dice_from_sums(inter, denom))  # in float64, as the sums
-        return {"loss": ce + self.config.get("dice_weight", 0.0) * dice, "ce_loss": ce, "dice_loss": dice}
+        return {"loss": ce + self.config.segmentation.dice_weight * dice, "ce_loss": ce, "dice_loss": dice}
 
     def eval_outputs(self, outputs, batch, axis_name):
         pred = jnp.argmax(outputs, axis=-1)
         cm = confusion_matrix(
-            pred, batch["mask"], self.meta.num_classes, self.config.get("ignore_index", 255),
+            pred, batch["mask"], self.meta.num_classes, self.config.segmentation.ignore_index,
             batch["valid"][:, None, None],
         )  # fmt: skip
         return {"confusion": lax.psum(cm, axis_name)}, {}
 
     def evaluator(self):
         return _ConfusionEvaluator(
-            SegmentationEvaluator(self.meta.num_classes, self.config.get("ignore_index", 255))
+            SegmentationEvaluator(self.meta.num_classes, self.config.segmentation.ignore_index)
         )
 
 
