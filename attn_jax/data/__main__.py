@@ -53,10 +53,10 @@ def _show(args) -> None:
     fig, axes = plt.subplots(2, 8, figsize=(16, 4.4))
     for i in range(8):
         ex = source[i]
-        side = ex["image"].shape[0]
+        h, w = ex["image"].shape[:2]
         axes[0, i].imshow(ex["image"][..., 0], cmap="gray")
         axes[1, i].imshow(ex["mask"], cmap="tab20", vmin=0, vmax=19, interpolation="nearest")
-        for (y0, x0, y1, x1), label in zip(ex["boxes"] * side, ex["box_labels"]):
+        for (y0, x0, y1, x1), label in zip(ex["boxes"] * [h, w, h, w], ex["box_labels"]):
             rect = plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="red")
             axes[0, i].add_patch(rect)
             axes[0, i].text(x0, y0 - 1, str(label), color="yellow", fontsize=9)

@@ -19,30 +19,55 @@ MASK_THRESHOLD = 0.3
 SIZE_FRACTIONS = (0.25, 0.3125, 0.375, 0.4375)
 #: Candidate positions tried per digit when placing several digits without overlap.
 PLACEMENT_TRIES = 64
+#: Token ids of a reading example's `sequence`: the digits 0-9 are their own ids, then END, then PAD.
+END_TOKEN = 10
+PAD_TOKEN = 11
 
 
 @dataclasses.dataclass(frozen=True)
 class SynthSpec:
-    """What to draw: canvas side, channels (1 or 3), digits per image, clutter fragments."""
+    """What to draw: canvas height (and width), channels (1 or 3), digits per image, clutter fragments.
+
+    ``reading``: the digits stand left to right in a row, apart along x, and each example carries its
+    digit string as ``sequence``; the row must fit: max_digits * the largest digit side <= the width.
+    Digit and fragment sizes follow the height (``canvas_size``).
+    """
 
     canvas_size: int = 64
     channels: int = 1
     min_digits: int = 1
     max_digits: int = 1
     num_clutter: int = 6
+    canvas_width: int | None = None
+    reading: bool = False
 
     def __post_init__(self):
         if self.canvas_size < 16:
             raise ValueError(f"canvas_size must be >= 16, got {self.canvas_size}")
+        if self.canvas_width is not None and self.canvas_width < 16:
+            raise ValueError(f"canvas_width must be >= 16 (or None: square), got {self.canvas_width}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if not 1 <= self.min_digits <= self.max_digits <= 4:
+        if not 1 <= self.min_digits <= self.max_digits:
             raise ValueError(
-                f"need 1 <= min_digits <= max_digits <= 4, got min_digits={self.min_digits}, "
+                f"need 1 <= min_digits <= max_digits, got min_digits={self.min_digits}, "
                 f"max_digits={self.max_digits}"
+            )
+        if not self.reading and self.max_digits > 4:
+            raise ValueError(f"max_digits must be <= 4 (or reading=True), got {self.max_digits}")
+        row = self.max_digits * self.digit_sizes[-1]
+        if self.reading and row > self.width:
+            raise ValueError(
+                f"max_digits={self.max_digits} digits of up to {self.digit_sizes[-1]} px need a canvas_width "
+                f">= {row} for reading, got {self.width}"
             )
         if self.num_clutter < 0:
             raise ValueError(f"num_clutter must be >= 0, got {self.num_clutter}")
+
+    @property
+    def width(self) -> int:
+        """Canvas width in pixels (``canvas_width``, else ``canvas_size``: square)."""
+        return self.canvas_size if self.canvas_width is None else self.canvas_width
 
     @property
     def digit_sizes(self) -> tuple[int, ...]:
@@ -113,7 +138,7 @@ def _paste_max(canvas, n_idx, ys, xs, patches):
 def _draw_clutter(canvas, rng, pool, spec):
     """Paste `num_clutter` fragments cut from random pool digits at random canvas positions."""
     n = canvas.shape[0]
-    f, side = spec.fragment_size, spec.canvas_size
+    f, side, width = spec.fragment_size, spec.canvas_size, spec.width
     n_idx = np.arange(n)
     for _ in range(spec.num_clutter):
         size = rng.choice(spec.digit_sizes)
@@ -123,7 +148,7 @@ def _draw_clutter(canvas, rng, pool, spec):
         cols = ox[:, None, None] + np.arange(f)
         frag = digits[n_idx[:, None, None], rows, cols]
         color = rng.uniform(0.4, 0.9, (n, 1, 1, spec.channels)).astype(np.float32)
-        ys, xs = rng.integers(0, side - f + 1, (2, n))
+        ys, xs = rng.integers(0, side - f + 1, n), rng.integers(0, width - f + 1, n)  # square: as (2, n)
         _paste_max(canvas, n_idx, ys, xs, frag[..., None] * color)
 
 
@@ -149,13 +174,27 @@ def _place(rng, sizes, active, side):
     return ys, xs, active
 
 
-def _tight_boxes(ink: np.ndarray, ys: np.ndarray, xs: np.ndarray, side: int) -> np.ndarray:
+def _place_in_row(rng, sizes, active, height, width):
+    """Top-left corners (n, k) for a row of squares of side `sizes` (n, k), left to right and apart along
+    x: the width left over by the active squares is cut into k + 1 random gaps. Every square fits (the
+    spec checks max_digits * the largest side <= width)."""
+    used = np.where(active, sizes, 0)
+    free = width - used.sum(axis=1, keepdims=True)
+    cuts = np.minimum((rng.random(sizes.shape) * (free + 1)).astype(np.int64), free)
+    cuts = np.sort(np.where(active, cuts, free), axis=1)  # the active squares' cuts first, in order
+    xs = cuts + np.cumsum(used, axis=1) - used
+    ys = (rng.random(sizes.shape) * (height - sizes + 1)).astype(np.int64)
+    return ys, xs, active
+
+
+def _tight_boxes(ink: np.ndarray, ys: np.ndarray, xs: np.ndarray, height: int, width: int) -> np.ndarray:
     """Normalised (ymin, xmin, ymax, xmax) around the True pixels of `ink` (n, s, s) pasted at ys, xs."""
     rows, cols = ink.any(axis=2), ink.any(axis=1)
     s = ink.shape[1]
     r0, r1 = rows.argmax(1), s - 1 - rows[:, ::-1].argmax(1)
     c0, c1 = cols.argmax(1), s - 1 - cols[:, ::-1].argmax(1)
-    return np.stack([ys + r0, xs + c0, ys + r1 + 1, xs + c1 + 1], axis=1).astype(np.float32) / side
+    pixels = np.stack([ys + r0, xs + c0, ys + r1 + 1, xs + c1 + 1], axis=1).astype(np.float32)
+    return pixels / np.array([height, width, height, width], np.float32)
 
 
 def synthesize(rng: np.random.Generator, pool: np.ndarray, n: int, spec: SynthSpec) -> list[dict]:
@@ -164,12 +203,14 @@ def synthesize(rng: np.random.Generator, pool: np.ndarray, n: int, spec: SynthSp
     Returns a list of dicts: image uint8 (H, W, C); label int64 (class of the main digit); boxes float32
     (k, 4) normalised (ymin, xmin, ymax, xmax), tight around each digit's mask pixels; box_labels int64
     (k,); source_ids int64 (k,) (index into `source_digits()`); mask uint8 (H, W), 0 = background,
-    class + 1 on digit pixels. The main digit is always first.
+    class + 1 on digit pixels. The main digit is always first. With ``spec.reading`` the digits are in
+    reading order (left to right) and ``sequence`` int64 (max_digits + 1,) holds their classes, then
+    `END_TOKEN`, then `PAD_TOKEN` up to the end.
     """
     _, labels = source_digits()
-    side, k, c = spec.canvas_size, spec.max_digits, spec.channels
-    canvas = np.zeros((n, side, side, c), np.float32)
-    mask = np.zeros((n, side, side), np.uint8)
+    side, width, k, c = spec.canvas_size, spec.width, spec.max_digits, spec.channels
+    canvas = np.zeros((n, side, width, c), np.float32)
+    mask = np.zeros((n, side, width), np.uint8)
     _draw_clutter(canvas, rng, pool, spec)
 
     count = rng.integers(spec.min_digits, spec.max_digits + 1, n)
@@ -177,7 +218,10 @@ def synthesize(rng: np.random.Generator, pool: np.ndarray, n: int, spec: SynthSp
     size_choice = rng.integers(0, len(spec.digit_sizes), (n, k))
     sizes = np.asarray(spec.digit_sizes)[size_choice]
     ids = rng.choice(pool, (n, k))
-    ys, xs, active = _place(rng, sizes, active, side)
+    if spec.reading:
+        ys, xs, active = _place_in_row(rng, sizes, active, side, width)
+    else:
+        ys, xs, active = _place(rng, sizes, active, side)
     color = rng.uniform(0.75, 1.0, (n, k, c)).astype(np.float32)
     boxes = np.zeros((n, k, 4), np.float32)
     for j in range(k):
@@ -189,7 +233,7 @@ def synthesize(rng: np.random.Generator, pool: np.ndarray, n: int, spec: SynthSp
             _paste_max(canvas, sel, ys[sel, j], xs[sel, j], glyph[..., None] * color[sel, j, None, None, :])
             ink = glyph >= MASK_THRESHOLD
             _paste_mask(mask, sel, ys[sel, j], xs[sel, j], ink, labels[ids[sel, j]] + 1)
-            boxes[sel, j] = _tight_boxes(ink, ys[sel, j], xs[sel, j], side)
+            boxes[sel, j] = _tight_boxes(ink, ys[sel, j], xs[sel, j], side, width)
 
     image = np.round(np.clip(canvas, 0.0, 1.0) * 255).astype(np.uint8)
     out = []
@@ -205,7 +249,17 @@ def synthesize(rng: np.random.Generator, pool: np.ndarray, n: int, spec: SynthSp
                 "mask": mask[i],
             }
         )
+        if spec.reading:
+            out[-1]["sequence"] = reading_sequence(labels[ids[i, keep]], k)
     return out
+
+
+def reading_sequence(digits: np.ndarray, max_digits: int) -> np.ndarray:
+    """int64 (max_digits + 1,): the digit classes, `END_TOKEN`, then `PAD_TOKEN` to the end."""
+    sequence = np.full(max_digits + 1, PAD_TOKEN, np.int64)
+    sequence[: len(digits)] = digits
+    sequence[len(digits)] = END_TOKEN
+    return sequence
 
 
 def _paste_mask(mask, n_idx, ys, xs, ink, values):

@@ -2,7 +2,8 @@
 
 scikit-learn's 1,797 bundled 8x8 handwritten digits, upscaled and placed on a cluttered canvas (clutter =
 fragments of other digits of the same split), in the tradition of cluttered MNIST. One dataset serves
-classification (`label`), detection (`boxes`, `box_labels`) and segmentation (`mask`).
+classification (`label`), detection (`boxes`, `box_labels`) and segmentation (`mask`); the reading
+configs (``reading``, ``tiny_reading``) also serve reading (`sequence`).
 
 Features of every example:
     image       uint8 (H, W, C)    C = 1 (default) or 3
@@ -11,6 +12,12 @@ Features of every example:
     box_labels  int64 (k,)         digit class of each box
     source_ids  int64 (k,)         index of each digit in sklearn.datasets.load_digits() (identity)
     mask        uint8 (H, W)       0 = background, class + 1 on digit pixels (clutter is background)
+    sequence    int64 (L + 1,)     reading configs only: the digit string, left to right, then END, then PAD
+
+Reading configs (``reading=True``) place 1 to L = ``max_digits`` digits left to right in a row, apart
+along x (their boxes never overlap and come in reading order), amid clutter on a wide canvas. Their
+``sequence`` tokens: the digits 0-9 are their own ids, `END_TOKEN` = 10 follows the last digit and
+`PAD_TOKEN` = 11 fills the rest, e.g. "307" with L = 4 is [3, 0, 7, 10, 11].
 
 Source digits are split by identity (80% / 20%) between "train" and "test". Examples are a
 deterministic function of (config, version): built in chunks of `CHUNK` examples, chunk c of split s drawn
@@ -32,26 +39,34 @@ from attn_jax.data._paths import default_data_dir
 
 CHUNK = 1000
 _SPLIT_CODES = {"train": 0, "test": 1}
+#: The token after the last digit of a reading example's ``sequence`` (the digits 0-9 are their own ids).
+END_TOKEN = _synth.END_TOKEN
+#: The token that fills a reading example's ``sequence`` after `END_TOKEN`.
+PAD_TOKEN = _synth.PAD_TOKEN
 
 
 @dataclasses.dataclass(eq=False)
 class ClutteredDigitsConfig(tfds.core.BuilderConfig):
-    """A cluttered_digits variant: canvas side, channels, digits per image, clutter, split sizes, seed.
+    """A cluttered_digits variant: canvas size, channels, digits per image, clutter, split sizes, seed.
 
     The built-in variants are `BUILDER_CONFIGS` (``default``, ``detection``, ``tiny``,
-    ``tiny_detection``); a config of your own goes wherever a dataset name does (`prepare`,
-    `dataset_info`, `make_pipeline`) and is built on first use like the others. Besides the fields below
-    it takes TFDS's ``name`` (its directory under ``cluttered_digits/``) and ``description``. Examples
-    are a deterministic function of the config.
+    ``tiny_detection``, ``reading``, ``tiny_reading``); a config of your own goes wherever a dataset name
+    does (`prepare`, `dataset_info`, `make_pipeline`) and is built on first use like the others. Besides
+    the fields below it takes TFDS's ``name`` (its directory under ``cluttered_digits/``) and
+    ``description``. Examples are a deterministic function of the config.
 
     Examples:
       >>> config = ClutteredDigitsConfig(name="large", canvas_size=96, max_digits=2)
       >>> config.num_examples, config.spec.canvas_size
       ({'train': 50000, 'test': 10000}, 96)
+      >>> wide = ClutteredDigitsConfig(name="row", canvas_width=128, max_digits=4, reading=True)
+      >>> wide.image_hw, wide.sequence_length
+      ((64, 128), 5)
     """
 
     canvas_size: int = 64
-    """Side of the square canvas in pixels."""
+    """Height of the canvas in pixels, and its width unless ``canvas_width`` is given; digit and clutter
+    sizes follow it."""
     channels: int = 1
     """1 (grey) or 3 (the grey image repeated)."""
     min_digits: int = 1
@@ -66,6 +81,11 @@ class ClutteredDigitsConfig(tfds.core.BuilderConfig):
     """Examples of the "test" split."""
     seed: int = 0
     """Seed of the split of digit identities and of every example."""
+    canvas_width: int | None = None
+    """Width of the canvas in pixels; None gives ``canvas_size`` (a square)."""
+    reading: bool = False
+    """Digits left to right in a row, apart along x, and the feature ``sequence`` (see the module
+    docstring); needs max_digits * the largest digit side (0.4375 * canvas_size) <= the width."""
 
     @property
     def spec(self) -> _synth.SynthSpec:
@@ -76,7 +96,19 @@ class ClutteredDigitsConfig(tfds.core.BuilderConfig):
             min_digits=self.min_digits,
             max_digits=self.max_digits,
             num_clutter=self.num_clutter,
+            canvas_width=self.canvas_width,
+            reading=self.reading,
         )
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        """(height, width) of the images in pixels."""
+        return self.canvas_size, self.spec.width
+
+    @property
+    def sequence_length(self) -> int | None:
+        """Length of ``sequence`` (max_digits + 1: the digits and END), or None without reading."""
+        return self.max_digits + 1 if self.reading else None
 
     @property
     def num_examples(self) -> dict[str, int]:
@@ -111,6 +143,26 @@ BUILDER_CONFIGS = [
         num_train=256,
         num_test=64,
     ),
+    ClutteredDigitsConfig(
+        name="reading",
+        description="Reading: 1-4 digits left to right + 8 clutter fragments on 64x128 (H x W), "
+        "50k train / 10k test.",
+        canvas_width=128,
+        max_digits=4,
+        num_clutter=8,
+        reading=True,
+    ),
+    ClutteredDigitsConfig(
+        name="tiny_reading",
+        description="For tests: 1-4 digits left to right + 2 fragments on 32x64, 256 train / 64 test.",
+        canvas_size=32,
+        canvas_width=64,
+        max_digits=4,
+        num_clutter=2,
+        num_train=256,
+        num_test=64,
+        reading=True,
+    ),
 ]
 
 
@@ -140,20 +192,19 @@ class ClutteredDigits(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
-        side = cfg.canvas_size
+        height, width = cfg.image_hw
         zlib = tfds.features.Encoding.ZLIB
-        features = tfds.features.FeaturesDict(
-            {
-                "image": tfds.features.Tensor(
-                    shape=(side, side, cfg.channels), dtype=np.uint8, encoding=zlib
-                ),
-                "label": tfds.features.Tensor(shape=(), dtype=np.int64),
-                "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
-                "box_labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
-                "source_ids": tfds.features.Tensor(shape=(None,), dtype=np.int64),
-                "mask": tfds.features.Tensor(shape=(side, side), dtype=np.uint8, encoding=zlib),
-            }
-        )
+        features = {
+            "image": tfds.features.Tensor(shape=(height, width, cfg.channels), dtype=np.uint8, encoding=zlib),
+            "label": tfds.features.Tensor(shape=(), dtype=np.int64),
+            "boxes": tfds.features.Tensor(shape=(None, 4), dtype=np.float32),
+            "box_labels": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+            "source_ids": tfds.features.Tensor(shape=(None,), dtype=np.int64),
+            "mask": tfds.features.Tensor(shape=(height, width), dtype=np.uint8, encoding=zlib),
+        }
+        if cfg.reading:
+            features["sequence"] = tfds.features.Tensor(shape=(cfg.sequence_length,), dtype=np.int64)
+        features = tfds.features.FeaturesDict(features)
         return tfds.core.DatasetInfo(
             builder=self,
             description=__doc__,
@@ -201,7 +252,8 @@ def prepare(config: str | ClutteredDigitsConfig = "default", data_dir: str | Non
 
     Args:
       config: a name from `BUILDER_CONFIGS` (``"default"``, ``"detection"``, ``"tiny"``,
-        ``"tiny_detection"``) or a `ClutteredDigitsConfig` of your own (e.g. a 96x96 canvas).
+        ``"tiny_detection"``, ``"reading"``, ``"tiny_reading"``) or a `ClutteredDigitsConfig` of your own
+        (e.g. a 96x96 canvas).
       data_dir: where to build (None: `default_data_dir`).
 
     Returns:

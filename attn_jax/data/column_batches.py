@@ -30,7 +30,8 @@ _FOREVER_EPOCHS = 1_000_000  # train with num_epochs=None: the source is long en
 
 class ColumnBatches:
     """Random-access source of global batches (dicts of NumPy arrays) from a MemorySource of canonical
-    columns (image uint8 (n, H, W, C), label, boxes / box_labels (ragged or (n, k, ...)), mask)."""
+    columns (image uint8 (n, H, W, C), label, boxes / box_labels (ragged or (n, k, ...)), mask,
+    sequence (n, L + 1))."""
 
     def __init__(
         self,
@@ -76,8 +77,10 @@ class ColumnBatches:
             "image": np.asarray(image[rows]),
             "label": np.zeros(len(rows), np.int32) if label is None else np.asarray(label[0][rows], np.int32),
         }
-        if self.task == "detection":
+        if self.task in ("detection", "reading"):
             batch["boxes"], batch["box_labels"], batch["box_valid"] = self._padded_boxes(rows)
+        if self.task == "reading":
+            batch["sequence"] = np.asarray(self.source.column("sequence")[0][rows], np.int32)
         elif self.task == "segmentation":
             batch["mask"] = np.asarray(self.source.column("mask")[0][rows], np.int32)
         return batch

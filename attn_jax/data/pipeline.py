@@ -228,7 +228,9 @@ def make_pipeline(
     Batch keys: ``image`` float32 (b, H, W, C), normalised; ``label`` int32 (b,). Detection adds ``boxes``
     float32 (b, max_boxes, 4) (ymin, xmin, ymax, xmax in [0, 1]), ``box_labels`` int32 (b, max_boxes) and
     ``box_valid`` bool (b, max_boxes); segmentation adds ``mask`` int32 (b, H, W) (0 = background,
-    class + 1). Evaluation batches carry ``valid`` bool (b,).
+    class + 1); reading (the reading configs of cluttered_digits) adds the detection keys, boxes in
+    reading order, and ``sequence`` int32 (b, L + 1): digits 0-9, END = 10, then PAD = 11 (evaluation
+    padding rows are all 0). Evaluation batches carry ``valid`` bool (b,).
 
     ``train=True``: shuffled with ``seed``, augmented, repeated ``num_epochs`` times (None: forever), the
     last partial batch dropped. ``train=False``: fixed order, one epoch by default, no augmentation, the

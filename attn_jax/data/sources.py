@@ -2,7 +2,8 @@
 the canonical example dict (see transforms.py). Read with `tfds.data_source` (array_record files).
 
 Known names: "cluttered_digits" (= "cluttered_digits/default"), "cluttered_digits/detection",
-"cluttered_digits/tiny", "cluttered_digits/tiny_detection" (built on first use), and the real datasets
+"cluttered_digits/tiny", "cluttered_digits/tiny_detection", "cluttered_digits/reading",
+"cluttered_digits/tiny_reading" (built on first use), and the real datasets
 "mnist", "cifar10", "oxford_iiit_pet", "voc/2007" (prepared by the user, see `prepare_instructions`).
 """
 
@@ -21,7 +22,10 @@ from attn_jax.data._paths import default_data_dir
 from attn_jax.data.memory_source import DamagedCacheError, MemorySource
 from attn_jax.data.transforms import resize_example
 
-TASKS = ("classification", "detection", "segmentation")
+TASKS = ("classification", "detection", "segmentation", "reading")
+#: Classes a reading model predicts: the digits 0-9 and END (`cluttered_digits.END_TOKEN` = 10); PAD =
+#: `cluttered_digits.PAD_TOKEN` = 11 = this number, outside the predicted range.
+READING_CLASSES = cd.END_TOKEN + 1
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -29,9 +33,11 @@ _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 class Adapter:
     """How one dataset enters the pipeline.
 
-    tasks: task -> number of classes the model predicts (segmentation counts background as class 0).
+    tasks: task -> number of classes the model predicts (segmentation counts background as class 0;
+      reading counts the digits and END).
     image_shape: (H, W, C) of stored images, H = W = None when sizes vary (then image_size is required).
-    augment: default training augmentations ("crop", "flip"); digits are never flipped.
+    augment: default training augmentations ("crop", "flip"); digits are never flipped, and the reading
+      configs are not augmented (a crop could cut off a digit that the sequence still names).
     canonicalize: raw TFDS record -> canonical example dict.
     """
 
@@ -56,6 +62,8 @@ def _digits_record(record: dict) -> dict:
     out["boxes"] = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
     out["box_labels"] = np.asarray(record["box_labels"], np.int64).reshape(-1)
     out["mask"] = np.asarray(record["mask"], np.uint8)
+    if "sequence" in record:
+        out["sequence"] = np.asarray(record["sequence"], np.int64).reshape(-1)
     return out
 
 
@@ -92,15 +100,18 @@ def _pet_record(record: dict) -> dict:
 
 def _digits_adapter(cfg: cd.ClutteredDigitsConfig) -> Adapter:
     name = "cluttered_digits" if cfg.name == "default" else f"cluttered_digits/{cfg.name}"
+    tasks = {"classification": 10, "detection": 10, "segmentation": 11}
+    if cfg.reading:
+        tasks["reading"] = READING_CLASSES
     return Adapter(
         name=name,
         tfds_name=f"cluttered_digits/{cfg.name}",
-        tasks={"classification": 10, "detection": 10, "segmentation": 11},
-        image_shape=(cfg.canvas_size, cfg.canvas_size, cfg.channels),
+        tasks=tasks,
+        image_shape=(*cfg.image_hw, cfg.channels),
         splits=("train", "test"),
         mean=(0.06,) * cfg.channels,  # measured: 0.051 / 0.149 (default), 0.068 / 0.173 (detection)
         std=(0.16,) * cfg.channels,
-        augment=("crop",),
+        augment=() if cfg.reading else ("crop",),
         canonicalize=_digits_record,
         config=cfg,
     )

@@ -6,6 +6,7 @@ The canonical example dict that dataset adapters produce (sources.py):
     boxes       float32 (k, 4)             normalised (ymin, xmin, ymax, xmax)
     box_labels  int64 (k,)
     mask        uint8 (H, W)               0 = background, class + 1 on object pixels
+    sequence    int64 (L + 1,)             reading: digits left to right, END, then PAD
 Keys other than image are optional. `Prepare` works per example (canonicalise, resize, pad boxes);
 augmentation and normalisation work on whole batches, vectorised. Boxes and masks move together with the
 image: a tight box stays tight after a flip, and after a crop unless the crop clips it.
@@ -181,7 +182,8 @@ class Prepare(grain.transforms.Map):
     """Per example: raw record -> canonical dict (`canonicalize`), resized, boxes padded, task keys kept.
 
     Output: image uint8 (H, W, C); label int32 (); detection: boxes float32 (max_boxes, 4), box_labels
-    int32 (max_boxes,), box_valid bool (max_boxes,); segmentation: mask int32 (H, W).
+    int32 (max_boxes,), box_valid bool (max_boxes,); segmentation: mask int32 (H, W); reading: the
+    detection keys and sequence int32 (L + 1,).
     """
 
     canonicalize: Callable[[dict], dict]
@@ -195,10 +197,12 @@ class Prepare(grain.transforms.Map):
             ex = resize_example(ex, *self.size)
         _check_example(ex)
         out = {"image": ex["image"], "label": np.int32(ex.get("label", 0))}
-        if self.task == "detection":
+        if self.task in ("detection", "reading"):
             out["boxes"], out["box_labels"], out["box_valid"] = pad_boxes(
                 ex["boxes"], ex["box_labels"], self.max_boxes
             )
+        if self.task == "reading":
+            out["sequence"] = np.asarray(ex["sequence"], np.int32)
         elif self.task == "segmentation":
             out["mask"] = np.asarray(ex["mask"], np.int32)
         return out
