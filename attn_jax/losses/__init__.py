@@ -1,5 +1,12 @@
-"""Task losses that are not detection-specific (detection losses live in attn_jax.detection)."""
+"""Task losses that are not detection-specific (detection losses live in attn_jax.detection): segmentation
+and reading."""
 
+from attn_jax.losses.reading import (
+    doubly_stochastic_penalty,
+    sequence_cross_entropy,
+    sequence_cross_entropy_sums,
+    steps_up_to_end,
+)
 from attn_jax.losses.segmentation import (
     cross_entropy_sums,
     dice_from_sums,
@@ -14,6 +21,10 @@ __all__ = [
     "dice_from_sums",
     "dice_loss",
     "dice_sums",
+    "doubly_stochastic_penalty",
     "segmentation_cross_entropy",
     "segmentation_loss",
+    "sequence_cross_entropy",
+    "sequence_cross_entropy_sums",
+    "steps_up_to_end",
 ]
