@@ -5,9 +5,9 @@ backbone -> attention -> pool -> linear.
     attn-jax train --config experiments/configs/classification.py:none            # no attention
     attn-jax train --config experiments/configs/classification.py:cbam,tiny --config.lr=1e-2
 
-Expected (the main job, spatial attention, 3,200 steps of batch 128 on 4 CPU devices): test accuracy
-about 97.2% (one seed); 5.5 minutes on a 2-core AVX-512 CPU, 6 to 14 minutes on slower 2-core ones.
-The tiny config trains in seconds. Measured runs: experiments/results/classification_cpu.json.
+Measured results and training times (the main job: spatial attention, 3,200 steps of global batch 128 on
+one XLA CPU device): experiments/results/classification_cpu.json, which records each measured run with
+its command, machine and load. Several seeds with intervals: --config.num_seeds=5 (docs/guides/seeds.md).
 
 Argument: "<attention>[,tiny]" with <attention> a registry name (attn_jax.nn.available_attention());
 "tiny" is the 32x32 tiny dataset and a small model, for tests (seconds). Common fields and their
@@ -42,7 +42,7 @@ def get_config(arg: str = "spatial") -> ml_collections.ConfigDict:
     # CPU only. The stride-2 convs train as matrix products (attn_jax.nn.conv.MatmulGradConv): their kernel
     # and input gradients are XLA:CPU's slowest ops; same model, gradients equal up to rounding.
     c.cpu.matmul_grad = "none" if tiny else "strided"
-    # One XLA device: --config.cpu.devices=4 trains faster on 2 idle cores, but a 4-device CPU step can
-    # deadlock on a loaded machine (docs/cpu.md); the stall watchdog then stops the run (status 75, resumable)
+    # One XLA device: --config.cpu.devices=4 is faster on 2 idle cores, but a 4-device CPU step can
+    # deadlock on a loaded machine (docs/cpu.md); the stall watchdog then stops it (status 75, resumable)
     c.cpu.devices = 0
     return c

@@ -6,9 +6,9 @@ the RetinaNet focal loss (Lin et al. 2017) by the same loop as classification.
     attn-jax eval --config experiments/configs/detection.py --workdir runs/det-gate
     attn-jax train --config experiments/configs/detection.py:spatial,tiny   # seconds, for smoke tests
 
-Expected (spatial attention): AP@0.5 (VOC) about 0.93, COCO mAP@[.5:.95] about 0.75 (one seed);
-about 4.5 minutes on a 2-core CPU. Measured runs: experiments/results/detseg_loop_cpu.json and
-experiments/results/detection_families.json.
+Measured results and training times (spatial attention; one seed per family):
+experiments/results/detseg_loop_cpu.json and experiments/results/detection_families.json, with each
+run's command, machine and load.
 
 Argument "<attention>[,tiny]" (any attention registry name). Common fields: attn_jax.train.config.
 """
