@@ -68,6 +68,9 @@ def with_coordinates(features: jax.Array) -> jax.Array:
 class ReaderStep(nn.Module):
     """One decoder step of `AttentionReader` (its child "step"): attend with the state, gate, LSTM, predict.
 
+    The LSTM is Flax's ``OptimizedLSTMCell`` (the gates i, f, g, o of ``LSTMCell``, the same parameters
+    ``ii`` ... ``ho``) fed the previous token's embedding and the gated context (see the module docstring).
+
     Args:
       num_classes: V, the output tokens; the embedding has a row more, index V, the start token.
       hidden_size: the LSTM's width.
@@ -177,6 +180,7 @@ class AttentionReader(nn.Module):
       attention_dim: a, the width of the attention projections.
       embed_size: the width of the token embedding.
       coordinates: append each position's (row, column) to its features.
+      beam_width: the beams of the beam search run by a call without tokens (`read`); 1: greedy only.
       dtype: computation dtype of the decoder (None: the inputs'); ``jnp.bfloat16`` for bf16 compute.
         The backbone has its own. Logits and attention weights are returned in float32; softmax and
         reductions of the attention run in float32.
@@ -187,7 +191,9 @@ class AttentionReader(nn.Module):
       target tokens (B, T) (teacher forcing: step t sees token t - 1, step 0 the start token; tokens
       outside [0, num_classes), e.g. PAD, enter as END: they only follow the end): float32 logits
       (B, T, num_classes) and the attention weights alpha, float32 (B, T, n). ``train=True`` uses and
-      updates BatchNorm batch statistics (``mutable=["batch_stats"]``). ``method="decode"`` and
+      updates BatchNorm batch statistics (``mutable=["batch_stats"]``). Called without tokens, it reads
+      (`read`): a dict of `Decoded`, ``"greedy"`` and, with ``beam_width`` > 1, ``"beam"``; a plain
+      ``model.init(key, images)`` initialises every parameter that way. ``method="decode"`` and
       ``method="beam_search"`` decode; ``method="encode"`` gives the feature grid.
 
     Raises:
@@ -220,6 +226,7 @@ class AttentionReader(nn.Module):
     attention_dim: int = 128
     embed_size: int = 64
     coordinates: bool = True
+    beam_width: int = 1
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -233,6 +240,7 @@ class AttentionReader(nn.Module):
                 f"end_token must be in [0, num_classes={self.num_classes}); got {self.end_token!r}"
             )
         check_max_length(self.max_length)
+        check_beam_width(self.beam_width)
         for name in ("hidden_size", "attention_dim", "embed_size"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an int >= 1; got {getattr(self, name)!r}")
@@ -270,7 +278,9 @@ class AttentionReader(nn.Module):
         mean = jnp.mean(features, axis=1)
         return features, (self.init_c(mean), self.init_s(mean))
 
-    def __call__(self, images, tokens, train: bool = False):
+    def __call__(self, images, tokens=None, train: bool = False):
+        if tokens is None:  # no targets: read the images (what evaluation and a plain init call)
+            return self.read(images)
         features, carry = self._start(images, train)
         tokens = jnp.asarray(tokens)
         if tokens.ndim != 2 or tokens.shape[0] != features.shape[0]:
@@ -281,6 +291,14 @@ class AttentionReader(nn.Module):
         previous = jnp.concatenate([start, tokens[:, :-1]], axis=1)
         _, (logits, alpha) = _teacher_forced(self.step, carry, previous, features)
         return logits, alpha
+
+    def read(self, images) -> dict[str, Decoded]:
+        """Read images without targets: ``{"greedy": decode(images)}``, plus ``"beam"``:
+        ``beam_search(images, beam_width)`` when the model's ``beam_width`` is > 1."""
+        out = {"greedy": self.decode(images)}
+        if self.beam_width > 1:
+            out["beam"] = self.beam_search(images, self.beam_width)
+        return out
 
     def decode(self, images, max_length: int | None = None) -> Decoded:
         """Greedy decoding: at each step the most likely token, fed back; T = ``max_length`` steps.
