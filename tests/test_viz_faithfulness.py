@@ -127,6 +127,7 @@ def test_explain_all_matches_hand_answers_on_a_region_model(upsample2x_bilinear)
     pooled = xs.reshape(2, 8, 2, 8, 2).mean(axis=(2, 4))
     np.testing.assert_allclose(maps["attention"], upsample2x_bilinear(pooled), rtol=1e-5)
     assert notes["attention"] == "spatial map sown by <root>"
+    np.testing.assert_array_equal(maps["inverted_attention"], -maps["attention"])  # lowest pixels first
     # Grad-CAM at the conv: alpha = mean of d logit / d A = +-w / HW, cam = relu(alpha A) / max
     np.testing.assert_allclose(maps["grad_cam"][0], xs[0] / xs[0].max(), rtol=1e-5)
     np.testing.assert_allclose(maps["grad_cam"][1], 0.0)  # class 1's channel weight is negative

@@ -11,9 +11,9 @@ run are drawn untrained (models from attn_jax.train.build_model) and the title s
 
     python -m attn_jax.viz faithfulness --workdir RUN [--examples N] [--steps S] [--out DIR]
 
-scores a trained classification run's explanations (its attention map, Grad-CAM, gradient x input,
-integrated gradients, a random map, the digit mask) by deletion / insertion AUC, Average Drop and
-Increase in Confidence: attn_jax.viz.faithfulness.
+scores a trained classification, detection or segmentation run's explanations (its attention map,
+Grad-CAM, gradient x input, integrated gradients, a random map, the digits' mask) by deletion / insertion
+AUC, Average Drop and Increase in Confidence: attn_jax.viz.faithfulness.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ a non-square readout (m queries over n tokens) last, heads averaged.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -104,8 +104,8 @@ def last_conv(model: nn.Module, variables: Mapping, images: jax.Array, under: st
     return found[-1]
 
 
-def _logits_and_layer(model, layer, apply_kwargs, variables, images, delta):
-    """Model logits (B, K) and the output of module `layer` (first call), with `delta` added to it."""
+def _outputs_and_layer(model, layer, apply_kwargs, variables, images, delta):
+    """Model outputs and the output of module `layer` (first call), with `delta` added to it."""
     acts = []
 
     def interceptor(next_fun, args, kwargs, context):
@@ -116,27 +116,34 @@ def _logits_and_layer(model, layer, apply_kwargs, variables, images, delta):
         return out
 
     with nn.intercept_methods(interceptor):
-        logits = model.apply(variables, images, **dict(apply_kwargs))
+        outputs = model.apply(variables, images, **dict(apply_kwargs))
     if not acts:
         raise ValueError(f"layer {layer!r} was not called by the model")
-    if logits.ndim != 2 or acts[0].ndim != 4:
-        raise ValueError(
-            f"grad_cam needs logits (B, K) and a layer output (B, h, w, C), "
-            f"got {logits.shape} and {acts[0].shape}"
-        )
-    return logits, acts[0]
+    if acts[0].ndim != 4:
+        raise ValueError(f"grad_cam needs a layer output (B, h, w, C), got {acts[0].shape}")
+    return outputs, acts[0]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _grad_cam(model, layer, apply_kwargs, variant, variables, images, class_index):
-    shape = jax.eval_shape(lambda: _logits_and_layer(model, layer, apply_kwargs, variables, images, None))[1]
+def _class_logit(logits, class_index):
+    """The objective of `grad_cam`: each image's logit of class_index (the predicted class where < 0)."""
+    if not hasattr(logits, "ndim") or logits.ndim != 2:
+        shape = getattr(logits, "shape", type(logits).__name__)
+        raise ValueError(f"grad_cam needs logits (B, K); got {shape} (use grad_cam_of_objective)")
+    target = jnp.where(class_index < 0, jnp.argmax(logits, axis=-1), class_index)
+    return jnp.take_along_axis(logits, target[:, None], axis=1)[:, 0], target
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _grad_cam(model, layer, apply_kwargs, variant, objective, variables, images, targets):
+    run = lambda: _outputs_and_layer(model, layer, apply_kwargs, variables, images, None)  # noqa: E731
+    shape = jax.eval_shape(run)[1]
 
     def score(delta):
-        logits, acts = _logits_and_layer(model, layer, apply_kwargs, variables, images, delta)
-        target = jnp.where(class_index < 0, jnp.argmax(logits, axis=-1), class_index)
-        return jnp.take_along_axis(logits, target[:, None], axis=1).sum(), (acts, target)
+        outputs, acts = _outputs_and_layer(model, layer, apply_kwargs, variables, images, delta)
+        values, aux = objective(outputs, targets)
+        return jnp.sum(values), (acts, aux)
 
-    grads, (acts, target) = jax.grad(score, has_aux=True)(jnp.zeros(shape.shape, shape.dtype))
+    grads, (acts, aux) = jax.grad(score, has_aux=True)(jnp.zeros(shape.shape, shape.dtype))
     acts, grads = acts.astype(jnp.float32), grads.astype(jnp.float32)
     if variant == "gradcam":
         cam = jnp.einsum("bhwc,bc->bhw", acts, grads.mean(axis=(1, 2)))
@@ -144,7 +151,20 @@ def _grad_cam(model, layer, apply_kwargs, variant, variables, images, class_inde
         cam = jnp.sum(grads * acts, axis=-1)
     cam = upsample(jax.nn.relu(cam), images.shape[1:3])
     peak = jnp.max(cam, axis=(1, 2), keepdims=True)
-    return cam / jnp.where(peak > 0, peak, 1.0), target
+    return cam / jnp.where(peak > 0, peak, 1.0), aux
+
+
+def _check_grad_cam_args(model, variables, images, layer, variant, apply_kwargs) -> dict:
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if images.ndim != 4:
+        raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
+    variables = {k: v for k, v in variables.items() if k != "intermediates"}
+    called = called_modules(model, variables, images, **apply_kwargs)
+    if layer not in called:
+        convs = [p for p, m in called.items() if isinstance(m, nn.Conv)]
+        raise ValueError(f"layer {layer!r} is not a module the model calls; its conv layers: {convs}")
+    return variables
 
 
 def grad_cam(
@@ -193,20 +213,67 @@ def grad_cam(
       >>> cams.shape, classes.tolist(), bool(cams.max() <= 1.0)
       ((2, 32, 32), [3, 3], True)
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if images.ndim != 4:
-        raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
-    variables = {k: v for k, v in variables.items() if k != "intermediates"}
-    called = called_modules(model, variables, images, **apply_kwargs)
-    if layer not in called:
-        convs = [p for p, m in called.items() if isinstance(m, nn.Conv)]
-        raise ValueError(f"layer {layer!r} is not a module the model calls; its conv layers: {convs}")
+    variables = _check_grad_cam_args(model, variables, images, layer, variant, apply_kwargs)
     idx = jnp.full((images.shape[0],), -1 if class_index is None else 0, jnp.int32)
     if class_index is not None:
         idx = jnp.broadcast_to(jnp.asarray(class_index, jnp.int32), idx.shape)
     kwargs = tuple(sorted(apply_kwargs.items()))
-    return _grad_cam(model, layer, kwargs, variant, variables, images, idx)
+    return _grad_cam(model, layer, kwargs, variant, _class_logit, variables, images, idx)
+
+
+def grad_cam_of_objective(
+    model: nn.Module,
+    variables: Mapping,
+    images: jax.Array,
+    layer: str,
+    objective: Callable,
+    targets,
+    *,
+    variant: str = "gradcam",
+    **apply_kwargs,
+) -> jax.Array:
+    """Grad-CAM of any per-image objective of the model's outputs, e.g. a detector's true-box logits.
+
+    As `grad_cam`, with the gradient of ``objective(outputs, targets)`` (summed over images) in place
+    of a class logit, so models whose outputs are not (B, K) logits (detectors, segmenters) can be
+    explained too.
+
+    Args:
+      model: the Flax model.
+      variables: its variables.
+      images: (B, H, W, C) input images.
+      layer: path of a module whose output is (B, h, w, C).
+      objective: (outputs, targets) -> (values (B,), aux), aux any pytree returned alongside (e.g.
+        None); static under jit (reuse one object to reuse the compiled program).
+      targets: a pytree of arrays passed to objective (e.g. per-image boxes).
+      variant: ``"gradcam"`` or ``"hirescam"``.
+      **apply_kwargs: passed to ``model.apply`` (e.g. ``train=False``); must be hashable.
+
+    Returns:
+      (B, H, W) maps in [0, 1].
+
+    Raises:
+      ValueError: an unknown variant, images not 4-D, a layer the model does not call or whose output
+        is not (B, h, w, C).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from attn_jax.models import AttentionSegmenter
+      >>> from attn_jax.nn import Decoder, SmallCNN
+      >>> model = AttentionSegmenter(SmallCNN(features=(8, 16), stride=4), Decoder((8, 8)), num_classes=3)
+      >>> images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 1))
+      >>> variables = model.init(jax.random.key(0), images)
+      >>> objective = lambda logits, cls: (logits[..., 1].mean(axis=(1, 2)) * cls, None)
+      >>> grad_cam_of_objective(model, variables, images, "encoder/conv1_0", objective, jnp.ones(2)).shape
+      (2, 16, 16)
+    """
+    if not callable(objective):
+        raise ValueError(
+            f"objective must be a callable (outputs, targets) -> (values, aux); got {objective!r}"
+        )
+    variables = _check_grad_cam_args(model, variables, images, layer, variant, apply_kwargs)
+    kwargs = tuple(sorted(apply_kwargs.items()))
+    return _grad_cam(model, layer, kwargs, variant, objective, variables, images, targets)[0]
 
 
 @functools.partial(jax.jit, static_argnames=("residual",))
