@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 
@@ -15,7 +16,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib import colormaps  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxSet:
+    """Boxes to outline on every panel of `attention_grid`, with one legend entry.
+
+    Attributes:
+      name: the legend entry, e.g. "true boxes".
+      boxes: (N, k, 4) normalised (ymin, xmin, ymax, xmax) boxes per image; zero-area rows are skipped
+        (padding), as are rows where ``valid`` is False.
+      color: a matplotlib colour.
+      labels: (N, k) texts (e.g. class digits) written inside each box's top-left corner, or None.
+      valid: (N, k) bool, or None (every row with a positive area).
+    """
+
+    name: str
+    boxes: np.ndarray
+    color: str = "lime"
+    labels: np.ndarray | None = None
+    valid: np.ndarray | None = None
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -154,36 +175,58 @@ def attention_grid(
     title: str | None = None,
     alpha: float = 0.5,
     cmap: str = "jet",
+    box_sets: Sequence[BoxSet] = (),
 ) -> str:
     """Save a PNG grid of images x attention maps, for reports.
 
     One row per image; the first column is the image (with its boxes), then one column per entry of
-    ``columns``.
+    ``columns``. Each `BoxSet` of ``box_sets`` is outlined in its colour on every panel of its image
+    (with its labels), and listed in a legend under the grid.
 
     Args:
       path: the PNG file to write (its directory is created).
       images: (N, H, W, C) images.
       columns: column title -> maps (N, H, W) at the images' resolution, or None for a family with no
         spatial map (drawn as a note).
-      boxes: (N, k, 4) normalised (ymin, xmin, ymax, xmax) boxes to outline, or None.
+      boxes: (N, k, 4) normalised (ymin, xmin, ymax, xmax) boxes to outline in lime on every panel, or
+        None.
       title: a title over the grid.
       alpha: weight of the maps over the images.
       cmap: a matplotlib colormap name.
+      box_sets: boxes to outline on every panel, each with a legend entry.
 
     Returns:
       ``path``.
 
     Raises:
-      ValueError: maps of another shape than (N, H, W).
+      ValueError: maps of another shape than (N, H, W), or a box set whose boxes are not (N, k, 4).
     """
     images = np.asarray(images)
     n = images.shape[0]
     for name, maps in columns.items():
         if maps is not None and np.shape(maps) != images.shape[:3]:
             raise ValueError(f"columns[{name!r}] must be {images.shape[:3]}, got {np.shape(maps)}")
+    for box_set in box_sets:
+        shape = np.shape(box_set.boxes)
+        if len(shape) != 3 or shape[0] != n or shape[2] != 4:
+            raise ValueError(f"box set {box_set.name!r} must have boxes (N, k, 4) with N = {n}, got {shape}")
     ncols = 1 + len(columns)
-    fig, axes = plt.subplots(n, ncols, figsize=(1.6 * ncols, 1.6 * n + (0.4 if title else 0)), squeeze=False)
+    legend_height = 0.3 if box_sets else 0.0
+    fig, axes = plt.subplots(
+        n, ncols, figsize=(1.6 * ncols, 1.6 * n + (0.4 if title else 0) + legend_height), squeeze=False
+    )
     h, w = images.shape[1:3]
+
+    def outline(ax, box, color, label=None):
+        y0, x0, y1, x1 = box
+        rect = Rectangle((x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h)
+        rect.set(fill=False, edgecolor=color, linewidth=1)
+        ax.add_patch(rect)
+        if label is not None:
+            backing = {"facecolor": "black", "alpha": 0.6, "pad": 0.5, "linewidth": 0}
+            ax.text(x0 * w, y0 * h, str(label), color=color, fontsize=7, fontweight="bold", ha="left",
+                    va="top", bbox=backing)  # fmt: skip
+
     for i in range(n):
         cells = [("image", None), *columns.items()]
         for j, (name, maps) in enumerate(cells):
@@ -199,13 +242,24 @@ def attention_grid(
             if j > 0:
                 ax.imshow(np.asarray(maps[i], np.float32), cmap=cmap, alpha=alpha)
             if boxes is not None:
-                for y0, x0, y1, x1 in _real_boxes(boxes[i]):
-                    rect = Rectangle((x0 * w - 0.5, y0 * h - 0.5), (x1 - x0) * w, (y1 - y0) * h)
-                    rect.set(fill=False, edgecolor="lime", linewidth=1)
-                    ax.add_patch(rect)
+                for box in _real_boxes(boxes[i]):
+                    outline(ax, box, "lime")
+            for box_set in box_sets:
+                rows = np.asarray(box_set.boxes[i], np.float32)
+                keep = (rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])
+                if box_set.valid is not None:
+                    keep &= np.asarray(box_set.valid[i], bool)
+                for r in np.nonzero(keep)[0]:
+                    label = None if box_set.labels is None else np.asarray(box_set.labels[i])[r]
+                    outline(ax, rows[r], box_set.color, label)
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    if box_sets:
+        handles = [Patch(fill=False, edgecolor=b.color, label=b.name) for b in box_sets]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
