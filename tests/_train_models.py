@@ -31,14 +31,18 @@ class TinyNet(nn.Module):
 # --- tiny configs and synthetic batches for every task of the training loop (no dataset needed) ---
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = ("classification", "detection", "segmentation")
-NUM_CLASSES = {"classification": 10, "detection": 10, "segmentation": 11}
+TASKS = ("classification", "detection", "segmentation", "reading")
+NUM_CLASSES = {"classification": 10, "detection": 10, "segmentation": 11, "reading": 11}
 HW = 16
 
 
 def load_experiment_config(task: str, arg: str = "spatial,tiny"):
-    """experiments/configs/<task>.py's get_config(arg), loaded by path as `attn-jax train` does."""
+    """experiments/configs/<task>.py's get_config(arg), loaded by path as `attn-jax train` does (the reader's
+    attention is always additive: its config takes "[additive][,tiny]")."""
     import importlib.util
+
+    if task == "reading":
+        arg = arg.replace("spatial", "additive")
 
     path = os.path.join(ROOT, "experiments", "configs", f"{task}.py")
     spec = importlib.util.spec_from_file_location(f"_{task}_config", path)
@@ -90,5 +94,20 @@ def synthetic_batches(task: str, n: int, size: int = 16, seed: int = 0, hw: int 
             )
         elif task == "segmentation":
             batch["mask"] = rng.integers(0, NUM_CLASSES[task], size=(size, hw, hw)).astype(np.int32)
+        if task == "reading":  # 1 to max_boxes digits left to right, their string, END, then PAD
+            count = rng.integers(1, max_boxes + 1, size=(size,))
+            valid = np.arange(max_boxes)[None] < count[:, None]
+            left = (np.arange(max_boxes) / max_boxes)[None, :, None]
+            boxes = np.concatenate([np.full_like(left, 0.2), left, np.full_like(left, 0.8), left + 0.2], -1)
+            digits = rng.integers(0, 10, size=(size, max_boxes))
+            sequence = np.full((size, max_boxes + 1), 11)
+            sequence[:, :max_boxes] = np.where(valid, digits, 11)
+            sequence[np.arange(size), count] = 10
+            batch.update(
+                boxes=(np.broadcast_to(boxes, (size, max_boxes, 4)) * valid[..., None]).astype(np.float32),
+                box_labels=(digits * valid).astype(np.int32),
+                box_valid=valid,
+                sequence=sequence.astype(np.int32),
+            )
         out.append(batch)
     return out

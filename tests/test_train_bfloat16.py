@@ -80,7 +80,9 @@ def _eqns(jaxpr):
 @pytest.mark.parametrize("task", TASKS)
 def test_bfloat16_config_computes_in_bfloat16(task):
     """The model of a bf16 config has float32 parameters and runs every convolution and matmul on bf16
-    operands; a float32 config on float32 ones."""
+    operands; a float32 config on float32 ones. Additive attention's score reduction and weighted sum run
+    in float32 by design (attn_jax.functional: its own precision tests), so products made there are left
+    out (the reader's decoder calls it at every step)."""
     for dtype in ("float32", "bfloat16"):
         config = load_experiment_config(task)
         config.model.dtype = dtype
@@ -90,6 +92,7 @@ def test_bfloat16_config_computes_in_bfloat16(task):
         assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables["params"]))
         jaxpr = jax.make_jaxpr(model.apply)(variables, images)
         ops = [e for e in _eqns(jaxpr.jaxpr) if e.primitive.name in ("conv_general_dilated", "dot_general")]
+        ops = [e for e in ops if "attn_jax/functional/" not in str(e.source_info.traceback)]
         operand_dtypes = {v.aval.dtype for e in ops for v in e.invars}
         want = jnp.dtype(dtype)
         assert ops and operand_dtypes == {want}, operand_dtypes

@@ -78,7 +78,7 @@ def test_viz_opens_the_run_through_the_train_checkpoint(finished_run):
 
     task, workdir, _ = finished_run
     model, variables, config = load_run(workdir)
-    assert config.task == task and model.attention == "spatial"
+    assert config.task == task and config.model.attention == ("additive" if task == "reading" else "spatial")
     final = _final_state(workdir)
     jax.tree.map(np.testing.assert_array_equal, dict(variables["params"]), dict(final["params"]))
 
@@ -159,7 +159,7 @@ def test_main_job_config_is_unchanged():
 @pytest.mark.parametrize("task", TASKS)
 def test_configs_share_one_vocabulary_and_reject_unknown_names(task, data_dir):
     base = flat_fields(base_config(task).to_dict())
-    for arg in ("spatial", "cbam,tiny"):
+    for arg in ("additive", "additive,tiny") if task == "reading" else ("spatial", "cbam,tiny"):
         config = load_experiment_config(task, arg)
         c = flat_fields(config.to_dict())
         assert set(c) == set(base), (arg, set(c) ^ set(base))  # every field's default lives in base_config
@@ -173,7 +173,7 @@ def test_configs_share_one_vocabulary_and_reject_unknown_names(task, data_dir):
     with pytest.raises(ValueError, match="backbone"):
         build_model(tiny_config(task, data_dir, model={"backbone": "vgg"}))
     with pytest.raises(ValueError, match="expected '<attention>\\[,tiny\\]'"):
-        load_experiment_config(task, "spatial,huge")
+        load_experiment_config(task, "additive,huge" if task == "reading" else "spatial,huge")
 
 
 def test_cli_usage_and_dispatch(capsys):

@@ -50,7 +50,7 @@ def _start(task, workdir, data_dir):
     cmd = [
         sys.executable,
         RUN,
-        f"--config={config}:spatial,tiny",
+        f"--config={config}:tiny",  # each task's default attention
         f"--workdir={workdir}",
         f"--config.data.dir={data_dir}",
         *(f"--config.{k}={v}" for k, v in FLAGS.items()),

@@ -76,6 +76,8 @@ class ReaderStep(nn.Module):
       hidden_size: the LSTM's width.
       attention_dim: a, the width of W_q, W_k and w_a.
       embed_size: the width of the token embedding E.
+      implementation: passed to `attn_jax.additive_attention`: ``"xla"``, ``"pallas"`` or ``"auto"`` (the
+        fused kernel on GPU / TPU, XLA elsewhere).
       dtype: computation dtype (None: the inputs' and parameters' promoted dtype).
       param_dtype: dtype of the parameters.
 
@@ -98,6 +100,7 @@ class ReaderStep(nn.Module):
     hidden_size: int
     attention_dim: int
     embed_size: int
+    implementation: str = "xla"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -122,7 +125,13 @@ class ReaderStep(nn.Module):
         dtype = self.dtype or jnp.result_type(features.dtype, s.dtype, self.param_dtype)
         cast = lambda v: jnp.asarray(v, dtype)  # noqa: E731
         context, alpha = additive_attention(
-            cast(s)[:, None, :], cast(features), w_q=cast(w_q), w_k=cast(w_k), w_a=cast(w_a), bias=cast(bias)
+            cast(s)[:, None, :],
+            cast(features),
+            w_q=cast(w_q),
+            w_k=cast(w_k),
+            w_a=cast(w_a),
+            bias=cast(bias),
+            implementation=self.implementation,
         )  # (B, 1, d), (B, 1, n)
         beta = nn.sigmoid(dense(1, "beta")(s))
         gated = (beta * context[:, 0]).astype(dtype)
@@ -181,6 +190,8 @@ class AttentionReader(nn.Module):
       embed_size: the width of the token embedding.
       coordinates: append each position's (row, column) to its features.
       beam_width: the beams of the beam search run by a call without tokens (`read`); 1: greedy only.
+      implementation: additive attention's implementation (`ReaderStep`): ``"xla"``, ``"pallas"`` or
+        ``"auto"``.
       dtype: computation dtype of the decoder (None: the inputs'); ``jnp.bfloat16`` for bf16 compute.
         The backbone has its own. Logits and attention weights are returned in float32; softmax and
         reductions of the attention run in float32.
@@ -227,6 +238,7 @@ class AttentionReader(nn.Module):
     embed_size: int = 64
     coordinates: bool = True
     beam_width: int = 1
+    implementation: str = "xla"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -252,7 +264,9 @@ class AttentionReader(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.init_c = nn.Dense(self.hidden_size, **kw)
         self.init_s = nn.Dense(self.hidden_size, **kw)
-        self.step = ReaderStep(self.num_classes, self.hidden_size, self.attention_dim, self.embed_size, **kw)
+        self.step = ReaderStep(
+            self.num_classes, self.hidden_size, self.attention_dim, self.embed_size, self.implementation, **kw
+        )
 
     @property
     def start_token(self) -> int:

@@ -40,10 +40,11 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     - ``optim.*``: optimizer name, learning rate, weight decay, momentum, clipping, non-finite skips;
     - ``schedule.*``: warmup and the cosine schedule's end;
     - ``cpu.*``: CPU-only tuning (XLA CPU device count, matrix-product convolutions);
-    - ``<task>.*``: the task's own fields (``classification``, ``detection`` or ``segmentation``).
+    - ``<task>.*``: the task's own fields (``classification``, ``detection``, ``segmentation`` or
+      ``reading``).
 
     Args:
-      task: ``"classification"``, ``"detection"`` or ``"segmentation"``.
+      task: ``"classification"``, ``"detection"``, ``"segmentation"`` or ``"reading"``.
       arg: ``"<attention>[,tiny]"`` (:func:`parse_arg`).
 
     Returns:
@@ -156,6 +157,13 @@ TASK_FIELDS = {
         "ignore_index": 255,  # mask value that counts for nothing (loss and metrics)
         "dice_weight": 0.5,  # loss = pixel cross-entropy + dice_weight x soft Dice
     },
+    "reading": {
+        # lambda of the doubly stochastic regulariser, mean over positions of (1 - sum_t alpha_ti)^2 (Xu et
+        # al. 2015 use 1); off by default: with T = 5 steps over n = 128 positions the term sits near its
+        # floor (1 - T / n)^2 and its gradient only spreads the attention
+        "attention_penalty": 0.0,
+        "beam_width": 3,  # evaluation reads greedily and with a beam this wide (1: greedy only)
+    },
 }
 # Each task's own model fields (config.model.*) and their defaults.
 TASK_MODEL_FIELDS = {
@@ -166,6 +174,12 @@ TASK_MODEL_FIELDS = {
     },
     "segmentation": {
         "decoder_features": (32, 16),  # log2(stride) 2x upsamplings
+    },
+    "reading": {
+        "max_length": 5,  # decoding steps: the longest string (4 digits) and END
+        "hidden_size": 256,  # the LSTM's width
+        "attention_dim": 128,  # additive attention's projection width
+        "embed_size": 64,  # token embedding
     },
 }
 

@@ -61,7 +61,9 @@ class Runner:
             raise ValueError(f"parallel must be one of {PARALLEL_MODES}, got {self.mode!r}")
         self.placement = parallel.PLACEMENTS[self.mode](mesh)
         self.seeds = replica_seeds(config)
-        step_fn = functools.partial(train_step, model=model, tx=tx, loss_fn=task.loss)
+        step_fn = functools.partial(
+            train_step, model=model, tx=tx, loss_fn=task.loss, inputs_fn=task.train_inputs
+        )
         eval_fn = functools.partial(eval_step, model=model, outputs_fn=task.eval_outputs)
         if len(self.seeds) > 1:  # K replicas in one program: states (K, ...), batches (b, K, ...)
             step_fn, eval_fn = over_seeds(step_fn), eval_over_seeds(eval_fn)

@@ -18,7 +18,7 @@ from attn_jax.train.state import TrainState
 AXIS = "data"
 
 
-def loss_and_updates(params, batch_stats, batch, rng, *, model, loss_fn, axis_name=None):
+def loss_and_updates(params, batch_stats, batch, rng, *, model, loss_fn, axis_name=None, inputs_fn=None):
     """This device's loss of ``batch``, the updated BatchNorm statistics and the metric sums.
 
     The function :func:`attn_jax.train.train_step` differentiates with respect to ``params``.
@@ -29,10 +29,13 @@ def loss_and_updates(params, batch_stats, batch, rng, *, model, loss_fn, axis_na
       batch: dict with ``"image"`` ``(b, H, W, C)`` float and the task's labels (e.g. ``"label"``
         ``(b,)`` int), ``b`` this device's share of the batch.
       rng: the dropout PRNG key.
-      model: the Flax module, called as ``model.apply(variables, batch["image"], train=True)``.
+      model: the Flax module, called as ``model.apply(variables, *inputs_fn(batch), train=True)``.
       loss_fn: ``loss_fn(outputs, batch, axis_name) -> (loss, sums)``, e.g.
         :func:`attn_jax.train.classification_loss` or a task's ``loss``.
       axis_name: the device axis; None outside ``shard_map`` / ``pmap``.
+      inputs_fn: ``inputs_fn(batch) -> tuple`` of the model's positional inputs in training (a task's
+        ``train_inputs``, e.g. the images and the target tokens of teacher forcing); None for
+        ``(batch["image"],)``.
 
     Returns:
       The pair ``(loss, (batch_stats, sums))``, the scalar loss, the new BatchNorm statistics (the old
@@ -43,15 +46,14 @@ def loss_and_updates(params, batch_stats, batch, rng, *, model, loss_fn, axis_na
     if batch_stats:
         variables["batch_stats"] = batch_stats
         mutable = ["batch_stats"]
-    outputs, updates = model.apply(
-        variables, batch["image"], train=True, mutable=mutable, rngs={"dropout": rng}
-    )
+    inputs = (batch["image"],) if inputs_fn is None else inputs_fn(batch)
+    outputs, updates = model.apply(variables, *inputs, train=True, mutable=mutable, rngs={"dropout": rng})
     loss, sums = loss_fn(outputs, batch, axis_name)
     return loss, (updates.get("batch_stats", batch_stats), sums)
 
 
 def train_step(
-    state: TrainState, batch: dict, *, model, tx, loss_fn, axis_name: str = AXIS
+    state: TrainState, batch: dict, *, model, tx, loss_fn, axis_name: str = AXIS, inputs_fn=None
 ) -> tuple[TrainState, dict]:
     """One optimizer step on this device's share of the batch; gradients averaged over `axis_name`.
 
@@ -72,6 +74,8 @@ def train_step(
       loss_fn: ``loss_fn(outputs, batch, axis_name) -> (loss, sums)`` (see
         :func:`attn_jax.train.loss_and_updates`).
       axis_name: the device axis (default ``"data"``).
+      inputs_fn: the model's positional inputs in training (see :func:`attn_jax.train.loss_and_updates`);
+        None for the images.
 
     Returns:
       The pair ``(new_state, metrics)``. The new state has ``step + 1`` and the updated params,
@@ -83,7 +87,14 @@ def train_step(
     local_params = lax.pcast(state.params, axis_name, to="varying")
     grad_fn = jax.grad(loss_and_updates, has_aux=True)
     grads, (batch_stats, sums) = grad_fn(
-        local_params, state.batch_stats, batch, rng, model=model, loss_fn=loss_fn, axis_name=axis_name
+        local_params,
+        state.batch_stats,
+        batch,
+        rng,
+        model=model,
+        loss_fn=loss_fn,
+        axis_name=axis_name,
+        inputs_fn=inputs_fn,
     )
     grads = lax.pmean(grads, axis_name)
     batch_stats = lax.pmean(batch_stats, axis_name)  # already equal when BatchNorm syncs over the axis

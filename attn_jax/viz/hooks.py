@@ -13,6 +13,7 @@ import numpy as np
 from attn_jax.data import make_pipeline
 from attn_jax.viz.capture import capture_attention
 from attn_jax.viz.draw import BoxSet, attention_grid
+from attn_jax.viz.reading import reading_png
 
 DRAW_SCORE_THRESHOLD = 0.5  # predicted boxes drawn on a detector's attention_maps.png score at least this
 
@@ -51,8 +52,11 @@ def detection_box_sets(task, batch: dict, outputs, threshold: float = DRAW_SCORE
 def attention_png(run) -> dict:
     """<workdir>/attention_maps.png: config.png_examples test images with every sown "attention_map"
     overlaid (process 0; nothing when png_examples is 0); a detector's true and predicted boxes are drawn
-    on every panel (`detection_box_sets`). run: attn_jax.train.RunEnd."""
+    on every panel (`detection_box_sets`); a reader's map of every decoding step with the digit read
+    (`attn_jax.viz.reading.reading_png`). run: attn_jax.train.RunEnd."""
     config, task = run.config, run.task
+    if task.name == "reading":
+        return reading_png(run)
     n = config.png_examples
     if not n or jax.process_index() != 0:
         return {"attention_png": None}

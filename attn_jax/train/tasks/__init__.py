@@ -1,4 +1,4 @@
-"""Tasks of the training loop by name: classification, detection, segmentation.
+"""Tasks of the training loop by name: classification, detection, segmentation, reading.
 
 task = make_task(config, meta)          # config.task
 model = task.build_model()              # BatchNorm over the axis "data"
@@ -10,9 +10,10 @@ from attn_jax.data import dataset_info
 from attn_jax.train.tasks.base import Task
 from attn_jax.train.tasks.classification import Classification
 from attn_jax.train.tasks.detection import Detection
+from attn_jax.train.tasks.reading import Reading
 from attn_jax.train.tasks.segmentation import Segmentation
 
-TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Detection, Segmentation)}
+TASKS: dict[str, type[Task]] = {t.name: t for t in (Classification, Detection, Segmentation, Reading)}
 
 
 def task_name(config) -> str:

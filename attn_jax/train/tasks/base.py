@@ -65,6 +65,18 @@ class Task:
         """
         raise NotImplementedError
 
+    def train_inputs(self, batch: dict) -> tuple:
+        """The model's positional inputs in a training step (:func:`attn_jax.train.loss_and_updates`).
+
+        Args:
+          batch: this device's share of the batch.
+
+        Returns:
+          ``(batch["image"],)`` by default; a task whose model trains on more (e.g. the target tokens of
+          teacher forcing) returns those too.
+        """
+        return (batch["image"],)
+
     def init_params(self, params):
         """Adjust freshly initialised parameters (e.g. a prior on the class bias).
 
