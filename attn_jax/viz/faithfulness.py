@@ -1017,8 +1017,8 @@ def faithfulness_report(
     baseline_names = {b: b for b in BASELINES} | {"blur": "blur (sigma 5 px)", "road": "road (noise 0.01)"}
     command = (
         f"python -m attn_jax.viz faithfulness --workdir {workdir} --examples {examples} --steps {steps} "
-        f"--ig-steps {ig_steps} --seed {seed} --deletion-baseline {deletion_baseline} "
-        f"--insertion-baseline {insertion_baseline}"
+        f"--ig-steps {ig_steps} --batch-size {batch_size} --seed {seed} "
+        f"--deletion-baseline {deletion_baseline} --insertion-baseline {insertion_baseline}"
     )
     if config.task == "classification":
         command += f" --target {target}"
