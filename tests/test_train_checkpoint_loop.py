@@ -165,3 +165,29 @@ def test_disk_full_while_logging_stops_with_one_line_and_keeps_verified_steps(
         f for r, ds, fs in os.walk(workdir) for f in fs + ds if f.endswith(".tmp") or ckpt.TMP_MARK in f
     ]
     assert leftovers == []
+
+
+def test_a_run_saved_with_the_flat_field_names_of_older_versions_resumes(tmp_path):
+    """config.json as attn_jax wrote it before config groups (flat lr, batch_size, cpu_devices, ...)."""
+    from attn_jax.train.config import upgrade_saved_config
+
+    new = _config(data_dir="/data")
+    old = json.loads(new.to_json_best_effort())
+    for group in ("data", "optim", "schedule", "cpu", "classification"):
+        old.pop(group)
+    old.update(dataset=new.data.dataset, data_dir="/data", augment=["crop"], batch_size=32,
+               eval_batch_size=32, eval_examples=32, optimizer="adamw", lr=new.optim.lr, weight_decay=1e-4,
+               momentum=0.9, clip_norm=1.0, skip_nonfinite=0, warmup_steps=1, end_lr_factor=0.0,
+               cpu_devices=4, label_smoothing=0.0)  # fmt: skip
+    old["model"]["matmul_grad"] = "none"
+    upgraded = upgrade_saved_config(old)
+    assert upgraded["optim"]["lr"] == new.optim.lr and upgraded["cpu"] == {
+        "devices": 4,
+        "matmul_grad": "none",
+    }
+    assert upgraded["model"]["attention_kwargs"] == {} and upgraded["data"]["dir"] == "/data"
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    loop.check_workdir_config(new, str(tmp_path))  # the same experiment: no error
+    new.optim.lr = 0.5
+    with pytest.raises(loop.CheckpointMismatchError, match=r"optim.lr: 0.003 \(run\) != 0.5 \(given\)"):
+        loop.check_workdir_config(new, str(tmp_path))

@@ -221,12 +221,22 @@ def upgrade_saved_config(saved: dict) -> dict:
       {'task': 'segmentation', 'optim': {'lr': 0.1}, 'segmentation': {'dice_weight': 0.5}}
     """
     out: dict = {}
-    for key, value in flat_fields(saved).items():
+    for key, value in [*flat_fields(saved).items(), *((path, {}) for path in _empty_groups(saved))]:
         node = out
         *parents, leaf = RENAMED_FIELDS.get(key, key).split(".")
         for name in parents:
             node = node.setdefault(name, {})
-        node[leaf] = value
+        node.setdefault(leaf, value)
+    return out
+
+
+def _empty_groups(tree: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the empty dicts in a nested dict (e.g. model.attention_kwargs), which flat_fields
+    leaves out."""
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _empty_groups(value, f"{prefix}{key}.") if value else [f"{prefix}{key}"]
     return out
 
 

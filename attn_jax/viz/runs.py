@@ -82,8 +82,6 @@ def load_run(run_dir: str):
         raise FileNotFoundError(f"no run in {run_dir!r} (config.json missing)")
     with open(path) as f:
         config = ml_collections.ConfigDict(upgrade_saved_config(json.load(f)))
-    if "attention_kwargs" not in config.model:  # an empty group does not survive upgrade_saved_config
-        config.model.attention_kwargs = {}
     model, variables, _ = load_train_run(config, run_dir)
     return model, variables, config
 
