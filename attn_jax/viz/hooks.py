@@ -10,10 +10,10 @@ import os
 import jax
 import numpy as np
 
-from attn_jax.data import make_pipeline
 from attn_jax.viz.capture import capture_attention
 from attn_jax.viz.draw import BoxSet, attention_grid
 from attn_jax.viz.reading import reading_png
+from attn_jax.viz.runs import run_end_examples
 
 DRAW_SCORE_THRESHOLD = 0.5  # predicted boxes drawn on a detector's attention_maps.png score at least this
 
@@ -60,14 +60,7 @@ def attention_png(run) -> dict:
     n = config.png_examples
     if not n or jax.process_index() != 0:
         return {"attention_png": None}
-    loader = make_pipeline(
-        config.data.dataset, "test", batch_size=n, train=False, data_dir=config.data.dir, shard_index=0,
-        shard_count=1, num_devices=1, **task.pipeline_kwargs(),
-    )  # fmt: skip
-    batch = next(iter(loader))
-    host = jax.device_get(run.state)
-    variables = {"params": host.params, **({"batch_stats": host.batch_stats} if host.batch_stats else {})}
-    # running BatchNorm statistics (train=False): no collectives, so a plain apply on one host is fine
+    batch, variables = run_end_examples(run)
     maps, outputs = capture_attention(run.model, variables, batch["image"], with_output=True, train=False)
     columns = {path: amap.image for path, amap in maps.items()} or {"no attention map sown": None}
     title = f"{task.name}, {config.model.attention}"

@@ -16,8 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from attn_jax.data import make_pipeline  # noqa: E402
 from attn_jax.viz.draw import overlay_rgb  # noqa: E402
+from attn_jax.viz.runs import run_end_examples  # noqa: E402
 
 
 def step_maps(attention: np.ndarray, grid_shape: tuple[int, int], image_hw: tuple[int, int]) -> np.ndarray:
@@ -111,13 +111,7 @@ def reading_png(run) -> dict:
     n = config.png_examples
     if not n or jax.process_index() != 0:
         return {"attention_png": None}
-    loader = make_pipeline(
-        config.data.dataset, "test", batch_size=n, train=False, data_dir=config.data.dir, shard_index=0,
-        shard_count=1, num_devices=1, **task.pipeline_kwargs(),
-    )  # fmt: skip
-    batch = next(iter(loader))
-    host = jax.device_get(run.state)
-    variables = {"params": host.params, **({"batch_stats": host.batch_stats} if host.batch_stats else {})}
+    batch, variables = run_end_examples(run)
     read = run.model.apply(variables, jnp.asarray(batch["image"]), method="decode")
     path = os.path.join(run.workdir, "attention_maps.png")
     step = run.summary.get("step")

@@ -127,3 +127,17 @@ def eval_batches(
 def image_shape(dataset: str, data_dir: str | None = None) -> tuple[int, int, int]:
     """(H, W, C) of the dataset's images."""
     return tuple(dataset_info(dataset, task="segmentation", data_dir=data_dir).image_shape)
+
+
+def run_end_examples(run) -> tuple[dict, dict]:
+    """(the first config.png_examples test examples, the host variables of the run's state) for an
+    end-of-run picture. run: attn_jax.train.RunEnd. The variables hold the running BatchNorm statistics:
+    apply the model with train=False (no collectives, so a plain apply on one host is fine)."""
+    config, task = run.config, run.task
+    loader = make_pipeline(
+        config.data.dataset, "test", batch_size=config.png_examples, train=False, data_dir=config.data.dir,
+        shard_index=0, shard_count=1, num_devices=1, **task.pipeline_kwargs(),
+    )  # fmt: skip
+    host = jax.device_get(run.state)
+    variables = {"params": host.params, **({"batch_stats": host.batch_stats} if host.batch_stats else {})}
+    return next(iter(loader)), variables
