@@ -174,3 +174,30 @@ def test_a_step_that_never_finishes_ends_the_run_with_status_75_and_its_checkpoi
     assert f"verified checkpoint steps [2, 4] in {workdir}/checkpoints are kept" in stalled[0]
     assert stalled[0].endswith("; run the same command again to resume")
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+
+
+def test_a_long_evaluation_that_makes_progress_is_no_stall(data_dir, tmp_path, monkeypatch):
+    """An eval of 4 batches, each over 3 s, under stall_timeout_s = 8: each batch beats the watchdog."""
+    import functools
+
+    from attn_jax.train import loop
+    from attn_jax.train.runner import Runner
+    from tests._train_models import load_experiment_config
+
+    fired = []
+    monkeypatch.setattr(
+        loop, "StallWatchdog", functools.partial(StallWatchdog, exit_fn=fired.append, poll_s=0.05)
+    )
+    eval_host = Runner.eval_host
+
+    def slow_eval_host(self, state, batch):
+        time.sleep(3.0)
+        return eval_host(self, state, batch)
+
+    monkeypatch.setattr(Runner, "eval_host", slow_eval_host)
+    c = load_experiment_config("classification")
+    c.data.dir, c.data.eval_batch_size, c.data.eval_examples = data_dir, 16, 64
+    c.num_train_steps, c.eval_every_steps, c.checkpoint_every_steps, c.schedule.warmup_steps = 2, 2, 2, 1
+    c.stall_timeout_s, c.progress, c.tensorboard, c.png_examples = 8.0, False, False, 0
+    summary = loop.train_and_evaluate(c, str(tmp_path))
+    assert summary["stop_reason"] == "done" and fired == [], fired

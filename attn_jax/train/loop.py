@@ -232,7 +232,7 @@ def _train(config, runner, state, start, iterator, manager, writer, sigterm, tra
                     {k: f"{v:.4f}" for k, v in train_metrics.items() if k in ("loss", "accuracy")}
                 )
             if is_eval:
-                last_eval = evaluate(runner, state, config)
+                last_eval = evaluate(runner, state, config, on_batch=watchdog.beat)
                 writer.write(step, "test", last_eval)
                 shown = ", ".join(f"{k} {last_eval[k]:.4f}" for k in task.headline if k in last_eval)
                 bar.write(f"step {step}: test {shown}")
@@ -288,7 +288,7 @@ def _check_finite(metrics: dict, step: int, manager) -> None:
     )
 
 
-def evaluate(runner: Runner, state, config, split: str = "test") -> dict:
+def evaluate(runner: Runner, state, config, split: str = "test", *, on_batch=None) -> dict:
     """The task's eval metrics over one ordered epoch of a dataset split.
 
     Args:
@@ -297,6 +297,8 @@ def evaluate(runner: Runner, state, config, split: str = "test") -> dict:
       config: the experiment config (``dataset``, ``data_dir``, ``eval_batch_size`` and
         ``eval_examples``: when > 0, only the first that many examples, rounded up to whole batches).
       split: the dataset split to evaluate (default ``"test"``).
+      on_batch: called with no arguments after each evaluated batch (the loop passes its stall watchdog's
+        ``beat``: a long evaluation that makes progress is no stall); None for nothing.
 
     Returns:
       A JSON-friendly dict of the task's eval metrics (e.g. ``loss`` and ``accuracy`` for
@@ -321,6 +323,8 @@ def evaluate(runner: Runner, state, config, split: str = "test") -> dict:
         for i, evaluator in enumerate(evaluators if len(evaluators) > 1 else ()):  # seed axis: 0 and 1
             evaluator.add(take_replica(sums, i), jax.tree.map(lambda x, i=i: x[:, i], per_example))
         seen += config.data.eval_batch_size
+        if on_batch is not None:
+            on_batch()
         if limit and seen >= limit:
             break
     return seed_metrics([jsonable(e.result()) for e in evaluators], runner.seeds)
