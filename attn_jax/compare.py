@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from attn_jax.metrics.intervals import paired_difference, seed_interval
 from attn_jax.train import get_task
+from attn_jax.train.config import upgrade_saved_config
 from attn_jax.train.seed_summary import read_seed_metrics
 
 PROG = "attn-jax compare"
@@ -88,7 +89,8 @@ def load_run(workdir: str) -> Run:
         ``"done"``), the seeds block is malformed, or its K differs from ``config.num_seeds``.
     """
     summary = _read_json(os.path.join(workdir, "summary.json"), "summary.json")
-    config = _read_json(os.path.join(workdir, "config.json"), "config.json")
+    # grouped fields (data.dataset); runs saved with the older flat names read the same
+    config = upgrade_saved_config(_read_json(os.path.join(workdir, "config.json"), "config.json"))
     if summary.get("stop_reason") != "done":
         raise CompareError(
             f"{workdir} is an unfinished run (summary stop_reason {summary.get('stop_reason')!r}, "
@@ -106,7 +108,7 @@ def load_run(workdir: str) -> Run:
         )
     name = config.get("name") or os.path.basename(os.path.normpath(workdir))
     task = summary.get("task", config.get("task"))
-    return Run(str(name), workdir, str(task), str(config.get("dataset")), seeds, per_seed)
+    return Run(str(name), workdir, str(task), str(config.get("data", {}).get("dataset")), seeds, per_seed)
 
 
 def _unique_names(runs: list[Run]) -> list[Run]:

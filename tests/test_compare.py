@@ -42,7 +42,13 @@ def write_run(root, dirname, per_seed, seeds=SEEDS, *, name=None, task="classifi
             "std": {m: float(np.std(v, ddof=1)) for m, v in per_seed.items()},
             "ci95": {m: None for m in per_seed},  # not read by compare, which works from per_seed
         }
-    config = {"task": task, "name": name or dirname, "dataset": dataset, "seed": seeds[0], "lr": 0.003}
+    config = {
+        "task": task,
+        "name": name or dirname,
+        "data": {"dataset": dataset},
+        "seed": seeds[0],
+        "optim": {"lr": 0.003},
+    }
     if block:
         config["num_seeds"] = len(seeds) if num_seeds is None else num_seeds
     with open(os.path.join(workdir, "summary.json"), "w") as f:
