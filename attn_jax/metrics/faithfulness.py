@@ -723,8 +723,8 @@ def deletion_auc(
     """Area under `deletion_curve` over s / S in [0, 1] (trapezoid rule); lower = more faithful map.
 
     Args:
-      predict, images, maps, labels, steps, baseline, blur_sigma, chunk_size, key, road_noise,
-        road_iterations: as in `deletion_curve`.
+      predict, images, maps, labels: as in `deletion_curve`.
+      steps, baseline, blur_sigma, chunk_size, key, road_noise, road_iterations: as in `deletion_curve`.
 
     Returns:
       (B,) float32 areas in [0, 1]; average them over a data set.
@@ -771,8 +771,8 @@ def insertion_auc(
     """Area under `insertion_curve` over s / S in [0, 1] (trapezoid rule); higher = more faithful map.
 
     Args:
-      predict, images, maps, labels, steps, baseline, blur_sigma, chunk_size, key, road_noise,
-        road_iterations: as in `insertion_curve`.
+      predict, images, maps, labels: as in `insertion_curve`.
+      steps, baseline, blur_sigma, chunk_size, key, road_noise, road_iterations: as in `insertion_curve`.
 
     Returns:
       (B,) float32 areas in [0, 1].

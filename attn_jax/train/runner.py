@@ -39,11 +39,11 @@ class Runner:
     is :func:`attn_jax.train.eval_step` with the task's ``eval_outputs``. Both take the state and the
     batch as :meth:`place` and :meth:`batch` make them. What differs between the modes (how steps are
     compiled, states and batches placed, results gathered) is the ``placement``'s:
-    :class:`attn_jax.train.parallel.ShardMapPlacement` or :class:`attn_jax.train.parallel.PmapPlacement`.
+    ``attn_jax.train.parallel.ShardMapPlacement`` or ``attn_jax.train.parallel.PmapPlacement``.
 
     Args:
       config: the experiment config (``config.parallel`` picks the mode; ``config.num_seeds`` K > 1 makes
-        the steps vmapped over K stacked replicas, :mod:`attn_jax.train.seeds`).
+        the steps vmapped over K stacked replicas, ``attn_jax.train.seeds``).
       task: the :class:`attn_jax.train.tasks.Task` supplying the loss and the eval outputs.
       model: the task's Flax module.
       tx: the optax transformation.

@@ -7,12 +7,13 @@ faithfulness metrics of `attn_jax.metrics`; `python -m attn_jax.viz` is the comm
 """
 
 from attn_jax.viz.capture import AttentionMap, capture_attention, infer_kind, upsample
-from attn_jax.viz.draw import attention_grid, overlay_rgb, save_overlay
+from attn_jax.viz.draw import BoxSet, attention_grid, overlay_rgb, save_overlay
 from attn_jax.viz.explain import attention_rollout, conv_layers, grad_cam, last_conv, rollout_map
 from attn_jax.viz.faithfulness import explain_all, gradient_x_input, integrated_gradients, score_maps
 
 __all__ = [
     "AttentionMap",
+    "BoxSet",
     "attention_grid",
     "attention_rollout",
     "capture_attention",

@@ -23,7 +23,7 @@ from matplotlib.patches import Patch, Rectangle  # noqa: E402
 class BoxSet:
     """Boxes to outline on every panel of `attention_grid`, with one legend entry.
 
-    Attributes:
+    Args:
       name: the legend entry, e.g. "true boxes".
       boxes: (N, k, 4) normalised (ymin, xmin, ymax, xmax) boxes per image; zero-area rows are skipped
         (padding), as are rows where ``valid`` is False.
