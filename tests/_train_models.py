@@ -66,6 +66,8 @@ def small_config(task: str, optimizer: str = "adamw", **overrides):
     c.schedule.warmup_steps, c.num_train_steps, c.optim.clip_norm, c.optim.momentum = 1, 10, 10.0, 0.9
     if task == "detection":
         c.detection.pre_nms_top_k, c.detection.max_detections = 20, 5
+    if task == "reading":
+        c.reading.beam_width = 1  # greedy only: the loop's tests (tiny_config) keep the beam
     c.update(overrides)
     return c
 
