@@ -5,7 +5,7 @@ A run trained with K seeds gives K values of each test metric. `seed_interval` s
 mean, their sample standard deviation (ddof=1) and the Student-t interval ``mean ± t * std / sqrt(K)``
 with ``t = scipy.stats.t.ppf((1 + confidence) / 2, K - 1)``. `paired_difference` compares two runs
 seed by seed: the interval of the mean of the per-seed differences ``a - b`` and the two-sided paired
-t-test (``scipy.stats.ttest_rel``). Pairing removes the spread that both runs share through the seed
+t-test (``scipy.stats.ttest_rel``). Pairing removes the spread that both runs share through their seed
 (the data order, and the initialisation where the two models have the same parameters), so it detects
 smaller differences than two separate intervals do.
 

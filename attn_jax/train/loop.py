@@ -133,8 +133,8 @@ def train_and_evaluate(
             # ## Task, model, optimizer and the compiled train / eval steps
             runner = build_steps(config, model=model)
 
-            # ## Input pipeline: this process's share of each global batch, in the seed's order; with K seeds
-            # one pipeline per replica seed, their batches stacked on axis 1 (attn_jax.train.seeds)
+            # ## Input pipeline: this process's share of each global batch, in its data seed's order; with K
+            # seeds one pipeline per replica seed, their batches stacked on axis 1 (attn_jax.train.seeds)
             iterators = [
                 iter(make_pipeline(
                     config.data.dataset, "train", batch_size=config.data.batch_size, train=True, seed=seed,

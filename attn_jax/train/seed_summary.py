@@ -7,7 +7,7 @@ over the seeds), one block under the key ``"seed_stats"`` (:data:`SEEDS_BLOCK`),
 
     "seed_stats": {
       "num_seeds": 3,                                   # K
-      "seeds": [0, 1, 2],                               # the seed of each replica, in replica order
+      "seeds": [0, 1, 2],                               # each replica's seed, in replica order
       "per_seed": {"test_accuracy": [0.95, 0.97, 0.96], "test_loss": [...]},   # K values each
       "mean": {"test_accuracy": 0.96, ...},             # the mean over the K seeds
       "std": {"test_accuracy": 0.01, ...},              # the sample standard deviation (ddof=1)
