@@ -38,18 +38,6 @@ from benchmarks import harness  # noqa: E402
 NUM_CLASSES = 10
 
 
-def cpu_model() -> str | None:
-    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
 def make_predict(channels: int, seed: int = 0):
     """A jitted small CNN: images (N, H, W, channels) -> logits (N, 10), jnp / lax ops only."""
     import jax
@@ -210,7 +198,7 @@ def main(argv=None):
     extra = {
         "quick": args.quick,
         "shape": dict(batch=args.batch, size=args.size, channels=args.channels, steps=args.steps),
-        "machine": dict(platform=platform.platform(), cpu_model=cpu_model(), cores=os.cpu_count()),
+        "machine": dict(platform=platform.platform(), cpu_model=harness.cpu_model(), cores=os.cpu_count()),
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "note": "the machine is shared: compare variants within this run, not across runs",

@@ -203,6 +203,18 @@ def fused_tanh_rate(rows: int = 256, cols: int = 4096, repeats: int = 10) -> flo
     return rows * cols / _time_median(fn, (x, y), repeats)
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def environment() -> dict:
     """Machine and library facts to store with results (load average included: the box is shared)."""
     import jax

@@ -206,17 +206,6 @@ def _uptime() -> str | None:
         return None
 
 
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def main(argv=None) -> list[dict]:
     args = _parse(argv)
     load_before, uptime_before = os.getloadavg(), _uptime()
@@ -230,7 +219,7 @@ def main(argv=None) -> list[dict]:
         "quick": args.quick,
         "config": "experiments/configs/classification.py:" + ("spatial,tiny" if args.quick else "spatial"),
         "image": args.image,
-        "machine": {"cpu_model": _cpu_model() or "unknown", "cores": os.cpu_count()},
+        "machine": {"cpu_model": harness.cpu_model() or "unknown", "cores": os.cpu_count()},
         "loadavg_before": load_before,
         "loadavg_after": load_after,
         "uptime_before": uptime_before,
