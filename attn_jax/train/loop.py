@@ -320,8 +320,9 @@ def evaluate(runner: Runner, state, config, split: str = "test", *, on_batch=Non
         sums, per_example = runner.eval_host(state, batch)
         if len(evaluators) == 1:
             evaluators[0].add(sums, per_example)
-        for i, evaluator in enumerate(evaluators if len(evaluators) > 1 else ()):  # seed axis: 0 and 1
-            evaluator.add(take_replica(sums, i), jax.tree.map(lambda x, i=i: x[:, i], per_example))
+        else:  # K seeds: sums (K, ...), per-example outputs (b, K, ...)
+            for i, evaluator in enumerate(evaluators):
+                evaluator.add(take_replica(sums, i), jax.tree.map(lambda x, i=i: x[:, i], per_example))
         seen += config.data.eval_batch_size
         if on_batch is not None:
             on_batch()
