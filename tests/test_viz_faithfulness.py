@@ -260,3 +260,17 @@ def test_command_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, m
     with pytest.raises(SystemExit, match="2"):
         viz_main(["faithfulness", "--workdir", str(tmp_path / "absent")])
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_the_no_attention_baselines_constant_map_is_not_scored():
+    """attention="none" is an identity that sows ones: a map that ranks no pixel above another."""
+    from attn_jax.models import AttentionClassifier
+    from attn_jax.nn import SmallCNN
+
+    x = jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 1)), jnp.float32)
+    for attention, constant in (("none", True), ("spatial", False)):
+        model = AttentionClassifier(SmallCNN(features=(4, 8), stride=4), num_classes=3, attention=attention)
+        variables = model.init(jax.random.key(0), x, train=False)
+        amap, note = attention_map(model, variables, x)
+        assert (amap is None) == constant, attention
+        assert ("constant (no attention)" in note) == constant

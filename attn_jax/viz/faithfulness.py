@@ -459,12 +459,17 @@ def attention_map(model, variables: Mapping, images: jax.Array) -> tuple[jax.Arr
 
     Returns:
       ``(maps, note)``: (B, H, W) float32 and the module path, or ``(None, reason)`` when the model sows
-      no map with a spatial extent (channel attention such as se / eca, or no attention at all).
+      no map with a spatial extent (channel attention such as se / eca, or no attention at all) or its
+      map is the same at every position of every image (``attention="none"`` sows ones): it ranks no
+      pixel above another.
     """
     captured = capture_attention(model, variables, images, train=False)
     spatial = [(p, m) for p, m in captured.items() if m.image is not None]
     if spatial:
         path, amap = spatial[-1]
+        flat = np.asarray(amap.image).reshape(len(amap.image), -1)
+        if np.all(flat.max(axis=1) == flat.min(axis=1)):
+            return None, f"the map sown by {path} is constant (no attention): it ranks no pixel"
         return amap.image, f"{amap.kind} map sown by {path}"
     if captured:
         kinds = sorted({m.kind for m in captured.values()})
@@ -944,6 +949,7 @@ def faithfulness_report(
     seed: int = 0,
     deletion_baseline: str = "zero",
     insertion_baseline: str = "blur",
+    replica: int = 0,
 ) -> dict:
     """Score a trained run's test images with every applicable explanation.
 
@@ -967,6 +973,7 @@ def faithfulness_report(
       seed: the random map's and the "road" noise's seed.
       deletion_baseline: the deletion curve's baseline, one of attn_jax.metrics' BASELINES.
       insertion_baseline: the insertion curve's baseline.
+      replica: which of a K-seed run's replicas (seed config.seed + replica) to explain, in [0, K).
 
     Returns:
       The report written as faithfulness.json, with "paths" added.
@@ -988,7 +995,9 @@ def faithfulness_report(
         raise FileNotFoundError(f"no run in {workdir!r} (config.json missing)")
     from attn_jax.viz.runs import load_run
 
-    model, variables, config = load_run(workdir)
+    if not _is_int(replica) or replica < 0:
+        raise ValueError(f"replica must be an integer >= 0; got {replica!r}")
+    model, variables, config = load_run(workdir, replica=replica)
     if config.task not in TASKS:
         raise ValueError(f"faithfulness scores runs of {TASKS}; {workdir!r} is a {config.task} run")
     out = out or workdir
@@ -1022,6 +1031,8 @@ def faithfulness_report(
     )
     if config.task == "classification":
         command += f" --target {target}"
+    if replica:
+        command += f" --replica {replica}"
     report = {
         "meta": {
             "command": command,
@@ -1033,6 +1044,8 @@ def faithfulness_report(
         "run": os.path.abspath(workdir),
         "task": config.task,
         "family": config.model.attention,
+        "replica": replica,
+        "replica_seed": config.seed + replica,
         "dataset": config.data.dataset,
         "examples": seen,
         **extra,
@@ -1065,6 +1078,16 @@ class _ArgumentError(Exception):
     pass
 
 
+def _saved_num_seeds(workdir: str) -> int:
+    """The num_seeds of the run in workdir (1 for a run saved before seeds existed or unreadable)."""
+    try:
+        with open(os.path.join(workdir, "config.json")) as f:
+            value = json.load(f).get("num_seeds", 1)
+    except (OSError, ValueError, AttributeError):
+        return 1
+    return value if _is_int(value) and value >= 1 else 1
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse would print the usage first)
         raise _ArgumentError(message)
@@ -1087,6 +1110,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="seed of the random map and of the road noise")
+    p.add_argument(
+        "--replica", type=int, default=0, help="a K-seed run's replica to explain (seed + replica), in [0, K)"
+    )
     p.add_argument(
         "--deletion-baseline", default="zero", help=f"one of {', '.join(BASELINES)} (default zero)"
     )
@@ -1111,6 +1137,9 @@ def main(argv=None) -> dict:
         for name in ("examples", "steps", "ig_steps", "batch_size"):
             if getattr(args, name) < 1:
                 raise _ArgumentError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
+        num_seeds = _saved_num_seeds(args.workdir)
+        if not 0 <= args.replica < num_seeds:
+            raise _ArgumentError(f"--replica must be in [0, {num_seeds}) (the run's num_seeds); got {args.replica}")
         if args.target not in TARGETS:
             raise _ArgumentError(f"--target must be one of {', '.join(TARGETS)}; got {args.target!r}")
         for name in ("deletion_baseline", "insertion_baseline"):
@@ -1126,6 +1155,7 @@ def main(argv=None) -> dict:
         args.workdir, examples=args.examples, steps=args.steps, ig_steps=args.ig_steps, out=args.out,
         target=args.target, batch_size=args.batch_size, seed=args.seed,
         deletion_baseline=args.deletion_baseline, insertion_baseline=args.insertion_baseline,
+        replica=args.replica,
     )  # fmt: skip
     print(markdown(report), end="")
     print(f"wrote {', '.join(report['paths'].values())}")

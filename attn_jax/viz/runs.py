@@ -74,15 +74,16 @@ def load_train_run(config, workdir: str, step: int | None = None, replica: int =
     return model, {"params": state.params, "batch_stats": state.batch_stats}, step
 
 
-def load_run(run_dir: str):
+def load_run(run_dir: str, replica: int = 0):
     """(model, variables, config) of the `attn-jax train` run in run_dir (its config.json and latest
-    checkpoint); FileNotFoundError when absent."""
+    checkpoint); FileNotFoundError when absent. A run of K > 1 seeds gives replica `replica`'s variables
+    (seed config.seed + replica); ValueError when it is not in [0, K)."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no run in {run_dir!r} (config.json missing)")
     with open(path) as f:
         config = ml_collections.ConfigDict(upgrade_saved_config(json.load(f)))
-    model, variables, _ = load_train_run(config, run_dir)
+    model, variables, _ = load_train_run(config, run_dir, replica=replica)
     return model, variables, config
 
 
