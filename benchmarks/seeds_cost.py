@@ -3,14 +3,17 @@
     python benchmarks/seeds_cost.py          # main job, K = 1 4 8 -> benchmarks/results/seeds_cost.json
     python benchmarks/seeds_cost.py --quick  # the tiny config, 1 round (seconds per K; tests)
     python benchmarks/seeds_cost.py --seeds 1 2 5 --rounds 5 --out /tmp/seeds.json
+    python benchmarks/seeds_cost.py --modes map       # only the jax.lax.map program
 
 The model and training step are the main job's (`experiments/configs/classification.py`, spatial
 attention, global batch 128 of 64x64x1 images, one XLA CPU device, the config's `cpu.matmul_grad`), built by
 `attn_jax.train.build_steps` as `attn-jax train` builds it. For each K:
 
     one program    `config.num_seeds = K`: the train state stacked on a leading seed axis, the per-replica
-                   step vmapped (attn_jax.train.seeds); one call advances all K replicas by one step of
-                   `batch` images each (the batch is (batch, K, ...), another synthetic batch per replica)
+                   step vmapped (`seeds_mode="vmap"`) or mapped over the replicas one after another
+                   (`seeds_mode="map"`, jax.lax.map; attn_jax.train.seeds); one call advances all K
+                   replicas by one step of `batch` images each (the batch is (batch, K, ...), another
+                   synthetic batch per replica)
     separate       the same work as K runs of the single-seed program (`num_seeds = 1`) one after another:
                    K x its step time, and K compilations
 
@@ -21,7 +24,8 @@ the machine (the cost per seed: higher is cheaper); `x separate` is the one prog
 the separate runs' (above 1: the one program costs less per seed); `first call s` is the first call's time
 (compilation and the first step; separate runs pay it K times).
 
-Each K runs in a fresh process per round and the rounds interleave the K values (1 4 8 1 4 8 ...); the table
+Each (K, mode) runs in a fresh process per round and the rounds interleave them (1, 4 vmap, 4 map, 8 vmap,
+8 map, 1, ...); the table
 gives the median over rounds of each process's median step time after warm-up. Timing on a shared machine is
 only meaningful relative to the other rows of the same run: the JSON records the load average and `uptime`.
 """
@@ -76,7 +80,10 @@ def _host_batches(batch: int, image: int, num_seeds: int) -> dict:
     }
 
 
-def _measure(num_seeds: int, quick: bool, image: int, warmup: int, repeats: int) -> dict:
+MODES = ("vmap", "map")
+
+
+def _measure(num_seeds: int, quick: bool, image: int, warmup: int, repeats: int, mode: str = "vmap") -> dict:
     """In the child: build the K-seed training step on one CPU device and time it (the state fed back and
     donated, as in the loop)."""
     from attn_jax.data.pipeline import DatasetMeta
@@ -85,7 +92,7 @@ def _measure(num_seeds: int, quick: bool, image: int, warmup: int, repeats: int)
     from attn_jax.train.runner import build_steps
 
     config = experiment_config(quick)
-    config.num_seeds = num_seeds
+    config.num_seeds, config.seeds_mode = num_seeds, mode
     configure_cpu_devices(config.cpu.devices)
     import jax
 
@@ -114,42 +121,48 @@ def _measure(num_seeds: int, quick: bool, image: int, warmup: int, repeats: int)
     }
 
 
-def summarise(per_k: dict[int, list[dict]]) -> list[dict]:
-    """Rows of the table from each K's rounds: the one program's and the separate runs' cost per seed.
+def summarise(per_k: dict[tuple[int, str], list[dict]]) -> list[dict]:
+    """Rows of the table from each (K, mode)'s rounds: the one program's and the separate runs' cost per seed.
 
     Args:
-      per_k: ``{K: [round, ...]}``, each round the child's dict (``batch``, ``first_call_s``,
-        ``train_times``); K = 1 must be present (the separate runs are K x the single-seed program).
+      per_k: ``{(K, mode): [round, ...]}``, each round the child's dict (``batch``, ``first_call_s``,
+        ``train_times``); ``(1, "single")`` must be present (the separate runs are K x the single-seed
+        program).
 
     Returns:
-      Two rows per K (K = 1: one, the single-seed program itself), in the order of ``per_k``.
+      One row per key, the single-seed program first, then for each K its modes' rows ("one program
+      (<mode>)") and one "separate" row.
 
     Raises:
-      ValueError: ``per_k`` has no K = 1 entry.
+      ValueError: ``per_k`` has no ``(1, "single")`` entry.
     """
-    if 1 not in per_k or not per_k[1]:
+    if not per_k.get((1, "single")):
         raise ValueError(f"the separate runs are measured by K = 1, absent from {sorted(per_k)}")
 
     def medians(runs):
         step = statistics.median(statistics.median(r["train_times"]) for r in runs)
         return step, statistics.median(r["first_call_s"] for r in runs), runs[0]["batch"]
 
-    single_step, single_first, batch = medians(per_k[1])
+    single_step, single_first, batch = medians(per_k[(1, "single")])
     rows = []
-    for k, runs in per_k.items():
-        step, first, batch = medians(runs)
-        one = {
-            "num_seeds": k, "variant": "one program" if k > 1 else "single seed", "batch": batch,
-            "rounds": len(runs), "step_ms": 1e3 * step, "ms_per_seed_step": 1e3 * step / k,
-            "images_per_s_per_seed": batch * k / step, "first_call_s": first,
-            "step_round_ms": [1e3 * statistics.median(r["train_times"]) for r in runs],
-        }  # fmt: skip
-        one["x_separate"] = single_step * k / step
-        rows.append(one)
+    for k in sorted({k for k, _ in per_k}):
+        for (kk, mode), runs in per_k.items():
+            if kk != k:
+                continue
+            step, first, batch = medians(runs)
+            one = {
+                "num_seeds": k, "variant": f"one program ({mode})" if k > 1 else "single seed",
+                "batch": batch, "rounds": len(runs), "step_ms": 1e3 * step,
+                "ms_per_seed_step": 1e3 * step / k, "images_per_s_per_seed": batch * k / step,
+                "first_call_s": first,
+                "step_round_ms": [1e3 * statistics.median(r["train_times"]) for r in runs],
+            }  # fmt: skip
+            one["x_separate"] = single_step * k / step
+            rows.append(one)
         if k == 1:
             continue
         rows.append({
-            "num_seeds": k, "variant": "separate", "batch": batch, "rounds": len(per_k[1]),
+            "num_seeds": k, "variant": "separate", "batch": batch, "rounds": len(per_k[(1, "single")]),
             "step_ms": 1e3 * single_step * k, "ms_per_seed_step": 1e3 * single_step,
             "images_per_s_per_seed": batch / single_step, "first_call_s": single_first * k,
             "x_separate": 1.0,
@@ -157,19 +170,22 @@ def summarise(per_k: dict[int, list[dict]]) -> list[dict]:
     return rows
 
 
-def run(seeds, *, quick: bool, image: int, rounds: int, warmup: int, repeats: int, timeout: float = 900):
-    """Interleaved rounds of every K in fresh processes -> (rows, raw rounds per K)."""
-    per_k = {k: [] for k in seeds}
+def run(seeds, *, quick: bool, image: int, rounds: int, warmup: int, repeats: int, modes=MODES,
+        timeout: float = 900):  # fmt: skip
+    """Interleaved rounds of every (K, mode) in fresh processes -> (rows, raw rounds per (K, mode))."""
+    keys = [(1, "single")] + [(k, m) for k in seeds if k > 1 for m in modes]
+    per_k = {key: [] for key in keys}
     for r in range(rounds):
-        for k in seeds:
-            args = (k, quick, image, warmup, repeats)
-            res = harness.run_in_fresh_process(_measure, args, timeout=timeout, label=f"K={k}")
+        for k, mode in keys:
+            args = (k, quick, image, warmup, repeats, "vmap" if mode == "single" else mode)
+            label = f"K={k}" + ("" if k == 1 else f" {mode}")
+            res = harness.run_in_fresh_process(_measure, args, timeout=timeout, label=label)
             if res["replicas"] != k:
-                raise RuntimeError(f"K={k}: the program trained {res['replicas']} replicas")
-            per_k[k].append(res)
+                raise RuntimeError(f"{label}: the program trained {res['replicas']} replicas")
+            per_k[(k, mode)].append(res)
             med = statistics.median(res["train_times"])
             print(
-                f"  round {r} K={k}: step {1e3 * med:.1f} ms, first call {res['first_call_s']:.1f} s",
+                f"  round {r} {label}: step {1e3 * med:.1f} ms, first call {res['first_call_s']:.1f} s",
                 flush=True,
             )
     return summarise(per_k), per_k
@@ -178,6 +194,9 @@ def run(seeds, *, quick: bool, image: int, rounds: int, warmup: int, repeats: in
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 4, 8], help="the K values (1 is always added)")
+    p.add_argument(
+        "--modes", nargs="+", default=list(MODES), choices=MODES, help="seeds_mode of the K > 1 programs"
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
@@ -210,7 +229,7 @@ def main(argv=None) -> list[dict]:
     args = _parse(argv)
     load_before, uptime_before = os.getloadavg(), _uptime()
     rows, per_k = run(args.seeds, quick=args.quick, image=args.image, rounds=args.rounds, warmup=args.warmup,
-                      repeats=args.repeats)  # fmt: skip
+                      repeats=args.repeats, modes=tuple(args.modes))  # fmt: skip
     load_after = os.getloadavg()
     print(f"\n### K seeds in one program vs K separate runs (load average before {load_before}, after "
           f"{load_after})\n")  # fmt: skip
@@ -224,8 +243,10 @@ def main(argv=None) -> list[dict]:
         "loadavg_after": load_after,
         "uptime_before": uptime_before,
         "uptime_after": _uptime(),
-        "raw": {str(k): [{"first_call_s": r["first_call_s"], "train_times": r["train_times"]} for r in runs]
-                for k, runs in per_k.items()},
+        "modes": list(args.modes),
+        "raw": {(str(k) if k == 1 else f"{k} {m}"): [{"first_call_s": r["first_call_s"],
+                                                     "train_times": r["train_times"]} for r in runs]
+                for (k, m), runs in per_k.items()},
         "note": "the machine is shared: compare rows within this run, not across runs",
     }  # fmt: skip
     path = harness.write_json(args.out, rows, **extra)

@@ -88,6 +88,7 @@ def _one_line_error(capsys, entered, args, *wanted):
         ("optim.lr=nan", None),
         ("optim.name=lamb", "optim.name='lamb'"),
         ("parallel=pjit", "parallel='pjit'"),
+        ("seeds_mode=scan", "seeds_mode='scan'"),
         ("keep_latest=0", None),
         ("keep_best=-1", None),
         ("data.eval_batch_size=0", None),

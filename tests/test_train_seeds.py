@@ -41,13 +41,15 @@ def _records(workdir: str, split: str) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "task, devices, parallel",
-    [("classification", 1, "shard_map"), ("classification", 2, "pmap")]
-    + [(t, 2, "shard_map") for t in TASKS[1:]],
+    "task, devices, parallel, seeds_mode",
+    [("classification", 1, "shard_map", "vmap"), ("classification", 2, "pmap", "vmap")]
+    + [(t, 2, "shard_map", "vmap") for t in TASKS[1:]]
+    # the replicas one after another (jax.lax.map), the device collectives inside the loop
+    + [("classification", 2, "pmap", "map"), ("detection", 2, "shard_map", "map")],
 )
-def test_each_replica_equals_the_single_seed_run(task, devices, parallel, data_dir, tmp_path):
+def test_each_replica_equals_the_single_seed_run(task, devices, parallel, seeds_mode, data_dir, tmp_path):
     both = loop.train_and_evaluate(
-        _config(task, data_dir, 5, 2, devices, parallel=parallel), str(tmp_path / "k2")
+        _config(task, data_dir, 5, 2, devices, parallel=parallel, seeds_mode=seeds_mode), str(tmp_path / "k2")
     )
     alone = loop.train_and_evaluate(
         _config(task, data_dir, 6, 1, devices, parallel=parallel), str(tmp_path / "s6")
@@ -107,6 +109,13 @@ def test_eval_replica_out_of_range_is_one_line_before_compiling(data_dir, tmp_pa
     assert exit_.value.code == 2 and err == [
         "attn-jax eval: error: --replica=2 must be in [0, 2) (config.num_seeds=2)"
     ]
+
+
+def test_bad_seeds_mode_is_one_line():
+    from attn_jax.train.seeds import over_seeds
+
+    with pytest.raises(ValueError, match=r"^seeds_mode must be one of \('vmap', 'map'\), got 'scan'$"):
+        over_seeds(lambda state, batch: (state, {}), "scan")
 
 
 @pytest.mark.parametrize("bad", [0, -2, True, 1.5, "2"])

@@ -24,7 +24,7 @@ from attn_jax.nn import available_attention
 from attn_jax.train.config import TASK_FIELDS, base_config
 from attn_jax.train.optim import OPTIMIZERS
 from attn_jax.train.preemption import EXIT_PREEMPTED
-from attn_jax.train.runner import PARALLEL_MODES
+from attn_jax.train.runner import PARALLEL_MODES, SEEDS_MODES
 from attn_jax.train.tasks import make_task
 
 EXIT_USAGE = 2  # a bad command line (the shell convention, as argparse)
@@ -195,7 +195,7 @@ VALUE_RULES = {
 
 def _choices() -> dict:
     """field: allowed values, for the fields that name one of a few things."""
-    return {"optim.name": OPTIMIZERS, "parallel": PARALLEL_MODES}
+    return {"optim.name": OPTIMIZERS, "parallel": PARALLEL_MODES, "seeds_mode": SEEDS_MODES}
 
 
 def check_values(config, spec: str) -> None:
@@ -249,7 +249,7 @@ def resolve_warmup(config, argv: list[str], spec: str) -> str | None:
 # devices it runs (a run resumes under any of them: checkpoints restore onto any device count).
 NOT_IN_WORKDIR_NAME = (
     "name", "data.dir", "progress", "tensorboard", "png_examples", "async_checkpoints", "cpu.devices",
-    "cpu.matmul_grad", "num_devices", "parallel", "coordinator", "preemption_check_every_steps",
+    "cpu.matmul_grad", "num_devices", "parallel", "seeds_mode", "coordinator", "preemption_check_every_steps",
     "stall_timeout_s",
 )  # fmt: skip
 

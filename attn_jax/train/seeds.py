@@ -1,12 +1,16 @@
-"""K training seeds in one compiled program: the train state stacked on a leading seed axis, the step vmapped.
+"""K training seeds in one compiled program: the train state stacked on a leading seed axis, the step
+vmapped (``mode="vmap"``) or mapped one replica after another (``mode="map"``, ``jax.lax.map``).
 
     seeds = replica_seeds(config)     # [config.seed, config.seed + 1, ...], config.num_seeds long
-    step = over_seeds(step_fn)        # (states (K, ...), batches (b, K, ...)) -> (states, metrics (K,))
+    step = over_seeds(step_fn, mode)  # (states (K, ...), batches (b, K, ...)) -> (states, metrics (K,))
     batches = SeedBatches([iter(pipeline(s)) for s in seeds])   # next(): each entry (b, K, ...)
 
 Replica i is the run of seed ``config.seed + i``: its initialisation, data order and augmentation are that
 seed's, and the vmapped step computes exactly what the single-seed step computes (BatchNorm statistics,
 dropout keys and collectives stay per replica), so replica i equals the single-seed run up to float rounding.
+The two modes compute the same values: "vmap" turns the K replicas' convolutions into one batched
+(grouped) convolution, "map" runs the single-seed step K times inside the program (a loop that XLA
+compiles once); which is faster depends on the backend (benchmarks/seeds_cost.py measures both).
 The seed axis of a batch is axis 1, after the example axis, so the data-parallel placement (shard_map or
 pmap, both splitting axis 0) is the same for one seed or many.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -42,32 +47,84 @@ def replica_seeds(config) -> list[int]:
     return [int(config.seed) + i for i in range(int(k))]
 
 
-def over_seeds(step_fn):
-    """A per-device train step over K stacked replicas: ``jax.vmap`` of ``step_fn`` over the state's axis 0
-    and the batch's axis 1.
+def _seed_axis_first(tree, axis: int):
+    return jax.tree.map(lambda x: jnp.moveaxis(x, axis, 0), tree)
+
+
+def _over_seeds_map(step_fn):
+    def step(states, batches):
+        return jax.lax.map(lambda args: step_fn(*args), (states, _seed_axis_first(batches, 1)))
+
+    return step
+
+
+def _eval_over_seeds_map(eval_fn):
+    def evaluate(states, batch):
+        sums, per_example = jax.lax.map(lambda state: eval_fn(state, batch), states)
+        return sums, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_example)
+
+    return evaluate
+
+
+#: seeds_mode -> (train step over seeds, eval step over seeds)
+SEED_MAPS = {
+    "vmap": (
+        lambda step_fn: jax.vmap(step_fn, in_axes=(0, 1), out_axes=(0, 0)),
+        lambda eval_fn: jax.vmap(eval_fn, in_axes=(0, None), out_axes=(0, 1)),
+    ),
+    "map": (_over_seeds_map, _eval_over_seeds_map),
+}
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in SEED_MAPS:
+        raise ValueError(f"seeds_mode must be one of {tuple(SEED_MAPS)}, got {mode!r}")
+
+
+def over_seeds(step_fn, mode: str = "vmap"):
+    """A per-device train step over K stacked replicas.
 
     Args:
       step_fn: ``step_fn(state, batch) -> (state, metrics)`` for one replica (e.g. a bound
         :func:`attn_jax.train.train_step`); its collectives over the device axis stay per replica.
+      mode: ``"vmap"``: ``jax.vmap`` of ``step_fn`` over the state's axis 0 and the batch's axis 1;
+        ``"map"``: ``jax.lax.map`` of it over the replicas, one after another.
 
     Returns:
       ``(states, batches) -> (states, metrics)`` with every state leaf ``(K, ...)``, every batch entry
       ``(b, K, ...)`` and every metric ``(K, ...)``.
+
+    Raises:
+      ValueError: an unknown ``mode``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> step = lambda state, batch: (state + batch.sum(), {"loss": batch.mean()})
+      >>> states, batches = jnp.zeros(3), jnp.ones((4, 3))  # K = 3 replicas, 4 examples each
+      >>> new, metrics = over_seeds(step, "map")(states, batches)
+      >>> new.tolist(), metrics["loss"].shape
+      ([4.0, 4.0, 4.0], (3,))
     """
-    return jax.vmap(step_fn, in_axes=(0, 1), out_axes=(0, 0))
+    _check_mode(mode)
+    return SEED_MAPS[mode][0](step_fn)
 
 
-def eval_over_seeds(eval_fn):
+def eval_over_seeds(eval_fn, mode: str = "vmap"):
     """A per-device eval step of K stacked replicas on one shared batch.
 
     Args:
       eval_fn: ``eval_fn(state, batch) -> (sums, per_example)`` for one replica.
+      mode: ``"vmap"`` or ``"map"``, as in :func:`over_seeds`.
 
     Returns:
       ``(states, batch) -> (sums, per_example)`` with sums ``(K, ...)`` and per-example outputs
       ``(b, K, ...)`` (the example axis first, so the data-parallel placement gathers them as before).
+
+    Raises:
+      ValueError: an unknown ``mode``.
     """
-    return jax.vmap(eval_fn, in_axes=(0, None), out_axes=(0, 1))
+    _check_mode(mode)
+    return SEED_MAPS[mode][1](eval_fn)
 
 
 def stack_states(states: list):

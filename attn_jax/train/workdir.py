@@ -37,6 +37,7 @@ RESUMABLE_FIELDS = (
     "cpu.matmul_grad",
     "num_devices",
     "parallel",
+    "seeds_mode",
     "coordinator",
     "preemption_check_every_steps",
     "stall_timeout_s",
