@@ -9,15 +9,17 @@ from attn_jax.train.tasks import make_task
 from tests._train_models import load_experiment_config, synthetic_meta
 
 
-def _task(penalty: float, beam_width: int = 1):
+def _task(penalty: float, beam_width: int = 1, smoothing: float = 0.0):
     config = load_experiment_config("reading")
     config.reading.attention_penalty, config.reading.beam_width = penalty, beam_width
+    config.reading.label_smoothing = smoothing
     return make_task(config, synthetic_meta("reading"))
 
 
-def _reference_loss(logits, alpha, targets, end, weight):
+def _reference_loss(logits, alpha, targets, end, weight, smoothing=0.0):
     """NumPy float64: CE over the steps up to and including the first END / their number, plus weight x
-    the mean over examples of the mean over positions of (1 - sum over those steps of alpha)^2."""
+    the mean over examples of the mean over positions of (1 - sum over those steps of alpha)^2. With
+    smoothing s the target of a step puts 1 - s + s / V on its token and s / V on each other token."""
     logits, alpha = np.asarray(logits, np.float64), np.asarray(alpha, np.float64)
     ce, steps, penalty = 0.0, 0, 0.0
     for b in range(len(targets)):
@@ -28,21 +30,22 @@ def _reference_loss(logits, alpha, targets, end, weight):
                 break
         for t in counted:
             z = logits[b, t] - logits[b, t].max()
-            ce -= z[targets[b][t]] - np.log(np.exp(z).sum())
+            log_p = z - np.log(np.exp(z).sum())
+            ce -= (1.0 - smoothing) * log_p[targets[b][t]] + smoothing * log_p.mean()
         steps += len(counted)
         penalty += np.mean((1.0 - alpha[b, counted].sum(0)) ** 2)
     return ce / steps + weight * penalty / len(targets)
 
 
-@pytest.mark.parametrize("penalty", [0.0, 0.5])
-def test_reading_loss_is_the_sequence_cross_entropy_plus_the_penalty(penalty):
+@pytest.mark.parametrize(("penalty", "smoothing"), [(0.0, 0.0), (0.5, 0.0), (0.0, 0.1)])
+def test_reading_loss_is_the_sequence_cross_entropy_plus_the_penalty(penalty, smoothing):
     rng = np.random.default_rng(0)
-    task = _task(penalty)
+    task = _task(penalty, smoothing=smoothing)
     targets = np.array([[3, 10, 11, 11, 11], [1, 2, 9, 10, 11], [4, 4, 4, 4, 10]])  # END at 1, 3, 4
     logits = rng.normal(size=(3, 5, 11)).astype(np.float32)
     alpha = rng.dirichlet(np.ones(6), size=(3, 5)).astype(np.float32)
     loss, sums = task.loss((logits, alpha), {"sequence": targets}, None)
-    want = _reference_loss(logits, alpha, targets, 10, penalty)
+    want = _reference_loss(logits, alpha, targets, 10, penalty, smoothing)
     np.testing.assert_allclose(float(loss), want, rtol=1e-5)
     assert float(sums["steps"]) == 2 + 4 + 5 and float(sums["examples"]) == 3
     got = task.train_metrics({k: np.asarray(v) for k, v in sums.items()})

@@ -43,7 +43,7 @@ def steps_up_to_end(tokens: jax.Array, end_token: int) -> jax.Array:
 
 
 def sequence_cross_entropy_sums(
-    logits: jax.Array, targets: jax.Array, mask: jax.Array
+    logits: jax.Array, targets: jax.Array, mask: jax.Array, *, label_smoothing: float = 0.0
 ) -> tuple[jax.Array, jax.Array]:
     """Summed softmax cross-entropy over the steps where `mask` holds, and their number.
 
@@ -53,12 +53,14 @@ def sequence_cross_entropy_sums(
       logits: float (B, T, V).
       targets: int (B, T); read only where ``mask`` holds (PAD may lie outside [0, V) elsewhere).
       mask: bool (B, T), the steps that count.
+      label_smoothing: alpha in [0, 1): each step's target is ``(1 - alpha) * one_hot + alpha / V``
+        (``optax.smooth_labels``); 0 is the plain cross-entropy of the target token.
 
     Returns:
       (float32 sum of the counted steps' losses, float32 number of counted steps).
 
     Raises:
-      ValueError: logits not (B, T, V), or targets / mask not (B, T).
+      ValueError: logits not (B, T, V), targets / mask not (B, T), or label_smoothing outside [0, 1).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -73,9 +75,15 @@ def sequence_cross_entropy_sums(
         raise ValueError(
             f"targets must have shape (B, T) = {logits.shape[:2]}; got shape {jnp.shape(targets)}"
         )
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1); got {label_smoothing!r}")
     mask = jnp.asarray(mask, bool)
     safe = jnp.where(mask, targets, 0)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    if label_smoothing:
+        soft = optax.smooth_labels(jax.nn.one_hot(safe, logits.shape[-1]), label_smoothing)
+        losses = optax.softmax_cross_entropy(logits.astype(jnp.float32), soft)
+    else:
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
     return jnp.sum(jnp.where(mask, losses, 0.0)), jnp.sum(mask, dtype=jnp.float32)
 
 

@@ -165,6 +165,8 @@ TASK_FIELDS = {
         # al. 2015 use 1); off by default: with T = 5 steps over n = 128 positions the term sits near its
         # floor (1 - T / n)^2 and its gradient only spreads the attention
         "attention_penalty": 0.0,
+        # alpha of optax.smooth_labels for each step's target token (0: plain cross-entropy)
+        "label_smoothing": 0.0,
         "beam_width": 3,  # evaluation reads greedily and with a beam this wide (1: greedy only)
     },
 }

@@ -68,7 +68,9 @@ class Reading(Task):
         logits, alpha = outputs
         targets = batch["sequence"].astype(jnp.int32)
         mask = steps_up_to_end(targets, self.end_token)
-        ce_sum, steps = sequence_cross_entropy_sums(logits, targets, mask)
+        ce_sum, steps = sequence_cross_entropy_sums(
+            logits, targets, mask, label_smoothing=self.config.reading.label_smoothing
+        )
         examples = jnp.asarray(targets.shape[0], jnp.float32)
         # mean over positions, as Show-Attend-Tell's alpha_c term: 1 / n of the summed squares
         penalty_sum = examples * doubly_stochastic_penalty(alpha, mask, weight=1.0 / alpha.shape[-1])
