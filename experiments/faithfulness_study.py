@@ -121,7 +121,8 @@ def aggregate(reports: dict[str, list[dict]]) -> dict:
     out = {}
     for family, replicas in reports.items():
         methods = [m for m in replicas[0]["methods"] if all(m in r["methods"] for r in replicas)]
-        entry = {"seeds": [r["replica_seed"] for r in replicas], "methods": {}, "notes": replicas[0].get("notes", [])}
+        seeds = [r["replica_seed"] for r in replicas]
+        entry = {"seeds": seeds, "methods": {}, "notes": replicas[0].get("notes", [])}
         for method in methods:
             row = {}
             for metric in METRICS:

@@ -30,8 +30,8 @@ def tiny_study(tmp_path_factory, data_dir):
 
 
 def _argv(root):
-    return ["--tiny", "--study-root", root, "--families", "none", "spatial", "--examples", "4", "--steps", "4",
-            "--ig-steps", "2", "--batch-size", "4"]  # fmt: skip
+    return ["--tiny", "--study-root", root, "--families", "none", "spatial", "--examples", "4",
+            "--steps", "4", "--ig-steps", "2", "--batch-size", "4"]  # fmt: skip
 
 
 def test_scores_every_replica_and_gives_intervals_over_seeds(tiny_study, capsys):
@@ -45,7 +45,8 @@ def test_scores_every_replica_and_gives_intervals_over_seeds(tiny_study, capsys)
     for family in ("none", "spatial"):
         reports[family] = []
         for replica in (0, 1):
-            with open(os.path.join(root, "faithfulness", family, f"replica_{replica}", "faithfulness.json")) as f:
+            path = os.path.join(root, "faithfulness", family, f"replica_{replica}", "faithfulness.json")
+            with open(path) as f:
                 report = json.load(f)
             assert (report["replica"], report["replica_seed"]) == (replica, replica)
             reports[family].append(report)

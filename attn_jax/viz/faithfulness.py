@@ -1139,7 +1139,9 @@ def main(argv=None) -> dict:
                 raise _ArgumentError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(args, name)}")
         num_seeds = _saved_num_seeds(args.workdir)
         if not 0 <= args.replica < num_seeds:
-            raise _ArgumentError(f"--replica must be in [0, {num_seeds}) (the run's num_seeds); got {args.replica}")
+            raise _ArgumentError(
+                f"--replica must be in [0, {num_seeds}) (the run's num_seeds); got {args.replica}"
+            )
         if args.target not in TARGETS:
             raise _ArgumentError(f"--target must be one of {', '.join(TARGETS)}; got {args.target!r}")
         for name in ("deletion_baseline", "insertion_baseline"):
