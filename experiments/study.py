@@ -294,7 +294,7 @@ def plot(documents: list[dict], path: str) -> str:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, len(documents), figsize=(4.5 * len(documents), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(documents), figsize=(max(5.5, 4.5 * len(documents)), 3.9), squeeze=False)
     for ax, doc in zip(axes[0], documents, strict=True):
         metric = doc["table_metrics"][0]
         names = list(doc["families"])
@@ -322,8 +322,8 @@ def plot(documents: list[dict], path: str) -> str:
         )
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(
-        "means and 95% intervals over seeds (red: the paired Δ vs none excludes 0); dots: seeds; "
-        "dashed: none",
+        "means and 95% intervals over seeds\n"
+        "(red: the paired Δ vs none excludes 0; dots: seeds; dashed: none)",
         fontsize=9,
     )
     fig.tight_layout()
