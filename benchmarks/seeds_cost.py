@@ -3,15 +3,15 @@
     python benchmarks/seeds_cost.py          # main job, K = 1 4 8 -> benchmarks/results/seeds_cost.json
     python benchmarks/seeds_cost.py --quick  # the tiny config, 1 round (seconds per K; tests)
     python benchmarks/seeds_cost.py --seeds 1 2 5 --rounds 5 --out /tmp/seeds.json
-    python benchmarks/seeds_cost.py --modes map       # only the jax.lax.map program
+    python benchmarks/seeds_cost.py --modes unroll    # only the unrolled program
 
 The model and training step are the main job's (`experiments/configs/classification.py`, spatial
 attention, global batch 128 of 64x64x1 images, one XLA CPU device, the config's `cpu.matmul_grad`), built by
 `attn_jax.train.build_steps` as `attn-jax train` builds it. For each K:
 
     one program    `config.num_seeds = K`: the train state stacked on a leading seed axis, the per-replica
-                   step vmapped (`seeds_mode="vmap"`) or mapped over the replicas one after another
-                   (`seeds_mode="map"`, jax.lax.map; attn_jax.train.seeds); one call advances all K
+                   step vmapped (`seeds_mode="vmap"`) or unrolled, K copies of the single-seed step
+                   (`seeds_mode="unroll"`; attn_jax.train.seeds); one call advances all K
                    replicas by one step of `batch` images each (the batch is (batch, K, ...), another
                    synthetic batch per replica)
     separate       the same work as K runs of the single-seed program (`num_seeds = 1`) one after another:
@@ -24,8 +24,8 @@ the machine (the cost per seed: higher is cheaper); `x separate` is the one prog
 the separate runs' (above 1: the one program costs less per seed); `first call s` is the first call's time
 (compilation and the first step; separate runs pay it K times).
 
-Each (K, mode) runs in a fresh process per round and the rounds interleave them (1, 4 vmap, 4 map, 8 vmap,
-8 map, 1, ...); the table
+Each (K, mode) runs in a fresh process per round and the rounds interleave them (1, 4 vmap, 4 unroll,
+8 vmap, 8 unroll, 1, ...); the table
 gives the median over rounds of each process's median step time after warm-up. Timing on a shared machine is
 only meaningful relative to the other rows of the same run: the JSON records the load average and `uptime`.
 """
@@ -80,7 +80,7 @@ def _host_batches(batch: int, image: int, num_seeds: int) -> dict:
     }
 
 
-MODES = ("vmap", "map")
+MODES = ("vmap", "unroll")
 
 
 def _measure(num_seeds: int, quick: bool, image: int, warmup: int, repeats: int, mode: str = "vmap") -> dict:

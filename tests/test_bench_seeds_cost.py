@@ -16,11 +16,11 @@ def test_rows_give_the_cost_per_seed_and_the_ratio_to_separate_runs():
     per_k = {
         (1, "single"): [_round([0.010, 0.020, 0.030]), _round([0.020, 0.020, 0.020], first=3.0)],  # 20, 20 ms
         (4, "vmap"): [_round([0.050, 0.060, 0.070], first=5.0)],  # median 60 ms for 4 seeds: 15 per seed-step
-        (4, "map"): [_round([0.100, 0.100, 0.100], first=2.0)],  # 100 ms: 25 ms per seed-step
+        (4, "unroll"): [_round([0.100, 0.100, 0.100], first=2.0)],  # 100 ms: 25 ms per seed-step
     }
     rows = S.summarise(per_k)
     assert [(r["num_seeds"], r["variant"]) for r in rows] == [
-        (1, "single seed"), (4, "one program (vmap)"), (4, "one program (map)"), (4, "separate"),
+        (1, "single seed"), (4, "one program (vmap)"), (4, "one program (unroll)"), (4, "separate"),
     ]  # fmt: skip
     single, one, mapped, separate = rows
     assert mapped["ms_per_seed_step"] == pytest.approx(25.0) and mapped["x_separate"] == pytest.approx(0.8)
@@ -56,14 +56,14 @@ def test_quick_command_writes_the_table_json(tmp_path, capsys):
     assert "load average" in payload["uptime_before"]
     rows = payload["results"]
     assert [(r["num_seeds"], r["variant"]) for r in rows] == [
-        (1, "single seed"), (2, "one program (vmap)"), (2, "one program (map)"), (2, "separate"),
+        (1, "single seed"), (2, "one program (vmap)"), (2, "one program (unroll)"), (2, "separate"),
     ]  # fmt: skip
     for row in rows:
         assert row["batch"] == 32
         for key in ("step_ms", "ms_per_seed_step", "images_per_s_per_seed", "x_separate", "first_call_s"):
             assert row[key] > 0, (row["variant"], key)
-    assert set(payload["raw"]) == {"1", "2 vmap", "2 map"} and all(
+    assert set(payload["raw"]) == {"1", "2 vmap", "2 unroll"} and all(
         len(r[0]["train_times"]) == 2 for r in payload["raw"].values()
     )
     out = capsys.readouterr().out
-    assert "| 2 | one program (vmap) | 32 |" in out and "| 2 | one program (map) | 32 |" in out
+    assert "| 2 | one program (vmap) | 32 |" in out and "| 2 | one program (unroll) | 32 |" in out

@@ -44,8 +44,8 @@ def _records(workdir: str, split: str) -> list[dict]:
     "task, devices, parallel, seeds_mode",
     [("classification", 1, "shard_map", "vmap"), ("classification", 2, "pmap", "vmap")]
     + [(t, 2, "shard_map", "vmap") for t in TASKS[1:]]
-    # the replicas one after another (jax.lax.map), the device collectives inside the loop
-    + [("classification", 2, "pmap", "map"), ("detection", 2, "shard_map", "map")],
+    # K copies of the single-seed step in the program, each with its own device collectives
+    + [("classification", 2, "pmap", "unroll"), ("detection", 2, "shard_map", "unroll")],
 )
 def test_each_replica_equals_the_single_seed_run(task, devices, parallel, seeds_mode, data_dir, tmp_path):
     both = loop.train_and_evaluate(
@@ -111,10 +111,23 @@ def test_eval_replica_out_of_range_is_one_line_before_compiling(data_dir, tmp_pa
     ]
 
 
+def test_auto_seeds_mode_unrolls_only_on_one_cpu_device():
+    from attn_jax.train.seeds import resolve_seeds_mode
+
+    assert resolve_seeds_mode("auto", "cpu", 1) == "unroll"
+    assert resolve_seeds_mode("auto", "cpu", 2) == "vmap"  # one batched all-reduce per step, not K
+    assert resolve_seeds_mode("auto", "gpu", 1) == resolve_seeds_mode("auto", "tpu", 1) == "vmap"
+    assert (
+        resolve_seeds_mode("vmap", "cpu", 1) == "vmap" and resolve_seeds_mode("unroll", "gpu", 4) == "unroll"
+    )
+    with pytest.raises(ValueError, match=r"^seeds_mode must be one of \('auto', 'vmap', 'unroll'\)"):
+        resolve_seeds_mode("map", "cpu", 1)
+
+
 def test_bad_seeds_mode_is_one_line():
     from attn_jax.train.seeds import over_seeds
 
-    with pytest.raises(ValueError, match=r"^seeds_mode must be one of \('vmap', 'map'\), got 'scan'$"):
+    with pytest.raises(ValueError, match=r"^seeds_mode must be one of \('vmap', 'unroll'\), got 'scan'$"):
         over_seeds(lambda state, batch: (state, {}), "scan")
 
 

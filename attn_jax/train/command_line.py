@@ -24,7 +24,8 @@ from attn_jax.nn import available_attention
 from attn_jax.train.config import TASK_FIELDS, base_config
 from attn_jax.train.optim import OPTIMIZERS
 from attn_jax.train.preemption import EXIT_PREEMPTED
-from attn_jax.train.runner import PARALLEL_MODES, SEEDS_MODES
+from attn_jax.train.runner import PARALLEL_MODES
+from attn_jax.train.seeds import SEEDS_MODES
 from attn_jax.train.tasks import make_task
 
 EXIT_USAGE = 2  # a bad command line (the shell convention, as argparse)

@@ -69,9 +69,10 @@ def base_config(task: str, arg: str | None = "spatial") -> ml_collections.Config
     # train this many independent replicas in one program, replica i with seed + i (attn_jax.train.seeds);
     # the summary then gives each test metric's per-seed values, mean and 95% interval
     c.num_seeds = 1
-    # how the K replicas are computed in that program: "vmap" (one batched step; batched convolutions) or
-    # "map" (jax.lax.map: one replica after another, each the single-seed step); same results
-    c.seeds_mode = "vmap"
+    # how the K replicas are computed in that program: "vmap" (one batched step; grouped convolutions),
+    # "unroll" (K copies of the single-seed step, K times the compilation) or "auto" (unroll on one CPU
+    # device, where it was measured faster, else vmap: attn_jax.train.seeds.resolve_seeds_mode); same results
+    c.seeds_mode = "auto"
 
     c.model = ml_collections.ConfigDict()
     c.model.backbone = "small_cnn"  # or resnet18 / resnet34 / resnet50 (small stem)

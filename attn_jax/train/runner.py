@@ -21,13 +21,18 @@ from jax.sharding import PartitionSpec as P
 
 from attn_jax.train import parallel
 from attn_jax.train.builders import build_optimizer
-from attn_jax.train.seeds import SEED_MAPS, eval_over_seeds, over_seeds, replica_seeds, stack_states
+from attn_jax.train.seeds import (
+    eval_over_seeds,
+    over_seeds,
+    replica_seeds,
+    resolve_seeds_mode,
+    stack_states,
+)
 from attn_jax.train.state import abstract_train_state, create_train_state
 from attn_jax.train.step import eval_step, train_step
 from attn_jax.train.tasks import make_task
 
 PARALLEL_MODES = tuple(parallel.PLACEMENTS)
-SEEDS_MODES = tuple(SEED_MAPS)
 
 
 class Runner:
@@ -44,7 +49,7 @@ class Runner:
 
     Args:
       config: the experiment config (``config.parallel`` picks the mode; ``config.num_seeds`` K > 1 makes
-        the steps run K stacked replicas, vmapped or one after another as ``config.seeds_mode`` says,
+        the steps run K stacked replicas, vmapped or unrolled as ``config.seeds_mode`` says,
         ``attn_jax.train.seeds``).
       task: the :class:`attn_jax.train.tasks.Task` supplying the loss and the eval outputs.
       model: the task's Flax module.
@@ -53,7 +58,7 @@ class Runner:
 
     Raises:
       ValueError: ``config.parallel`` is neither ``"shard_map"`` nor ``"pmap"``, or is ``"pmap"`` in a
-        run of several processes; ``config.seeds_mode`` is not one of SEEDS_MODES.
+        run of several processes; ``config.seeds_mode`` is not one of ``attn_jax.train.seeds.SEEDS_MODES``.
     """
 
     def __init__(self, config, task, model, tx, mesh):
@@ -68,9 +73,9 @@ class Runner:
         )
         eval_fn = functools.partial(eval_step, model=model, outputs_fn=task.eval_outputs)
         if len(self.seeds) > 1:  # K replicas in one program: states (K, ...), batches (b, K, ...)
-            seeds_mode = config.get("seeds_mode", "vmap")
-            if seeds_mode not in SEEDS_MODES:
-                raise ValueError(f"seeds_mode must be one of {SEEDS_MODES}, got {seeds_mode!r}")
+            seeds_mode = resolve_seeds_mode(
+                config.get("seeds_mode", "vmap"), jax.default_backend(), mesh.size
+            )
             step_fn = over_seeds(step_fn, mode=seeds_mode)
             eval_fn = eval_over_seeds(eval_fn, mode=seeds_mode)
         self.train = self.placement.train_step(step_fn)

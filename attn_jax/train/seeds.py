@@ -1,5 +1,5 @@
 """K training seeds in one compiled program: the train state stacked on a leading seed axis, the step
-vmapped (``mode="vmap"``) or mapped one replica after another (``mode="map"``, ``jax.lax.map``).
+vmapped (``mode="vmap"``) or unrolled, one copy of the single-seed step per replica (``mode="unroll"``).
 
     seeds = replica_seeds(config)     # [config.seed, config.seed + 1, ...], config.num_seeds long
     step = over_seeds(step_fn, mode)  # (states (K, ...), batches (b, K, ...)) -> (states, metrics (K,))
@@ -9,8 +9,10 @@ Replica i is the run of seed ``config.seed + i``: its initialisation, data order
 seed's, and the vmapped step computes exactly what the single-seed step computes (BatchNorm statistics,
 dropout keys and collectives stay per replica), so replica i equals the single-seed run up to float rounding.
 The two modes compute the same values: "vmap" turns the K replicas' convolutions into one batched
-(grouped) convolution, "map" runs the single-seed step K times inside the program (a loop that XLA
-compiles once); which is faster depends on the backend (benchmarks/seeds_cost.py measures both).
+(grouped) convolution and compiles one step; "unroll" puts K independent copies of the single-seed step in
+the program (K times the compilation), which XLA may schedule side by side. Which is faster depends on
+the backend (benchmarks/seeds_cost.py measures both). A loop over the replicas (``jax.lax.map``) was
+measured too and dropped: on XLA:CPU its step took 10.3 s for K = 4 against 0.44 s vmapped.
 The seed axis of a batch is axis 1, after the example axis, so the data-parallel placement (shard_map or
 pmap, both splitting axis 0) is the same for one seed or many.
 """
@@ -47,20 +49,25 @@ def replica_seeds(config) -> list[int]:
     return [int(config.seed) + i for i in range(int(k))]
 
 
-def _seed_axis_first(tree, axis: int):
-    return jax.tree.map(lambda x: jnp.moveaxis(x, axis, 0), tree)
+def _stack(outputs: list):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *outputs)
 
 
-def _over_seeds_map(step_fn):
+def _over_seeds_unroll(step_fn):
     def step(states, batches):
-        return jax.lax.map(lambda args: step_fn(*args), (states, _seed_axis_first(batches, 1)))
+        k = jax.tree.leaves(states)[0].shape[0]
+        outputs = [
+            step_fn(take_replica(states, i), jax.tree.map(lambda x, i=i: x[:, i], batches)) for i in range(k)
+        ]
+        return _stack(outputs)
 
     return step
 
 
-def _eval_over_seeds_map(eval_fn):
+def _eval_over_seeds_unroll(eval_fn):
     def evaluate(states, batch):
-        sums, per_example = jax.lax.map(lambda state: eval_fn(state, batch), states)
+        k = jax.tree.leaves(states)[0].shape[0]
+        sums, per_example = _stack([eval_fn(take_replica(states, i), batch) for i in range(k)])
         return sums, jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1), per_example)
 
     return evaluate
@@ -72,8 +79,42 @@ SEED_MAPS = {
         lambda step_fn: jax.vmap(step_fn, in_axes=(0, 1), out_axes=(0, 0)),
         lambda eval_fn: jax.vmap(eval_fn, in_axes=(0, None), out_axes=(0, 1)),
     ),
-    "map": (_over_seeds_map, _eval_over_seeds_map),
+    "unroll": (_over_seeds_unroll, _eval_over_seeds_unroll),
 }
+
+
+SEEDS_MODES = ("auto", *SEED_MAPS)
+
+
+def resolve_seeds_mode(mode: str, backend: str, num_devices: int) -> str:
+    """The mode a K-seed run uses: ``mode`` itself, or for ``"auto"`` the one measured faster where it was
+    measured. On a CPU with one device "unroll" (benchmarks/seeds_cost.py: 1.16x the separate runs'
+    images/s per seed at K = 4 and 1.31x at K = 8 idle, where "vmap" gave 0.76x and 0.74x); elsewhere
+    "vmap", which compiles once and issues one collective per step for all replicas (not measured on
+    GPU or TPU).
+
+    Args:
+      mode: a config's ``seeds_mode``, one of SEEDS_MODES.
+      backend: ``jax.default_backend()``.
+      num_devices: the devices the step runs on.
+
+    Returns:
+      ``"vmap"`` or ``"unroll"``.
+
+    Raises:
+      ValueError: an unknown ``mode``.
+
+    Examples:
+      >>> resolve_seeds_mode("auto", "cpu", 1), resolve_seeds_mode("auto", "gpu", 1)
+      ('unroll', 'vmap')
+      >>> resolve_seeds_mode("vmap", "cpu", 1)
+      'vmap'
+    """
+    if mode not in SEEDS_MODES:
+        raise ValueError(f"seeds_mode must be one of {SEEDS_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    return "unroll" if backend == "cpu" and num_devices == 1 else "vmap"
 
 
 def _check_mode(mode: str) -> None:
@@ -88,7 +129,7 @@ def over_seeds(step_fn, mode: str = "vmap"):
       step_fn: ``step_fn(state, batch) -> (state, metrics)`` for one replica (e.g. a bound
         :func:`attn_jax.train.train_step`); its collectives over the device axis stay per replica.
       mode: ``"vmap"``: ``jax.vmap`` of ``step_fn`` over the state's axis 0 and the batch's axis 1;
-        ``"map"``: ``jax.lax.map`` of it over the replicas, one after another.
+        ``"unroll"``: ``step_fn`` applied to each replica's slices (traced K times), outputs stacked.
 
     Returns:
       ``(states, batches) -> (states, metrics)`` with every state leaf ``(K, ...)``, every batch entry
@@ -101,7 +142,7 @@ def over_seeds(step_fn, mode: str = "vmap"):
       >>> import jax.numpy as jnp
       >>> step = lambda state, batch: (state + batch.sum(), {"loss": batch.mean()})
       >>> states, batches = jnp.zeros(3), jnp.ones((4, 3))  # K = 3 replicas, 4 examples each
-      >>> new, metrics = over_seeds(step, "map")(states, batches)
+      >>> new, metrics = over_seeds(step, "unroll")(states, batches)
       >>> new.tolist(), metrics["loss"].shape
       ([4.0, 4.0, 4.0], (3,))
     """
@@ -114,7 +155,7 @@ def eval_over_seeds(eval_fn, mode: str = "vmap"):
 
     Args:
       eval_fn: ``eval_fn(state, batch) -> (sums, per_example)`` for one replica.
-      mode: ``"vmap"`` or ``"map"``, as in :func:`over_seeds`.
+      mode: ``"vmap"`` or ``"unroll"``, as in :func:`over_seeds`.
 
     Returns:
       ``(states, batch) -> (sums, per_example)`` with sums ``(K, ...)`` and per-example outputs
