@@ -84,22 +84,26 @@ def _settings(args) -> dict:
     return {"examples": args.examples, "steps": args.steps, "ig_steps": args.ig_steps, "target": args.target}
 
 
-def score_replica(workdir: str, replica: int, out: str, args) -> tuple[dict, bool]:
+def score_replica(workdir: str, replica: int, out: str, args) -> tuple[dict, bool, float | None]:
     """One replica's faithfulness report (read back when it exists with the same settings); (report,
-    scored now)."""
+    scored now, seconds its scoring took: None when a saved report does not say)."""
     from attn_jax.viz.faithfulness import faithfulness_report
 
     settings = {**_settings(args), "run": os.path.abspath(workdir), "replica": replica}
     saved = _read_json(os.path.join(out, "faithfulness.json"))
-    if isinstance(saved, dict) and _read_json(os.path.join(out, "settings.json")) == settings:
-        return saved, False
+    saved_settings = _read_json(os.path.join(out, "settings.json"))
+    if isinstance(saved, dict) and isinstance(saved_settings, dict):
+        if {k: saved_settings.get(k) for k in settings} == settings:
+            return saved, False, saved_settings.get("scored_in_s")
+    start = time.perf_counter()
     report = faithfulness_report(
         workdir, examples=args.examples, steps=args.steps, ig_steps=args.ig_steps, out=out,
         target=args.target, batch_size=args.batch_size, replica=replica,
     )  # fmt: skip
+    seconds = time.perf_counter() - start
     with open(os.path.join(out, "settings.json"), "w") as f:
-        json.dump(settings, f)
-    return report, True
+        json.dump({**settings, "scored_in_s": seconds}, f)
+    return report, True, seconds
 
 
 def aggregate(reports: dict[str, list[dict]]) -> dict:
@@ -228,8 +232,11 @@ def markdown(doc: dict) -> str:
             continue
         cells = [_diff_cell(entry["methods"]["attention"][m]["vs_random"]) for m in METRICS]
         lines.append(f"| {family} | " + " | ".join(cells) + f" | {verdict(entry)} |")
-    lines += ["", f"Command: `{doc['meta']['command']}`; {doc['meta']['wall_time_s']:.0f} s, load "
-              f"{doc['meta']['loadavg'][0]:.1f} at the end.", ""]  # fmt: skip
+    scoring = doc["meta"]["scoring_time_s"]
+    took = "scoring time not recorded" if scoring is None else f"scoring {scoring:.0f} s"
+    meta = doc["meta"]
+    lines += ["", f"Command: `{meta['command']}`; {took}, this invocation {meta['wall_time_s']:.0f} s, load "
+              f"{meta['loadavg'][0]:.1f} at the end.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -241,7 +248,7 @@ def plot(doc: dict, path: str) -> str:
     import matplotlib.pyplot as plt
 
     families, methods = list(doc["families"]), doc["methods"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4), squeeze=False)
     for ax, metric in zip(axes[0], ("deletion_auc", "insertion_auc"), strict=True):
         width = 0.8 / len(methods)
         for j, method in enumerate(methods):
@@ -258,7 +265,7 @@ def plot(doc: dict, path: str) -> str:
         ax.set_title(metric.replace("_", " ") + (" (lower = faithful)" if DIRECTION[metric] < 0 else
                                                  " (higher = faithful)"))  # fmt: skip
         ax.grid(axis="y", alpha=0.3)
-    axes[0][1].legend(fontsize=7, loc="best")
+    axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(f"Classification explanations, mean over {doc['num_seeds']} seeds with 95% intervals")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -305,16 +312,16 @@ def main(argv=None) -> dict:
         print(f"faithfulness_study: error: the runs have different numbers of seeds {sorted(counts)}",
               file=sys.stderr)  # fmt: skip
         raise SystemExit(2)
-    reports = {}
+    reports, scoring_s = {}, []
     for family, (workdir, num_seeds) in runs.items():
         reports[family] = []
         for replica in range(num_seeds):
             out = os.path.join(args.study_root, "faithfulness", family, f"replica_{replica}")
-            t0 = time.perf_counter()
-            report, scored = score_replica(workdir, replica, out, args)
-            note = f"scored in {time.perf_counter() - t0:.0f} s" if scored else "read back"
-            print(f"{family} replica {replica}: {note}", flush=True)
+            report, scored, seconds = score_replica(workdir, replica, out, args)
+            print(f"{family} replica {replica}: " + (f"scored in {seconds:.0f} s" if scored else "read back"),
+                  flush=True)  # fmt: skip
             reports[family].append(report)
+            scoring_s.append(seconds)
     families = aggregate(reports)
     from attn_jax.metrics.intervals import seed_interval
     from attn_jax.train.seed_summary import read_seed_metrics
@@ -343,6 +350,8 @@ def main(argv=None) -> dict:
             "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
             "loadavg": list(os.getloadavg()),
             "wall_time_s": time.perf_counter() - start,
+            # the replicas' scoring, summed over this and earlier invocations (None: one did not record it)
+            "scoring_time_s": None if None in scoring_s else sum(scoring_s),
             "tiny": args.tiny,
         },
         "study_root": os.path.abspath(args.study_root),
