@@ -36,24 +36,6 @@ def _upsample2x_bilinear(x):
     return x
 
 
-# Test files that take a minute or more of a worker (subprocesses, whole training runs, a deliberate
-# 60-second wait): collected first, so that `pytest -n 2` does not end with one worker running one of
-# them while the other has nothing left to do. Order within each file is kept.
-SLOW_FIRST = (
-    "test_train_stall.py",
-    "test_train_multiprocess.py",
-    "test_train_resume.py",
-    "test_train_bfloat16.py",
-    "test_docs.py",
-    "test_readme_snippets.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: the rest keep order
-
-
 @pytest.fixture
 def upsample2x_bilinear():
     """The NumPy reference above, for tests of modules and tools that resize maps by 2."""
