@@ -36,20 +36,17 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `python experiments/faithfulness_study.py` puts only experiments/ on the path
+    sys.path.insert(0, ROOT)
+
+from experiments.study import read_json  # noqa: E402
+
 FAMILIES = ("none", "spatial", "additive", "se", "cbam", "eca", "gate", "nonlocal")
 METRICS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
 # +1: higher is more faithful; -1: lower is
 DIRECTION = {"deletion_auc": -1, "insertion_auc": 1, "average_drop": -1, "increase_in_confidence": 1}
 REFERENCE = "random"  # each method's paired difference is taken against this map of the same model
 RESULTS_DIR = os.path.join(ROOT, "experiments", "results")
-
-
-def _read_json(path: str):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 class FaithfulnessStudyError(ValueError):
@@ -65,8 +62,8 @@ def study_runs(study_root: str, families) -> dict[str, tuple[str, int]]:
     runs = {}
     for family in families:
         workdir = os.path.join(study_root, "classification", family)
-        summary = _read_json(os.path.join(workdir, "summary.json"))
-        config = _read_json(os.path.join(workdir, "config.json"))
+        summary = read_json(os.path.join(workdir, "summary.json"))
+        config = read_json(os.path.join(workdir, "config.json"))
         if (
             not isinstance(summary, dict)
             or summary.get("stop_reason") != "done"
@@ -90,8 +87,8 @@ def score_replica(workdir: str, replica: int, out: str, args) -> tuple[dict, boo
     from attn_jax.viz.faithfulness import faithfulness_report
 
     settings = {**_settings(args), "run": os.path.abspath(workdir), "replica": replica}
-    saved = _read_json(os.path.join(out, "faithfulness.json"))
-    saved_settings = _read_json(os.path.join(out, "settings.json"))
+    saved = read_json(os.path.join(out, "faithfulness.json"))
+    saved_settings = read_json(os.path.join(out, "settings.json"))
     if isinstance(saved, dict) and isinstance(saved_settings, dict):
         if {k: saved_settings.get(k) for k in settings} == settings:
             return saved, False, saved_settings.get("scored_in_s")
@@ -327,8 +324,8 @@ def main(argv=None) -> dict:
     from attn_jax.train.seed_summary import read_seed_metrics
 
     for family, (workdir, _) in runs.items():
-        summary = _read_json(os.path.join(workdir, "summary.json")) or {}
-        config = _read_json(os.path.join(workdir, "config.json")) or {}
+        summary = read_json(os.path.join(workdir, "summary.json")) or {}
+        config = read_json(os.path.join(workdir, "config.json")) or {}
         _, per_seed = read_seed_metrics(summary, config.get("seed"))
         values = per_seed.get("test_accuracy", [])
         interval = seed_interval(values)
@@ -342,7 +339,7 @@ def main(argv=None) -> dict:
     methods = [m for m in first["methods"]]
     for entry in reports.values():
         methods += [m for m in entry[0]["methods"] if m not in methods]
-    config = _read_json(os.path.join(next(iter(runs.values()))[0], "config.json")) or {}
+    config = read_json(os.path.join(next(iter(runs.values()))[0], "config.json")) or {}
     doc = {
         "meta": {
             "command": command,

@@ -122,7 +122,8 @@ def run_config(task: str, family: str, *, num_seeds: int, steps: int, tiny: bool
     return c
 
 
-def _read_json(path: str):
+def read_json(path: str):
+    """The JSON in `path`, or None when it is missing or unreadable."""
     try:
         with open(path) as f:
             return json.load(f)
@@ -140,7 +141,7 @@ def is_finished(workdir: str, config) -> bool:
     Raises:
       StudyError: the workdir holds a run of other steps or another number of seeds.
     """
-    saved = _read_json(os.path.join(workdir, "config.json"))
+    saved = read_json(os.path.join(workdir, "config.json"))
     if isinstance(saved, dict):
         for field in ("num_train_steps", "num_seeds"):
             if saved.get(field) != config[field]:
@@ -148,7 +149,7 @@ def is_finished(workdir: str, config) -> bool:
                     f"{workdir} holds a run with {field} {saved.get(field)!r}, the study asks for "
                     f"{config[field]!r}: pick another --workdir-root"
                 )
-    summary = _read_json(os.path.join(workdir, "summary.json"))
+    summary = read_json(os.path.join(workdir, "summary.json"))
     return isinstance(summary, dict) and summary.get("stop_reason") == "done"
 
 
@@ -210,7 +211,7 @@ def task_results(task: str, runs: dict[str, dict], args, command: str) -> dict:
         "families": {},
     }
     for family, entry in zip(families, comparison["runs"], strict=True):
-        summary = _read_json(os.path.join(runs[family]["workdir"], "summary.json")) or {}
+        summary = read_json(os.path.join(runs[family]["workdir"], "summary.json")) or {}
         out["families"][family] = {
             "workdir": runs[family]["workdir"],
             "trained_now": runs[family]["trained"],
@@ -403,7 +404,7 @@ def collected(results_dir: str, tiny: bool) -> list[dict]:
     """Every study_<task>.json in results_dir made with the same --tiny, in task order."""
     documents = []
     for task in TASKS:
-        doc = _read_json(os.path.join(results_dir, f"study_{task}.json"))
+        doc = read_json(os.path.join(results_dir, f"study_{task}.json"))
         if isinstance(doc, dict) and doc.get("meta", {}).get("tiny") == tiny:
             documents.append(doc)
     return documents
