@@ -34,6 +34,7 @@ import platform
 import shlex
 import sys
 import time
+from typing import NamedTuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # `python experiments/faithfulness_study.py` puts only experiments/ on the path
@@ -53,8 +54,20 @@ class FaithfulnessStudyError(ValueError):
     """A study root without the runs to score; the message is one line."""
 
 
-def study_runs(study_root: str, families) -> dict[str, tuple[str, int]]:
-    """{family: (workdir, K)} of the study's classification runs that finished; one line when one is missing.
+class StudyRun(NamedTuple):
+    """One family's finished study run, its summary.json and config.json as read once."""
+
+    workdir: str
+    summary: dict
+    config: dict
+
+    @property
+    def num_seeds(self) -> int:
+        return int(self.config.get("num_seeds", 1))
+
+
+def study_runs(study_root: str, families) -> dict[str, StudyRun]:
+    """{family: StudyRun} of the study's classification runs that finished; one line when one is missing.
 
     Raises:
       FaithfulnessStudyError: a family's run is missing or unfinished.
@@ -73,7 +86,7 @@ def study_runs(study_root: str, families) -> dict[str, tuple[str, int]]:
                 f"no finished classification run of {family!r} in {workdir}: run "
                 f"`python experiments/study.py --tasks classification --workdir-root {study_root}` first"
             )
-        runs[family] = (workdir, int(config.get("num_seeds", 1)))
+        runs[family] = StudyRun(workdir, summary, config)
     return runs
 
 
@@ -103,6 +116,24 @@ def score_replica(workdir: str, replica: int, out: str, args) -> tuple[dict, boo
     return report, True, seconds
 
 
+def _finite(x: float) -> float | None:
+    return None if x != x else float(x)
+
+
+def _interval_cell(values: list[float]) -> dict:
+    """{"values", "mean", "low", "high"} of per-seed values: mean and 95% Student-t interval (None bounds
+    where undefined, e.g. one seed)."""
+    from attn_jax.metrics.intervals import seed_interval
+
+    interval = seed_interval(values)
+    return {
+        "values": values,
+        "mean": interval.mean,
+        "low": _finite(interval.low),
+        "high": _finite(interval.high),
+    }
+
+
 def aggregate(reports: dict[str, list[dict]]) -> dict:
     """Per family and method: each metric's per-seed values (the mean over images of each replica), their
     mean and 95% interval, and the paired difference from the random map of the same replica.
@@ -114,10 +145,7 @@ def aggregate(reports: dict[str, list[dict]]) -> dict:
       {family: {"seeds": [...], "methods": {method: {metric: {"values", "mean", "low", "high",
       "vs_random": {"mean", "low", "high", "p_value"} | None}}}, "notes": [...]}}.
     """
-    from attn_jax.metrics.intervals import paired_difference, seed_interval
-
-    def finite(x):
-        return None if x != x else float(x)
+    from attn_jax.metrics.intervals import paired_difference
 
     out = {}
     for family, replicas in reports.items():
@@ -128,22 +156,15 @@ def aggregate(reports: dict[str, list[dict]]) -> dict:
             row = {}
             for metric in METRICS:
                 values = [r["methods"][method][metric]["mean"] for r in replicas]
-                interval = seed_interval(values)
-                cell = {
-                    "values": values,
-                    "mean": interval.mean,
-                    "low": finite(interval.low),
-                    "high": finite(interval.high),
-                    "vs_random": None,
-                }
+                cell = {**_interval_cell(values), "vs_random": None}
                 if method != REFERENCE and REFERENCE in methods:
                     base = [r["methods"][REFERENCE][metric]["mean"] for r in replicas]
                     diff = paired_difference(values, base)
                     cell["vs_random"] = {
                         "mean": diff.mean,
-                        "low": finite(diff.low),
-                        "high": finite(diff.high),
-                        "p_value": finite(diff.p_value),
+                        "low": _finite(diff.low),
+                        "high": _finite(diff.high),
+                        "p_value": _finite(diff.p_value),
                     }
                 row[metric] = cell
             entry["methods"][method] = row
@@ -304,42 +325,32 @@ def main(argv=None) -> dict:
     except FaithfulnessStudyError as e:
         print(f"faithfulness_study: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
-    counts = {k for _, k in runs.values()}
+    counts = {run.num_seeds for run in runs.values()}
     if len(counts) != 1:
         print(f"faithfulness_study: error: the runs have different numbers of seeds {sorted(counts)}",
               file=sys.stderr)  # fmt: skip
         raise SystemExit(2)
     reports, scoring_s = {}, []
-    for family, (workdir, num_seeds) in runs.items():
+    for family, run in runs.items():
         reports[family] = []
-        for replica in range(num_seeds):
+        for replica in range(run.num_seeds):
             out = os.path.join(args.study_root, "faithfulness", family, f"replica_{replica}")
-            report, scored, seconds = score_replica(workdir, replica, out, args)
+            report, scored, seconds = score_replica(run.workdir, replica, out, args)
             print(f"{family} replica {replica}: " + (f"scored in {seconds:.0f} s" if scored else "read back"),
                   flush=True)  # fmt: skip
             reports[family].append(report)
             scoring_s.append(seconds)
     families = aggregate(reports)
-    from attn_jax.metrics.intervals import seed_interval
     from attn_jax.train.seed_summary import read_seed_metrics
 
-    for family, (workdir, _) in runs.items():
-        summary = read_json(os.path.join(workdir, "summary.json")) or {}
-        config = read_json(os.path.join(workdir, "config.json")) or {}
-        _, per_seed = read_seed_metrics(summary, config.get("seed"))
-        values = per_seed.get("test_accuracy", [])
-        interval = seed_interval(values)
-        families[family]["test_accuracy"] = {
-            "values": values, "mean": interval.mean,
-            "low": None if interval.low != interval.low else interval.low,
-            "high": None if interval.high != interval.high else interval.high,
-        }  # fmt: skip
+    for family, run in runs.items():
+        _, per_seed = read_seed_metrics(run.summary, run.config.get("seed"))
+        families[family]["test_accuracy"] = _interval_cell(per_seed.get("test_accuracy", []))
         families[family]["verdict"] = verdict(families[family])
     first = next(iter(reports.values()))[0]
     methods = [m for m in first["methods"]]
     for entry in reports.values():
         methods += [m for m in entry[0]["methods"] if m not in methods]
-    config = read_json(os.path.join(next(iter(runs.values()))[0], "config.json")) or {}
     doc = {
         "meta": {
             "command": command,
@@ -352,7 +363,7 @@ def main(argv=None) -> dict:
             "tiny": args.tiny,
         },
         "study_root": os.path.abspath(args.study_root),
-        "study_steps": config.get("num_train_steps"),
+        "study_steps": next(iter(runs.values())).config.get("num_train_steps"),
         "num_seeds": counts.pop(),
         "examples": first["examples"],
         "steps": first["steps"],

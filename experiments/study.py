@@ -69,6 +69,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `python experiments/study.py` puts only experiments/ on the path
+    sys.path.insert(0, ROOT)
+
+from benchmarks.harness import cpu_model  # noqa: E402
 
 TASKS = ("classification", "detection", "segmentation")
 FAMILIES = ("none", "spatial", "additive", "se", "cbam", "eca", "gate", "nonlocal")
@@ -192,7 +196,7 @@ def task_results(task: str, runs: dict[str, dict], args, command: str) -> dict:
             "command": command,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {
-                "cpu_model": _cpu_model() or "unknown",
+                "cpu_model": cpu_model() or "unknown",
                 "cores": os.cpu_count(),
                 "platform": platform.platform(),
             },  # fmt: skip
@@ -331,17 +335,6 @@ def plot(documents: list[dict], path: str) -> str:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
-
-def _cpu_model() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
 
 
 def _names(values, known, flag: str) -> list[str]:
