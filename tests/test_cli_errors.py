@@ -108,6 +108,16 @@ def test_out_of_range_config_value_is_one_line_naming_it(capsys, entered, tmp_pa
     assert not workdir.exists()
 
 
+@pytest.mark.parametrize(
+    "override, shown",
+    [("reading.length_penalty=-1", "reading.length_penalty=-1.0"), ("reading.label_smoothing=1", "reading.label_smoothing=1.0")],
+)
+def test_out_of_range_reading_value_is_one_line_naming_it(capsys, entered, tmp_path, override, shown):
+    reading = os.path.join(ROOT, "experiments", "configs", "reading.py") + ":tiny"
+    args = ["--config", reading, f"--config.{override}", f"--workdir={tmp_path / 'run'}"]
+    _one_line_error(capsys, entered, args, f"--config.{shown or override} must be")
+
+
 def test_unknown_augmentation_is_one_line_naming_it(capsys, entered, tmp_path):
     args = ["--config", TINY, "--config.data.augment=('crop', 'zoom')", f"--workdir={tmp_path / 'run'}"]
     _one_line_error(capsys, entered, args, "--config.data.augment=('crop', 'zoom')", "'zoom'", "'affine'")

@@ -211,6 +211,38 @@ def test_scores_stop_at_the_first_end():
         np.testing.assert_allclose(decoded.scores, [np.log(0.6) + np.log(0.98)] * 2, rtol=1e-5)
 
 
+# END at once (0.51) beats 1, 0, END (0.49 x 0.97 x 0.99 = 0.47) on the summed log-probability; over GNMT's
+# ((5 + L) / 6) ** alpha the three tokens win from alpha = 0.39 on: -0.754 / (8 / 6) ** 0.6 = -0.635 > -0.673 / 1,
+# but -0.754 / (8 / 6) ** 0.3 = -0.692 < -0.673.
+SHORT_OR_LONG = np.array([
+    [0.005, 0.005, 0.99],  # after 0
+    [0.97, 0.015, 0.015],  # after 1
+    [1 / 3, 1 / 3, 1 / 3],  # after END
+    [0.0, 0.49, 0.51],  # after start
+])  # fmt: skip
+
+
+def test_length_penalty_ranks_beams_by_score_over_length():
+    model, variables, images = _chain_model(SHORT_OR_LONG)
+    short, long = np.log(0.51), np.log(0.49) + np.log(0.97) + np.log(0.99)
+    for penalty, tokens, score in [
+        (0.0, [2, 2, 2], short),
+        (0.3, [2, 2, 2], short),
+        (0.6, [1, 0, 2], long),
+        (1.0, [1, 0, 2], long),
+    ]:
+        beam = _jit_apply(model, beam_width=2, length_penalty=penalty, method="beam_search")(
+            variables, images
+        )
+        np.testing.assert_array_equal(beam.tokens, [tokens] * 2, err_msg=f"alpha {penalty}")
+        np.testing.assert_allclose(beam.scores, [score] * 2, rtol=1e-5)  # the sum, not the rank
+    # the model's field is the default of beam_search and of a read without tokens
+    normalised = model.clone(length_penalty=1.0, beam_width=2)
+    read = _jit_apply(normalised)(variables, images)
+    np.testing.assert_array_equal(read["beam"].tokens, [[1, 0, 2]] * 2)
+    np.testing.assert_array_equal(read["greedy"].tokens, [[2, 2, 2]] * 2)
+
+
 def test_beam_search_outputs_are_those_of_its_tokens(reader):
     """The best beam's attention and score are what teacher forcing on its tokens gives."""
     model, variables, images = reader
@@ -282,6 +314,7 @@ def test_gradients_reach_every_decoder_parameter(reader):
         ({"num_classes": 1, "end_token": 0}, "num_classes must be an int >= 2"),
         ({"end_token": 5}, r"end_token must be in \[0, num_classes=5\); got 5"),
         ({"hidden_size": 0}, "hidden_size must be an int >= 1; got 0"),
+        ({"length_penalty": float("nan")}, "length_penalty must be a number >= 0; got nan"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, message):
@@ -296,6 +329,11 @@ def test_bad_constructor_arguments(kwargs, message):
         ("beam_search", {"beam_width": 0}, "beam_width must be an int >= 1; got 0"),
         ("beam_search", {"beam_width": 2.0}, r"beam_width must be an int >= 1; got 2\.0"),
         ("beam_search", {"beam_width": 2, "max_length": 0}, "max_length must be an int >= 1; got 0"),
+        (
+            "beam_search",
+            {"beam_width": 2, "length_penalty": -0.5},
+            "length_penalty must be a number >= 0; got -0.5",
+        ),
         ("decode", {"max_length": -1}, "max_length must be an int >= 1; got -1"),
     ],
 )

@@ -82,3 +82,13 @@ def test_the_reader_config_is_additive_only():
     assert load_experiment_config("reading").model.attention == "additive"
     with pytest.raises(ValueError, match="the reader's attention is additive; got 'cbam'"):
         load_experiment_config("reading", "cbam,tiny")
+
+
+def test_the_beams_length_penalty_comes_from_the_config_and_old_runs_rank_by_the_sum():
+    config = load_experiment_config("reading")
+    assert config.reading.length_penalty == 1.0  # the default: GNMT's normalisation by length
+    config.reading.length_penalty = 0.7
+    assert make_task(config, synthetic_meta("reading")).build_model().length_penalty == 0.7
+    with config.unlocked():
+        del config.reading["length_penalty"]  # a run saved before the field existed
+    assert make_task(config, synthetic_meta("reading")).build_model().length_penalty == 0.0

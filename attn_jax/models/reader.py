@@ -55,6 +55,13 @@ def check_beam_width(beam_width) -> None:
         raise ValueError(f"beam_width must be an int >= 1; got {beam_width!r}")
 
 
+def check_length_penalty(length_penalty) -> None:
+    """Raise ValueError unless length_penalty is a real number >= 0."""
+    ok = isinstance(length_penalty, (int, float)) and not isinstance(length_penalty, bool)
+    if not ok or not length_penalty >= 0:  # `not >=` also refuses NaN
+        raise ValueError(f"length_penalty must be a number >= 0; got {length_penalty!r}")
+
+
 def with_coordinates(features: jax.Array) -> jax.Array:
     """(B, h, w, C) features -> (B, h * w, C + 2): each position's row and column in [-1, 1] appended."""
     b, h, w, _ = features.shape
@@ -190,6 +197,7 @@ class AttentionReader(nn.Module):
       embed_size: the width of the token embedding.
       coordinates: append each position's (row, column) to its features.
       beam_width: the beams of the beam search run by a call without tokens (`read`); 1: greedy only.
+      length_penalty: alpha of the beam search's length normalisation (`beam_search`); 0: none.
       implementation: additive attention's implementation (`ReaderStep`): ``"xla"``, ``"pallas"`` or
         ``"auto"``.
       dtype: computation dtype of the decoder (None: the inputs'); ``jnp.bfloat16`` for bf16 compute.
@@ -238,6 +246,7 @@ class AttentionReader(nn.Module):
     embed_size: int = 64
     coordinates: bool = True
     beam_width: int = 1
+    length_penalty: float = 0.0
     implementation: str = "xla"
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -253,6 +262,7 @@ class AttentionReader(nn.Module):
             )
         check_max_length(self.max_length)
         check_beam_width(self.beam_width)
+        check_length_penalty(self.length_penalty)
         for name in ("hidden_size", "attention_dim", "embed_size"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an int >= 1; got {getattr(self, name)!r}")
@@ -346,28 +356,41 @@ class AttentionReader(nn.Module):
         (_, _, _, scores), (tokens, alpha) = _scan_steps(body, self.step, state, length, features)
         return Decoded(tokens, scores, alpha)
 
-    def beam_search(self, images, beam_width: int, max_length: int | None = None) -> Decoded:
-        """Beam search: keep the ``beam_width`` best partial sequences (summed log-probabilities).
+    def beam_search(
+        self,
+        images,
+        beam_width: int,
+        max_length: int | None = None,
+        length_penalty: float | None = None,
+    ) -> Decoded:
+        """Beam search: keep the ``beam_width`` best partial sequences.
 
-        A finished beam (one that produced END) can only continue with END at no cost, so it competes with
-        the open ones on its final score; no length normalisation. All T = ``max_length`` steps always
-        run (compiled once); the best beam is returned.
+        Sequences are ranked by their summed log-probability S over their length L (tokens up to and
+        including END) as GNMT does (Wu et al. 2016): S / lp(L), lp(L) = ((5 + L) / 6) ** alpha. With
+        alpha = 0 that is S itself; a larger alpha favours longer sequences (a summed log-probability
+        only falls as tokens are added). A finished beam (one that produced END) can only continue with
+        END at no cost, so it competes with the open ones on its final rank. All T = ``max_length``
+        steps always run (compiled once); the best-ranked beam is returned.
 
         Args:
           images: (B, H, W, C_in).
           beam_width: K, the beams kept per image (>= 1; 1 is greedy decoding).
           max_length: the number of steps T (None: the model's ``max_length``).
+          length_penalty: alpha >= 0 (None: the model's ``length_penalty``).
 
         Returns:
           `Decoded` of the best beam: tokens int32 (B, T), scores float32 (B,), attention float32
           (B, T, n).
 
         Raises:
-          ValueError: ``beam_width`` < 1, ``max_length`` < 1, or images that are not 4-D.
+          ValueError: ``beam_width`` < 1, ``max_length`` < 1, ``length_penalty`` < 0, or images that
+            are not 4-D.
         """
         check_beam_width(beam_width)
         length = self.max_length if max_length is None else max_length
         check_max_length(length)
+        penalty = self.length_penalty if length_penalty is None else length_penalty
+        check_length_penalty(penalty)
         features, (c, s) = self._start(images, train=False)
         b, n, d = features.shape
         k, v, end = beam_width, self.num_classes, self.end_token
@@ -375,19 +398,23 @@ class AttentionReader(nn.Module):
         end_only = jnp.full((v,), -jnp.inf).at[end].set(0.0)
 
         def body(module, state, t, features):
-            lstm, previous, done, scores, history, maps = state
+            lstm, previous, done, scores, lengths, history, maps = state
             lstm, (logits, alpha) = module(lstm, previous.reshape(b * k), features)
             logp = jax.nn.log_softmax(logits).reshape(b, k, v)
             logp = jnp.where(done[..., None], end_only, logp)
             total = (scores[..., None] + logp).reshape(b, k * v)
-            scores, best = jax.lax.top_k(total, k)  # (B, K), sorted: beam 0 is the best
+            grown = jnp.where(done, lengths, t + 1)  # (B, K): a candidate's length, END included
+            rank = total / jnp.repeat(((5.0 + grown) / 6.0) ** penalty, v, axis=1)
+            _, best = jax.lax.top_k(rank, k)  # (B, K), sorted: beam 0 is the best
+            scores = jnp.take_along_axis(total, best, axis=1)
             beam, token = best // v, (best % v).astype(jnp.int32)
             pick = lambda x: jnp.take_along_axis(x, beam.reshape(b, k, *([1] * (x.ndim - 2))), axis=1)  # noqa: E731
             lstm = jax.tree.map(lambda x: pick(x.reshape(b, k, -1)).reshape(b * k, -1), lstm)
             history = pick(history).at[:, :, t].set(token)
             maps = pick(maps).at[:, :, t].set(pick(alpha.reshape(b, k, n)))
+            lengths = pick(grown)
             done = pick(done) | (token == end)
-            return (lstm, token, done, scores, history, maps), None
+            return (lstm, token, done, scores, lengths, history, maps), None
 
         scores = jnp.full((b, k), -jnp.inf).at[:, 0].set(0.0)  # one live beam at first: no duplicates
         state = (
@@ -395,9 +422,10 @@ class AttentionReader(nn.Module):
             jnp.full((b, k), self.start_token, jnp.int32),
             jnp.zeros((b, k), bool),
             scores,
+            jnp.zeros((b, k), jnp.int32),
             jnp.zeros((b, k, length), jnp.int32),
             jnp.zeros((b, k, length, n), jnp.float32),
         )
         state, _ = _scan_steps(body, self.step, state, length, tile(features))
-        _, _, _, scores, history, maps = state
+        _, _, _, scores, _, history, maps = state
         return Decoded(history[:, 0], scores[:, 0], maps[:, 0])

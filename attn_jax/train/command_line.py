@@ -180,6 +180,7 @@ VALUE_RULES = {
     "optim.skip_nonfinite": (_int_at_least(0), "an integer >= 0 (0: off)"),
     "classification.label_smoothing": (_number(0.0, 1.0, open_high=True), "a number in [0, 1)"),
     "reading.label_smoothing": (_number(0.0, 1.0, open_high=True), "a number in [0, 1)"),
+    "reading.length_penalty": (_number(0.0), "a finite number >= 0 (0: no length normalisation)"),
     "log_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end)"),
     "eval_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end)"),
     "checkpoint_every_steps": (_int_at_least(0), "an integer >= 0 (0: only at the end and on SIGTERM)"),

@@ -169,6 +169,9 @@ TASK_FIELDS = {
         # alpha of optax.smooth_labels for each step's target token (0: plain cross-entropy)
         "label_smoothing": 0.0,
         "beam_width": 3,  # evaluation reads greedily and with a beam this wide (1: greedy only)
+        # alpha of the beam's length normalisation (GNMT): beams ranked by summed log-probability over
+        # ((5 + length) / 6) ** alpha; 0 ranks by the sum, which favours strings cut short
+        "length_penalty": 1.0,
     },
 }
 # Each task's own model fields (config.model.*) and their defaults.

@@ -57,6 +57,8 @@ class Reading(Task):
             attention_dim=m.attention_dim,
             embed_size=m.embed_size,
             beam_width=self.config.reading.beam_width,
+            # a run saved before the field existed ranked its beams by the summed log-probability
+            length_penalty=self.config.reading.get("length_penalty", 0.0),
             dtype=model_dtype(m),
             **attention_kwargs(m),  # e.g. {"implementation": "auto"}: the fused kernel on GPU / TPU
         )
