@@ -110,7 +110,10 @@ def test_out_of_range_config_value_is_one_line_naming_it(capsys, entered, tmp_pa
 
 @pytest.mark.parametrize(
     "override, shown",
-    [("reading.length_penalty=-1", "reading.length_penalty=-1.0"), ("reading.label_smoothing=1", "reading.label_smoothing=1.0")],
+    [
+        ("reading.length_penalty=-1", "reading.length_penalty=-1.0"),
+        ("reading.label_smoothing=1", "reading.label_smoothing=1.0"),
+    ],
 )
 def test_out_of_range_reading_value_is_one_line_naming_it(capsys, entered, tmp_path, override, shown):
     reading = os.path.join(ROOT, "experiments", "configs", "reading.py") + ":tiny"

@@ -211,9 +211,9 @@ def test_scores_stop_at_the_first_end():
         np.testing.assert_allclose(decoded.scores, [np.log(0.6) + np.log(0.98)] * 2, rtol=1e-5)
 
 
-# END at once (0.51) beats 1, 0, END (0.49 x 0.97 x 0.99 = 0.47) on the summed log-probability; over GNMT's
-# ((5 + L) / 6) ** alpha the three tokens win from alpha = 0.39 on: -0.754 / (8 / 6) ** 0.6 = -0.635 > -0.673 / 1,
-# but -0.754 / (8 / 6) ** 0.3 = -0.692 < -0.673.
+# END at once (0.51) beats 1, 0, END (0.49 x 0.97 x 0.99 = 0.47) on the summed log-probability; over
+# GNMT's ((5 + L) / 6) ** alpha the three tokens win from alpha = 0.39 on:
+# -0.754 / (8 / 6) ** 0.6 = -0.635 > -0.673 / 1, but -0.754 / (8 / 6) ** 0.3 = -0.692 < -0.673.
 SHORT_OR_LONG = np.array([
     [0.005, 0.005, 0.99],  # after 0
     [0.97, 0.015, 0.015],  # after 1

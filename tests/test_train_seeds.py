@@ -25,6 +25,8 @@ def _config(task, data_dir, seed, num_seeds, devices, **overrides):
     c.num_train_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = STEPS, 2, 0, 2
     c.schedule.warmup_steps, c.data.eval_examples = 1, 32
     c.progress, c.tensorboard, c.png_examples, c.async_checkpoints = False, False, 0, False
+    if task == "reading":
+        c.reading.beam_width = 1  # the replicas' greedy reads are compared; no beam to compile
     c.update(overrides)
     return c
 
