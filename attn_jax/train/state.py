@@ -45,7 +45,18 @@ def create_train_state(
 
     Returns:
       A host :class:`attn_jax.train.TrainState` at step 0.
+
+    It runs as one compiled program (cached per model, transformation and image shape), not initialiser
+    by initialiser; a model, transformation or ``init_params`` that cannot be hashed runs op by op.
     """
+    try:
+        hash((model, tx, init_params))
+    except TypeError:  # e.g. a module with a list field: no static argument of jit
+        return _initialise(model, tx, rng, sample_images, init_params)
+    return _initialise_compiled(model, tx, rng, sample_images, init_params)
+
+
+def _initialise(model, tx, rng, sample_images, init_params) -> TrainState:
     init_rng, train_rng = jax.random.split(rng)
     variables = model.init({"params": init_rng, "dropout": init_rng}, sample_images, train=False)
     params = variables["params"]
@@ -59,6 +70,10 @@ def create_train_state(
         opt_state=tx.init(params),
         rng=train_rng,
     )
+
+
+# one program instead of one compilation per initialiser and shape (op by op)
+_initialise_compiled = jax.jit(_initialise, static_argnums=(0, 1, 4))
 
 
 def abstract_train_state(model, tx, sample_images, init_params=None) -> TrainState:
