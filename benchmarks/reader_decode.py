@@ -3,15 +3,18 @@
     python benchmarks/reader_decode.py            # table + benchmarks/results/cpu/reader_decode.json
     python benchmarks/reader_decode.py --quick    # smoke run at tiny sizes (seconds per variant)
     python benchmarks/reader_decode.py --variants jax torch-compile --rounds 5
+    python benchmarks/reader_decode.py --matmul-grad none --variants jax   # XLA's own conv gradients
 
 The model is `attn_jax.models.AttentionReader` at the size of the cluttered_digits ``reading`` config:
-SmallCNN (24, 48, 96, 128), stride 8, on 64x128x1 images (an 8 x 16 grid, n = 128 positions of d = 130),
+SmallCNN (16, 32, 64, 96), stride 8, on 64x128x1 images (an 8 x 16 grid, n = 128 positions of d = 98),
 an LSTM of 256, attention width 128, token embedding 64, 11 output tokens (digits and END), T = 5 steps
 (L = 4 digits and END), batch 128. The decode step is the one-query shape of additive attention (m = 1).
 Variants, each in a fresh process per round, the rounds interleaved (A B C A B C ...):
     jax            the Flax model under jax.jit: `method="decode"` (nn.scan over the T steps with a done
                    mask), and the training step (teacher forcing under nn.scan, masked token
-                   cross-entropy + the doubly stochastic penalty, gradients, optax AdamW; state donated)
+                   cross-entropy + the doubly stochastic penalty, gradients, optax AdamW; state donated);
+                   the stride-2 convs train as matrix products unless --matmul-grad none (the reading
+                   config's CPU choice, cpu.matmul_grad = "strided"; the model is the same either way)
     torch-eager    the same model in PyTorch (`TorchReader`: the same layers and step, loaded with the
                    Flax weights it gives the same logits): a Python loop over the T steps
     torch-compile  the same under torch.compile (decoding and the teacher-forced forward)
@@ -38,10 +41,10 @@ if str(ROOT) not in sys.path:
 from benchmarks import harness  # noqa: E402
 
 VARIANTS = ("jax", "torch-eager", "torch-compile")
-REAL = dict(batch=128, height=64, width=128, features=(24, 48, 96, 128), stride=8, hidden=256, attention=128,
-            embed=64, max_length=5)  # fmt: skip
+REAL = dict(batch=128, height=64, width=128, features=(16, 32, 64, 96), stride=8, hidden=256, attention=128,
+            embed=64, max_length=5, matmul_grad="strided")  # fmt: skip
 QUICK = dict(batch=4, height=16, width=32, features=(4, 8), stride=4, hidden=16, attention=8, embed=4,
-             max_length=3)  # fmt: skip
+             max_length=3, matmul_grad="strided")  # fmt: skip
 NUM_CLASSES, END, PAD = 11, 10, 11
 PENALTY = 1.0  # lambda of the doubly stochastic penalty in the training loss
 LR, WEIGHT_DECAY = 1e-3, 1e-4
@@ -72,7 +75,7 @@ def jax_model(size: dict):
     from attn_jax.models import AttentionReader
     from attn_jax.nn import SmallCNN
 
-    backbone = SmallCNN(features=size["features"], stride=size["stride"])
+    backbone = SmallCNN(features=size["features"], stride=size["stride"], matmul_grad=size["matmul_grad"])
     return AttentionReader(backbone, num_classes=NUM_CLASSES, end_token=END, max_length=size["max_length"],
                            hidden_size=size["hidden"], attention_dim=size["attention"],
                            embed_size=size["embed"])  # fmt: skip
@@ -364,6 +367,8 @@ def _uptime() -> str | None:
 
 
 def _parse(argv):
+    from attn_jax.nn.backbones import MATMUL_GRAD_CHOICES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--batch", type=int, default=None, help=f"images per call (default {REAL['batch']})")
@@ -372,8 +377,12 @@ def _parse(argv):
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 round, 2 repeats (smoke run)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument(
+        "--matmul-grad", default="strided", choices=MATMUL_GRAD_CHOICES,
+        help="the JAX SmallCNN's convs trained as matrix products (the reading config's cpu.matmul_grad)",
+    )  # fmt: skip
     args = p.parse_args(argv)
-    args.size = dict(QUICK if args.quick else REAL)
+    args.size = dict(QUICK if args.quick else REAL, matmul_grad=args.matmul_grad)
     if args.quick:
         args.rounds, args.warmup, args.repeats = 1, 1, 2
     if args.batch is not None:

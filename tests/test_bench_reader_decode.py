@@ -85,3 +85,13 @@ def test_without_torch_the_torch_variants_are_skipped(tmp_path, monkeypatch, cap
     R.main(["--quick", "--out", str(tmp_path / "r.json")])
     assert ran == [["jax"]]
     assert "torch not installed: skipping the PyTorch variants" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, want", [([], "strided"), (["--matmul-grad", "none"], "none")])
+def test_matmul_grad_choice_reaches_the_jax_model(tmp_path, monkeypatch, argv, want):
+    sizes = []
+    monkeypatch.setattr(R, "run", lambda variants, size, **kw: sizes.append(size) or [])
+    R.main(["--quick", "--variants", "jax", "--out", str(tmp_path / "r.json"), *argv])
+    assert sizes[0]["matmul_grad"] == want  # the reading config's CPU choice by default
+    assert R.jax_model(sizes[0]).backbone.matmul_grad == want
+    assert json.loads((tmp_path / "r.json").read_text())["size"]["matmul_grad"] == want
