@@ -1,9 +1,20 @@
-"""Test setup: 8 simulated CPU devices (for data-parallel tests) and float64 available on demand.
+"""Test setup: 8 simulated CPU devices (for data-parallel tests), float64 available on demand, and one
+persistent compilation cache for the whole run.
 
 XLA_FLAGS must be set before jax is first imported, which is why this lives in conftest.
+
+The cache: many tests compile the same tiny programs, in several xdist workers and in the subprocesses
+of the command-line, resume and multi-process tests; JAX's persistent cache (a temporary directory made by
+the first process, inherited by the workers and subprocesses through the environment, removed at the end)
+compiles each once. A cached executable computes what a fresh compilation does, so no test's values
+change. An existing JAX_COMPILATION_CACHE_DIR is used as it is (and kept); without the filelock package
+(the test extra has it) there is no cache.
 """
 
+import importlib.util
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
@@ -17,6 +28,20 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+_MADE_CACHE_DIR = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ and importlib.util.find_spec("filelock") is not None:
+    _MADE_CACHE_DIR = tempfile.mkdtemp(prefix="attn_jax_tests_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _MADE_CACHE_DIR
+    # programs that compile in under 0.1 s (op-by-op dispatch) are not worth a file; a size bound turns
+    # on JAX's file lock (the filelock package), so that two processes writing one entry do not interleave
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(8 * 2**30))
+
+
+def pytest_unconfigure(config):
+    if _MADE_CACHE_DIR is not None:  # only the process that made it (xdist's controller, or the only one)
+        shutil.rmtree(_MADE_CACHE_DIR, ignore_errors=True)
 
 
 def _upsample2x_bilinear(x):
