@@ -378,7 +378,7 @@ def _parse(argv):
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 round, 2 repeats (smoke run)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument(
-        "--matmul-grad", default="strided", choices=MATMUL_GRAD_CHOICES,
+        "--matmul-grad", default=REAL["matmul_grad"], choices=MATMUL_GRAD_CHOICES,
         help="the JAX SmallCNN's convs trained as matrix products (the reading config's cpu.matmul_grad)",
     )  # fmt: skip
     args = p.parse_args(argv)

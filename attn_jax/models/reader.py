@@ -402,11 +402,11 @@ class AttentionReader(nn.Module):
             lstm, (logits, alpha) = module(lstm, previous.reshape(b * k), features)
             logp = jax.nn.log_softmax(logits).reshape(b, k, v)
             logp = jnp.where(done[..., None], end_only, logp)
-            total = (scores[..., None] + logp).reshape(b, k * v)
+            total = scores[..., None] + logp  # (B, K, V)
             grown = jnp.where(done, lengths, t + 1)  # (B, K): a candidate's length, END included
-            rank = total / jnp.repeat(((5.0 + grown) / 6.0) ** penalty, v, axis=1)
-            _, best = jax.lax.top_k(rank, k)  # (B, K), sorted: beam 0 is the best
-            scores = jnp.take_along_axis(total, best, axis=1)
+            rank = total / (((5.0 + grown) / 6.0) ** penalty)[..., None]
+            _, best = jax.lax.top_k(rank.reshape(b, k * v), k)  # (B, K), sorted: beam 0 is the best
+            scores = jnp.take_along_axis(total.reshape(b, k * v), best, axis=1)
             beam, token = best // v, (best % v).astype(jnp.int32)
             pick = lambda x: jnp.take_along_axis(x, beam.reshape(b, k, *([1] * (x.ndim - 2))), axis=1)  # noqa: E731
             lstm = jax.tree.map(lambda x: pick(x.reshape(b, k, -1)).reshape(b * k, -1), lstm)
